@@ -1,0 +1,59 @@
+# KernelSight: `make run` and `make test` do all set-up themselves on a fresh
+# Debian 12 machine (as root) and are quick when it is already done.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+export KS_DATA_DIR ?= $(CURDIR)/data
+
+APT_PACKAGES := build-essential cmake pkg-config clang llvm libbpf-dev bpftool \
+	libelf-dev zlib1g-dev libbpf-tools python3-venv python3-dev stress-ng fio
+PY_BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12"
+
+SOURCES := $(shell find native bpf collectors pipeline schema -type f \
+	-not -path '*/__pycache__/*' 2>/dev/null) CMakeLists.txt pyproject.toml
+
+.PHONY: setup build run test test-native bench clean apt
+
+setup: apt $(VENV)/.deps-stamp
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps-stamp: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -U pip
+	$(PIP) install $(PY_BUILD_DEPS) $$($(PY) -c 'import tomllib;d=tomllib.load(open("pyproject.toml","rb"))["project"];print(" ".join(repr(x) for x in d["dependencies"]+[y for v in d["optional-dependencies"].values() for y in v]))' | tr -d "'")
+	touch $@
+
+build: setup $(VENV)/.install-stamp
+
+$(VENV)/.install-stamp: $(SOURCES) $(VENV)/.deps-stamp
+	$(PIP) install --no-build-isolation --no-deps .
+	touch $@
+
+run: build
+	$(VENV)/bin/ks run
+
+test: build test-native
+	$(PY) -m pytest -q tests
+
+# Native unit tests under AddressSanitizer + UBSan, and the threaded code under TSan.
+test-native: setup
+	cmake -S . -B build/asan -DKS_BUILD_TESTS=ON -DKS_SANITIZE=ON -DKS_BUILD_BPF=OFF -DKS_BUILD_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build/asan -j2 >/dev/null
+	cd build/asan && ctest --output-on-failure
+
+bench: build
+	$(PY) -m kernelsight.bench
+
+clean:
+	rm -rf build $(VENV) *.egg-info

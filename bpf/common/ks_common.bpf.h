@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared BPF-side pieces of the KernelSight tracers: pid filter settings
+ * (const volatile rodata filled by the loader), the per-CPU health counters
+ * and log2 helpers.  Include once per *.bpf.c after vmlinux.h. */
+#ifndef KS_COMMON_BPF_H
+#define KS_COMMON_BPF_H
+
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "ks_shared.h"
+
+const volatile __u32 self_tgid = 0;        /* the loader itself: never traced */
+const volatile __u32 targ_tgid = 0;        /* --pid: 0 = all */
+const volatile __u32 n_excl = 0;           /* --exclude-pid count */
+const volatile __u32 excl_tgid[KS_MAX_EXCL] = {};
+
+/* Per-CPU health counters, indexed by enum ks_counter. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KS_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ks_counters SEC(".maps");
+
+static __always_inline void ks_count(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&ks_counters, &which);
+
+	if (v)
+		*v += 1;
+}
+
+/* true when tgid must not be traced */
+static __always_inline bool ks_filtered(__u32 tgid)
+{
+	if (tgid == self_tgid)
+		return true;
+	if (targ_tgid && tgid != targ_tgid)
+		return true;
+#pragma unroll
+	for (int i = 0; i < KS_MAX_EXCL; i++) {
+		if (i >= n_excl)
+			break;
+		if (excl_tgid[i] == tgid)
+			return true;
+	}
+	return false;
+}
+
+/* floor(log2(v)) for v > 0; 0 for v == 0 (bucket i holds [2^i, 2^(i+1)), bucket 0 also 0) */
+static __always_inline __u32 ks_log2(__u64 v)
+{
+	__u32 r = 0, shift;
+
+	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+static __always_inline __u32 ks_slot(__u64 v)
+{
+	__u32 s = ks_log2(v);
+
+	return s < KS_HIST_SLOTS ? s : KS_HIST_SLOTS - 1;
+}
+
+#endif

@@ -1,0 +1,16 @@
+/* SPDX-License-Identifier: MIT */
+/* Constants shared by the BPF programs and their loaders. */
+#ifndef KS_SHARED_H
+#define KS_SHARED_H
+
+#define KS_MAX_EXCL 8
+#define KS_HIST_SLOTS 32      /* log2 buckets; the last one also holds everything above */
+
+enum ks_counter {
+	KS_CNT_RB_DROP = 0,     /* bpf_ringbuf_reserve() failed */
+	KS_CNT_MAP_FULL = 1,    /* bpf_map_update_elem() failed */
+	KS_CNT_EVENTS = 2,      /* events submitted to the ring buffer */
+	KS_CNT_MAX = 4,
+};
+
+#endif

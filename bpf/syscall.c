@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: MIT
+/*
+ * ks-syscall: per-syscall latency/error stats aggregated in the kernel
+ * (syscall_stats lines each interval) plus per-event `syscall` lines for calls
+ * slower than --min-latency.  Syscall names come from a table generated at
+ * build time from the kernel UAPI header asm/unistd_64.h.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "ks_tracer.h"
+#include "syscall.h"
+#include "syscall.skel.h"
+#include "syscall_names.h"
+
+#define TOP_ERRNOS 4
+
+static struct ks_tracer_opts opts;
+static double min_latency_ms = 10.0;
+
+enum { OPT_MINLAT = 0x2000 };
+
+static const struct argp_option options[] = {
+	{ "min-latency", OPT_MINLAT, "MS", 0, "Emit a `syscall` line for calls slower than MS milliseconds (default 10)", 0 },
+	{ 0 },
+};
+
+static error_t parse(int key, char *arg, struct argp_state *st)
+{
+	switch (key) {
+	case ARGP_KEY_INIT:
+		st->child_inputs[0] = &opts;
+		break;
+	case OPT_MINLAT:
+		min_latency_ms = ks_parse_double("ks-syscall", "--min-latency", arg, 0, 1e7);
+		break;
+	case ARGP_KEY_ARG:
+		fprintf(stderr, "ks-syscall: unexpected argument '%s'\n", arg);
+		exit(2);
+	default:
+		return ARGP_ERR_UNKNOWN;
+	}
+	return 0;
+}
+
+static const struct argp_child children[] = { { &ks_common_argp, 0, NULL, 0 }, { 0 } };
+static const struct argp argp = {
+	options, parse, NULL,
+	"ks-syscall: syscall latency and errors (raw_syscalls tracepoints), JSON lines.",
+	children, NULL, NULL,
+};
+
+struct ctx {
+	struct syscall_bpf *skel;
+	int stats_fd, errno_fd, ncpu;
+	struct ks_sc_stat *percpu;   /* ncpu values */
+	struct ks_tracer *t;
+};
+
+static const char *sc_name(unsigned nr, char *buf, size_t len)
+{
+	if (nr < KS_SYSCALL_NAMES_N && ks_syscall_names[nr])
+		return ks_syscall_names[nr];
+	snprintf(buf, len, "syscall_%u", nr);
+	return buf;
+}
+
+static int on_event(void *vctx, void *data, size_t size)
+{
+	struct ctx *c = vctx;
+	const struct ks_sc_event *e = data;
+	struct ks_json j;
+	char nb[32], comm[17];
+
+	if (size < sizeof(*e))
+		return 0;
+	memcpy(comm, e->comm, 16);
+	comm[16] = 0;
+	ks_json_begin(&j, "syscall", e->ts_ns + c->t->epoch_off_ns);
+	ks_json_u64(&j, "pid", e->pid);
+	ks_json_u64(&j, "tid", e->tid);
+	ks_json_str(&j, "comm", comm);
+	ks_json_u64(&j, "syscall_nr", e->nr);
+	ks_json_str(&j, "syscall", sc_name(e->nr, nb, sizeof(nb)));
+	ks_json_u64(&j, "latency_ns", e->latency_ns);
+	ks_json_i64(&j, "ret", e->ret);
+	ks_json_i64(&j, "arg0", e->arg0);
+	ks_emit(c->t, &j, false);
+	return 0;
+}
+
+struct errsum { unsigned err; uint64_t n; };
+
+static void tick(struct ks_tracer *t, void *vctx, double interval_s)
+{
+	struct ctx *c = vctx;
+	unsigned old = c->skel->bss->cur_slot & 1;
+	static struct errsum errs[KS_SC_MAX][TOP_ERRNOS];
+	static struct ks_sc_errkey dels[KS_SC_ERRNO_ENTRIES];
+	uint64_t ev[c->ncpu];
+	struct ks_sc_errkey k, nk;
+	int ndel = 0;
+	uint64_t now = ks_now_epoch_ns();
+
+	/* Flip the slot; programs already past the slot read finish within
+	 * microseconds, so a short pause makes the old slot quiescent. */
+	c->skel->bss->cur_slot = old ^ 1;
+	usleep(2000);
+
+	/* errno counts of the old slot: keep the top TOP_ERRNOS per syscall */
+	memset(errs, 0, sizeof(errs));
+	if (bpf_map_get_next_key(c->errno_fd, NULL, &k) == 0) {
+		for (;;) {
+			int more = bpf_map_get_next_key(c->errno_fd, &k, &nk) == 0;
+
+			if (k.idx / KS_SC_MAX == old && bpf_map_lookup_elem(c->errno_fd, &k, ev) == 0) {
+				uint64_t n = 0;
+				unsigned nr = k.idx % KS_SC_MAX;
+
+				for (int i = 0; i < c->ncpu; i++)
+					n += ev[i];
+				for (int i = 0; i < TOP_ERRNOS; i++) {
+					if (n > errs[nr][i].n) {
+						memmove(&errs[nr][i + 1], &errs[nr][i], (TOP_ERRNOS - 1 - i) * sizeof(errs[0][0]));
+						errs[nr][i].err = k.err;
+						errs[nr][i].n = n;
+						break;
+					}
+				}
+				if (ndel < KS_SC_ERRNO_ENTRIES)
+					dels[ndel++] = k;
+			}
+			if (!more)
+				break;
+			k = nk;
+		}
+	}
+	for (int i = 0; i < ndel; i++)
+		bpf_map_delete_elem(c->errno_fd, &dels[i]);
+
+	for (unsigned nr = 0; nr < KS_SC_MAX; nr++) {
+		uint32_t idx = nr + old * KS_SC_MAX;
+		struct ks_sc_stat s;
+		struct ks_json j;
+		char nb[32], names[128];
+		uint64_t top_e[TOP_ERRNOS], top_n[TOP_ERRNOS];
+		int ntop = 0;
+		size_t nl = 0;
+
+		if (bpf_map_lookup_elem(c->stats_fd, &idx, c->percpu) != 0)
+			continue;
+		memset(&s, 0, sizeof(s));
+		for (int i = 0; i < c->ncpu; i++) {
+			const struct ks_sc_stat *p = &c->percpu[i];
+
+			s.count += p->count;
+			s.errors += p->errors;
+			s.total_ns += p->total_ns;
+			if (p->max_ns > s.max_ns)
+				s.max_ns = p->max_ns;
+			for (int b = 0; b < KS_HIST_SLOTS; b++)
+				s.hist[b] += p->hist[b];
+		}
+		if (!s.count)
+			continue;
+		memset(c->percpu, 0, sizeof(*c->percpu) * c->ncpu);
+		bpf_map_update_elem(c->stats_fd, &idx, c->percpu, BPF_ANY);
+
+		names[0] = 0;
+		for (int i = 0; i < TOP_ERRNOS && errs[nr][i].n; i++) {
+			const char *en = strerrorname_np((int)errs[nr][i].err);
+			char eb[16];
+
+			if (!en) {
+				snprintf(eb, sizeof(eb), "E%u", errs[nr][i].err);
+				en = eb;
+			}
+			top_e[ntop] = errs[nr][i].err;
+			top_n[ntop] = errs[nr][i].n;
+			nl += snprintf(names + nl, sizeof(names) - nl, "%s%s", ntop ? "," : "", en);
+			if (nl >= sizeof(names))
+				nl = sizeof(names) - 1;
+			ntop++;
+		}
+		ks_json_begin(&j, "syscall_stats", now);
+		if (opts.pid)
+			ks_json_u64(&j, "pid", (uint64_t)opts.pid);
+		else
+			ks_json_null(&j, "pid");
+		ks_json_u64(&j, "syscall_nr", nr);
+		ks_json_str(&j, "syscall", sc_name(nr, nb, sizeof(nb)));
+		ks_json_f64(&j, "interval_s", interval_s);
+		ks_json_u64(&j, "count", s.count);
+		ks_json_f64(&j, "calls_per_sec", interval_s > 0 ? s.count / interval_s : NAN);
+		ks_json_u64(&j, "errors", s.errors);
+		ks_json_u64(&j, "total_ns", s.total_ns);
+		ks_json_f64(&j, "avg_ns", (double)s.total_ns / s.count);
+		ks_json_u64(&j, "max_ns", s.max_ns);
+		ks_json_f64(&j, "p50_ns", ks_hist_percentile((const uint64_t *)s.hist, KS_HIST_SLOTS, 0.50));
+		ks_json_f64(&j, "p95_ns", ks_hist_percentile((const uint64_t *)s.hist, KS_HIST_SLOTS, 0.95));
+		ks_json_f64(&j, "p99_ns", ks_hist_percentile((const uint64_t *)s.hist, KS_HIST_SLOTS, 0.99));
+		ks_json_u64_array(&j, "hist_log2_ns", (const uint64_t *)s.hist, KS_HIST_SLOTS);
+		ks_json_u64_array(&j, "top_errnos", top_e, ntop);
+		ks_json_u64_array(&j, "top_errno_counts", top_n, ntop);
+		ks_json_str(&j, "top_errno_names", names);
+		ks_emit(t, &j, false);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static const char *const tps[] = { "sys_enter", "sys_exit" };
+	struct ks_tracer t;
+	struct ctx c = { 0 };
+	struct syscall_bpf *skel = NULL;
+	struct ring_buffer *rb = NULL;
+	int err = 1, mode;
+
+	ks_argp_parse(&argp, argc, argv, NULL);
+	if (ks_tracer_init(&t, "syscall", &opts) != 0)
+		return 1;
+	mode = ks_choose_mode(&t, "raw_syscalls", tps, 2, "tracepoint");
+	if (mode < 0)
+		goto cleanup;
+	snprintf(t.attach_mode, sizeof(t.attach_mode), "%s", mode ? "tp_btf" : "tracepoint");
+
+	skel = syscall_bpf__open();
+	if (!skel) {
+		fprintf(stderr, "ks-syscall: cannot open BPF object: %s\n", strerror(errno));
+		goto cleanup;
+	}
+	ks_fill_filter(&opts, &skel->rodata->self_tgid, &skel->rodata->targ_tgid, &skel->rodata->n_excl,
+		       skel->rodata->excl_tgid);
+	skel->rodata->min_lat_ns = (uint64_t)(min_latency_ms * 1e6);
+	bpf_program__set_autoload(skel->progs.sys_enter_btf, mode == 1);
+	bpf_program__set_autoload(skel->progs.sys_exit_btf, mode == 1);
+	bpf_program__set_autoload(skel->progs.sys_enter_tp, mode == 0);
+	bpf_program__set_autoload(skel->progs.sys_exit_tp, mode == 0);
+	if ((err = syscall_bpf__load(skel)) != 0) {
+		fprintf(stderr, "ks-syscall: cannot load BPF programs: %s (run with -v for the verifier log)\n", strerror(-err));
+		err = 1;
+		goto cleanup;
+	}
+	if ((err = syscall_bpf__attach(skel)) != 0) {
+		fprintf(stderr, "ks-syscall: cannot attach to raw_syscalls tracepoints: %s\n", strerror(-err));
+		err = 1;
+		goto cleanup;
+	}
+	err = 1;
+	c.skel = skel;
+	c.t = &t;
+	c.ncpu = libbpf_num_possible_cpus();
+	c.percpu = calloc(c.ncpu, sizeof(*c.percpu));
+	c.stats_fd = bpf_map__fd(skel->maps.sc_stats);
+	c.errno_fd = bpf_map__fd(skel->maps.sc_errnos);
+	t.counters_fd = bpf_map__fd(skel->maps.ks_counters);
+	rb = ring_buffer__new(bpf_map__fd(skel->maps.events), on_event, &c, NULL);
+	if (!rb || !c.percpu) {
+		fprintf(stderr, "ks-syscall: cannot set up the ring buffer: %s\n", strerror(errno));
+		goto cleanup;
+	}
+	snprintf(t.notes, sizeof(t.notes),
+		 "min_latency_ms=%g; histograms log2(ns), last bucket open-ended; percentiles linear within a log2 bucket",
+		 min_latency_ms);
+	fprintf(stderr, "ks-syscall: attached (attach_mode=%s, min_latency_ms=%g, pid=%d)\n", t.attach_mode,
+		min_latency_ms, opts.pid);
+	err = ks_run(&t, rb, tick, &c) ? 1 : 0;
+
+cleanup:
+	ring_buffer__free(rb);
+	syscall_bpf__destroy(skel);
+	free(c.percpu);
+	ks_tracer_close(&t);
+	return err;
+}

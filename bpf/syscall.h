@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/* ks-syscall: shared between syscall.bpf.c and syscall.c */
+#ifndef KS_SYSCALL_H
+#define KS_SYSCALL_H
+
+#include "ks_shared.h"
+
+#define KS_SC_MAX 512            /* syscall numbers tracked (x86_64 uses < 512) */
+#define KS_SC_ERRNO_ENTRIES 4096 /* distinct (slot, syscall, errno) per interval pair */
+
+/* per CPU, per syscall, per interval slot; index = slot * KS_SC_MAX + nr */
+struct ks_sc_stat {
+	__u64 count;
+	__u64 errors;
+	__u64 total_ns;
+	__u64 max_ns;
+	__u64 hist[KS_HIST_SLOTS];   /* log2(latency ns) */
+};
+
+struct ks_sc_errkey {
+	__u32 idx;                   /* slot * KS_SC_MAX + nr */
+	__u32 err;                   /* positive errno */
+};
+
+struct ks_sc_event {
+	__u64 ts_ns;                 /* bpf_ktime_get_ns() at exit */
+	__u64 latency_ns;
+	__s64 ret;
+	__s64 arg0;
+	__u32 pid;
+	__u32 tid;
+	__u32 nr;
+	char comm[16];
+};
+
+#endif

@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: MIT
+//
+// One small unit per kernel source: a pure parser over the file's text (unit
+// tested on fixtures) and a Source that reads the file, keeps the previous
+// counters and emits one event type.
+#pragma once
+
+#include "ks_scraper.h"
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ks {
+
+// ---- text helpers (util.cpp) ----
+std::vector<std::string_view> split_lines(std::string_view text);
+std::vector<std::string_view> split_ws(std::string_view line);
+bool to_u64(std::string_view s, uint64_t &v);
+bool to_i64(std::string_view s, int64_t &v);
+bool to_f64(std::string_view s, double &v);
+// Reads a whole file (procfs files report size 0, so read to EOF).
+// Returns 0 or an errno.
+int read_file(const std::string &path, std::string &out);
+// Reads path, or warns once "cannot read" and returns false.
+bool read_or_warn(Ctx &c, const std::string &path, std::string &out);
+
+// ---- rates (util.cpp) ----
+// Counters only grow.  One lower than last time was reset (driver reload,
+// device re-created) or wrapped (some NIC drivers keep 32-bit counters): the
+// true delta is unknown, so the interval's delta and rate are null rather
+// than negative or ~2^64/dt.
+std::optional<uint64_t> counter_delta(std::optional<uint64_t> prev, std::optional<uint64_t> cur);
+std::optional<double> counter_rate(std::optional<uint64_t> prev, std::optional<uint64_t> cur,
+				   double dt_s);
+
+using U64Map = std::map<std::string, uint64_t, std::less<>>;
+using I64Map = std::map<std::string, int64_t, std::less<>>;
+// Value of key, or a warning naming (file, key) and nullopt.
+std::optional<uint64_t> field_or_warn(Ctx &c, const std::string &file, const U64Map &m,
+				      const char *key);
+
+// ---- parsers ----
+// /proc/meminfo: "Key:   123 kB" (values as written, i.e. KiB or pages).
+U64Map parse_meminfo(std::string_view text);
+// /proc/vmstat: "key 123".
+U64Map parse_vmstat(std::string_view text);
+
+struct LoadAvg {
+	double load_1min, load_5min, load_15min;
+	uint64_t runnable, total, last_pid;
+};
+// /proc/loadavg: "0.79 0.36 0.40 1/123 4567".
+std::optional<LoadAvg> parse_loadavg(std::string_view text);
+
+struct ProcStat {
+	std::vector<uint64_t> cpu; // aggregate "cpu" line: user nice system idle iowait irq softirq steal ...
+	bool have_cpu = false;
+	uint64_t cpu_count = 0;    // "cpuN" lines
+	std::optional<uint64_t> ctxt, processes, intr, procs_running, procs_blocked;
+};
+ProcStat parse_proc_stat(std::string_view text);
+
+// Whitespace-separated unsigned numbers (/sys/block/*/stat).
+std::vector<uint64_t> parse_numbers(std::string_view text);
+
+struct NetDevRow {
+	std::string name;
+	std::vector<uint64_t> v; // 16 columns: rx bytes packets errs drop fifo frame compressed multicast, tx ...
+};
+std::vector<NetDevRow> parse_net_dev(std::string_view text);
+
+// Adds one to counts[st] per socket line of /proc/net/tcp{,6}; returns the
+// number of socket lines.
+uint64_t count_tcp_states(std::string_view text, std::array<uint64_t, 16> &counts);
+
+// "Prefix: Name1 Name2\nPrefix: 1 2" pairs of /proc/net/snmp and /proc/net/netstat.
+I64Map parse_snmp_section(std::string_view text, std::string_view prefix);
+
+struct PsiLine {
+	double avg10, avg60, avg300;
+	uint64_t total_us;
+};
+struct Psi {
+	std::optional<PsiLine> some, full;
+};
+Psi parse_psi(std::string_view text);
+
+// ---- sources, in emit order ----
+std::unique_ptr<Source> make_meminfo_source();
+std::unique_ptr<Source> make_loadavg_source();
+std::unique_ptr<Source> make_stat_source();
+std::unique_ptr<Source> make_vmstat_source();
+std::unique_ptr<Source> make_block_source();
+std::unique_ptr<Source> make_netdev_source();
+std::unique_ptr<Source> make_tcp_source();
+std::unique_ptr<Source> make_tcp_retrans_source();
+std::unique_ptr<Source> make_psi_source();
+
+} // namespace ks

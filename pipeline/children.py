@@ -1,0 +1,67 @@
+"""What `ks run` starts.  Adding a child to the pipeline is one entry here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from .supervisor import ChildSpec, find_tool
+
+
+@dataclass
+class RunOptions:
+    fifo: str
+    interval_s: float = 1.0
+    tracers: bool = True
+    collectors: bool = True
+
+
+# The eBPF tracers: executable name -> extra arguments.
+TRACERS = {
+    "ks-syscall": [],
+    "ks-io-latency": [],
+    "ks-page-fault": [],
+    "ks-sched": [],
+}
+
+
+def _tracer_specs(opts: RunOptions) -> list[ChildSpec]:
+    specs = []
+    for exe, extra in TRACERS.items():
+        path = find_tool(exe)
+        argv = [path or exe, "--output", opts.fifo, "--interval", str(opts.interval_s),
+                "--exclude-pid", str(os.getpid()), *extra]
+        reason = None if path else f"{exe} is not built (run make build; it needs clang, bpftool and kernel BTF)"
+        specs.append(ChildSpec(exe, argv, "producer", unavailable_reason=reason))
+    return specs
+
+
+def _collector_specs(opts: RunOptions) -> list[ChildSpec]:
+    try:
+        from .collectors import probe_all
+    except ImportError:
+        return []
+    specs = []
+    for p in probe_all():
+        argv = [sys.executable, "-m", "kernelsight.collectors", "run", p["name"], "--output", opts.fifo,
+                "--interval", str(max(1, int(opts.interval_s)))]
+        reason = None if p["available"] else p["reason"]
+        specs.append(ChildSpec(f"collector:{p['name']}", argv, "producer", unavailable_reason=reason,
+                               details={"tool": p.get("tool"), "attach": p.get("attach")}))
+    return specs
+
+
+def default_children(opts: RunOptions) -> list[ChildSpec]:
+    py = sys.executable
+    scraper = find_tool("ks-scraper")
+    specs = [
+        ChildSpec("ks-ingest", [py, "-m", "kernelsight.ingest", "--fifo", opts.fifo], "consumer"),
+        ChildSpec("ks-scraper", [scraper or "ks-scraper", "--output", opts.fifo, "--interval", str(opts.interval_s)],
+                  unavailable_reason=None if scraper else "ks-scraper is not built (run make build)"),
+    ]
+    if opts.tracers:
+        specs += _tracer_specs(opts)
+    if opts.collectors:
+        specs += _collector_specs(opts)
+    return specs

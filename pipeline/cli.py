@@ -1,0 +1,138 @@
+"""`ks`: run the pipeline and look at it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import orjson
+import typer
+
+from . import db, log as klog
+from .fifo import FifoError, default_fifo_path, ensure_fifo
+from .supervisor import STATUS_FILE, proc_start_time
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="KernelSight: kernel telemetry, stored, learned and explained.")
+
+
+def _data_dir(d: Optional[Path]) -> Path:
+    return d.absolute() if d else db.data_dir()
+
+
+@app.command(help="Start the whole pipeline in the foreground (what `make run` calls); Ctrl-C or SIGTERM stops it.\n\n"
+             "Example: ks run --data-dir ./data")
+def run(
+    data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
+    fifo: Optional[str] = typer.Option(None, help="FIFO path (default $KS_FIFO or /tmp/kernelsight)"),
+    interval: float = typer.Option(1.0, min=0.1, help="collection interval in seconds"),
+    tracers: bool = typer.Option(True, help="start the eBPF tracers"),
+    collectors: bool = typer.Option(True, help="start the libbpf-tools collectors"),
+) -> None:
+    from .children import RunOptions, default_children
+    from .supervisor import Supervisor
+
+    directory = _data_dir(data_dir)
+    fifo = fifo or default_fifo_path()
+    try:
+        db.ensure_data_dir(directory)
+        ensure_fifo(fifo)
+    except (FifoError, db.StoreError) as e:
+        print(f"ks run: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    os.environ["KS_DATA_DIR"] = str(directory)
+    log = klog.configure("ks-supervisor", log_file=str(directory / "logs" / "supervisor.log")
+                         if (directory / "logs").is_dir() else None)
+    specs = default_children(RunOptions(fifo=fifo, interval_s=interval, tracers=tracers, collectors=collectors))
+    print(f"ks run: data in {directory}, FIFO {fifo}, logs in {directory / 'logs'}; Ctrl-C stops", file=sys.stderr)
+    raise typer.Exit(Supervisor(specs, directory, fifo, log).run())
+
+
+def read_status(directory: Path) -> dict:
+    """Supervisor state plus the pipeline's counters, from status.json and the DB."""
+    out: dict = {"data_dir": str(directory), "supervisor": "not running", "children": [], "counters": {}}
+    try:
+        st = orjson.loads((directory / STATUS_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        st = None
+    if st:
+        alive = proc_start_time(st["supervisor_pid"]) == st.get("supervisor_start_ticks")
+        out["supervisor"] = "running" if alive and not st.get("stopping") else "stopped"
+        out["supervisor_pid"] = st["supervisor_pid"]
+        out["status_age_s"] = round(time.time() - st["updated_at"], 1)
+        out["children"] = st["children"]
+        if not alive:
+            for c in out["children"]:
+                if c["state"] == "running":
+                    c["state"] = "stopped"
+                    c["pid"] = None
+    try:
+        conn = db.connect_readonly(db.db_path(directory))
+    except db.StoreError:
+        return out
+    try:
+        out["counters"] = _counters(conn)
+        modes = _tracer_modes(conn)
+        for c in out["children"]:
+            if c["name"] in modes:
+                c["attach"] = modes[c["name"]]
+    except sqlite3.Error as e:
+        out["db_error"] = str(e)
+    finally:
+        conn.close()
+    return out
+
+
+def _counters(conn: sqlite3.Connection) -> dict:
+    row = conn.execute("SELECT pid FROM pipeline_stats WHERE stage='ingest' ORDER BY id DESC LIMIT 1").fetchone()
+    if not row:
+        return {}
+    rows = conn.execute(
+        "SELECT event_type, received, stored, rejected, pending FROM pipeline_stats "
+        "WHERE id IN (SELECT MAX(id) FROM pipeline_stats WHERE pid=? GROUP BY event_type) ORDER BY event_type",
+        (row[0],),
+    ).fetchall()
+    return {t: {"received": r, "stored": s, "rejected": j, "pending": p} for t, r, s, j, p in rows}
+
+
+def _tracer_modes(conn: sqlite3.Connection) -> dict:
+    try:
+        rows = conn.execute(
+            "SELECT tracer, attach_mode FROM tracer_stats WHERE id IN (SELECT MAX(id) FROM tracer_stats GROUP BY tracer)"
+        ).fetchall()
+    except sqlite3.OperationalError:  # no tracer schema in this build
+        return {}
+    return {f"ks-{t.replace('_', '-')}" if not t.startswith("ks-") else t: m for t, m in rows}
+
+
+@app.command(help="Show each child's state, pid, restarts and attach mode, and the per-type counters.\n\n"
+             "Examples: ks status;  ks status --json")
+def status(
+    data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    s = read_status(_data_dir(data_dir))
+    if as_json:
+        sys.stdout.write(orjson.dumps(s, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    print(f"supervisor: {s['supervisor']}" + (f" (pid {s['supervisor_pid']})" if "supervisor_pid" in s else ""))
+    if s["children"]:
+        print(f"{'child':<28} {'state':<12} {'pid':>7} {'restarts':>8}  attach / reason")
+        for c in s["children"]:
+            extra = c.get("attach") or c.get("reason") or ""
+            pid = c["pid"] if c["pid"] else "-"
+            print(f"{c['name']:<28} {c['state']:<12} {pid:>7} {c['restarts']:>8}  {extra}")
+    if s["counters"]:
+        print(f"\n{'event type':<24} {'received':>10} {'stored':>10} {'rejected':>9} {'pending':>8}")
+        for t, c in s["counters"].items():
+            print(f"{t:<24} {c['received']:>10} {c['stored']:>10} {c['rejected']:>9} {c['pending']:>8}")
+    elif s["supervisor"] != "running":
+        print("no counters yet: start the pipeline with `make run`")
+
+
+def main() -> None:
+    app()

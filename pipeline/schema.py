@@ -1,0 +1,238 @@
+"""The event contract: schema/events/*.json is the one source of truth.
+
+From it come the validators ks-ingest runs on every line and the SQL tables
+the lines land in.  Each event type names its table, and each field its type
+(int, float, str, int_array), unit and meaning.  Every line carries `type` and
+`ts` (Unix epoch nanoseconds) besides its fields; all listed fields must be
+present, none may be added, and only nullable fields may be null.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import orjson
+
+LINE_MAX = 4096
+SCHEMA_VERSION = 1
+# ts must be Unix epoch *nanoseconds*: anything below 1e18 (Sep 2001) is seconds
+# or milliseconds by mistake, anything from 2**63 on does not fit SQLite.
+TS_MIN_NS = 10**18
+TS_MAX_NS = 2**63 - 1
+
+SQL_TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT", "int_array": "TEXT"}
+BASE_SQL_NAME = "base.sql"
+
+
+class RejectedLine(ValueError):
+    """A line that does not meet the contract; str(exc) is the reason stored with it."""
+
+    def __init__(self, reason: str, event_type: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.event_type = event_type
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: str
+    unit: str
+    desc: str
+    nullable: bool
+
+
+@dataclass
+class EventSpec:
+    type: str
+    table: str
+    source: str
+    producer: str
+    fields: list[FieldSpec]
+    columns: tuple[str, ...] = ()
+    validate: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.columns = ("ts",) + tuple(f.name for f in self.fields)
+
+    def create_sql(self) -> str:
+        cols = ",\n  ".join(f"{f.name} {SQL_TYPES[f.type]}" for f in self.fields)
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.table} (\n  id INTEGER PRIMARY KEY,\n"
+            f"  ts INTEGER NOT NULL,\n  {cols}\n);\n"
+            f"CREATE INDEX IF NOT EXISTS idx_{self.table}_ts ON {self.table}(ts);\n"
+        )
+
+    def insert_sql(self) -> str:
+        marks = ",".join("?" * len(self.columns))
+        return f"INSERT INTO {self.table} ({','.join(self.columns)}) VALUES ({marks})"
+
+
+def schema_dir() -> Path:
+    env = os.environ.get("KS_SCHEMA_DIR")
+    return Path(env) if env else Path(__file__).with_name("_schema") / "events"
+
+
+def _type_error(name: str, want: str, value: object) -> str:
+    got = "null" if value is None else type(value).__name__
+    if got in ("bytes", "dict", "list") or want == "int_array":
+        got = {"list": "array", "dict": "object"}.get(got, got)
+    names = {"int": "an integer", "float": "a number", "str": "a string", "int_array": "an array of integers"}
+    return f"field '{name}' must be {names[want]}, got {got}"
+
+
+def _slow_check(spec: EventSpec, obj: dict) -> str:
+    """Find the precise reason a line failed the fast path."""
+    expected = set(spec.columns) | {"type"}
+    missing = [c for c in spec.columns if c not in obj]
+    if missing:
+        return f"missing field '{missing[0]}'" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    extra = sorted(k for k in obj if k not in expected)
+    if extra:
+        return f"unexpected field '{extra[0]}'" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    ts = obj["ts"]
+    if type(ts) is not int:
+        return _type_error("ts", "int", ts)
+    if not TS_MIN_NS <= ts <= TS_MAX_NS:
+        return f"field 'ts' must be Unix epoch nanoseconds, got {ts}"
+    for f in spec.fields:
+        v = obj[f.name]
+        if v is None:
+            if not f.nullable:
+                return f"field '{f.name}' must not be null"
+            continue
+        ok = {
+            "int": type(v) is int,
+            "float": type(v) in (int, float),
+            "str": type(v) is str,
+            "int_array": type(v) is list and all(type(x) is int for x in v),
+        }[f.type]
+        if not ok:
+            return _type_error(f.name, f.type, v)
+    return "invalid event"  # pragma: no cover - the fast path accepted nothing the slow path accepts
+
+
+def _build_validator(spec: EventSpec):
+    """Generate a straight-line validator: one dict lookup and one type test per field.
+
+    This is the ingest hot path, so it is compiled once per event type instead of
+    looping over field specs for every line.  Any failure falls back to
+    _slow_check() for a precise reason.
+    """
+    n_keys = len(spec.columns) + 1  # + "type"
+    body = [
+        "def validate(o):",
+        f"    if len(o) != {n_keys}:",
+        "        raise RejectedLine(_slow(o), TYPE)",
+        "    try:",
+        "        ts = o['ts']",
+    ]
+    conds = ["type(ts) is not int or ts < TS_MIN or ts > TS_MAX"]
+    names = ["ts"]
+    for i, f in enumerate(spec.fields):
+        var = f"v{i}"
+        body.append(f"        {var} = o[{f.name!r}]")
+        if f.type == "int":
+            test = f"type({var}) is not int"
+        elif f.type == "float":
+            test = f"type({var}) is not float and type({var}) is not int"
+        elif f.type == "str":
+            test = f"type({var}) is not str"
+        else:  # int_array: checked and serialised to JSON text for storage
+            test = f"not _int_list({var})"
+        conds.append(f"({var} is not None and {test})" if f.nullable else f"{var} is None or {test}")
+        names.append(f"_dumps({var}).decode() if {var} is not None else None" if f.type == "int_array" else var)
+    body += [
+        "    except KeyError:",
+        "        raise RejectedLine(_slow(o), TYPE) from None",
+        "    if " + " or ".join(conds) + ":",
+        "        raise RejectedLine(_slow(o), TYPE)",
+        "    return (" + ", ".join(names) + ",)",
+    ]
+    ns = {
+        "RejectedLine": RejectedLine,
+        "TYPE": spec.type,
+        "TS_MIN": TS_MIN_NS,
+        "TS_MAX": TS_MAX_NS,
+        "_slow": lambda o: _slow_check(spec, o),
+        "_dumps": orjson.dumps,
+        "_int_list": lambda v: type(v) is list and all(type(x) is int for x in v),
+    }
+    exec(compile("\n".join(body), f"<validator {spec.type}>", "exec"), ns)  # noqa: S102 - generated from our own schema
+    return ns["validate"]
+
+
+class Schema:
+    def __init__(self, events: dict[str, EventSpec], digest: str, directory: Path):
+        self.events = events
+        self.digest = digest
+        self.directory = directory
+
+    def create_sql(self) -> str:
+        return (self.directory.parent / BASE_SQL_NAME).read_text() + "\n".join(e.create_sql() for e in self.events.values())
+
+    def validate(self, obj: object) -> tuple[str, tuple]:
+        """Check one decoded line; return (event type, row) or raise RejectedLine."""
+        if type(obj) is not dict:
+            raise RejectedLine(f"line is a JSON {type(obj).__name__}, not an object")
+        t = obj.get("type")
+        if type(t) is not str:
+            raise RejectedLine("missing field 'type'" if t is None else "field 'type' must be a string")
+        spec = self.events.get(t)
+        if spec is None:
+            raise RejectedLine(f"unknown event type '{t[:64]}'")
+        return t, spec.validate(obj)
+
+    def validate_line(self, line: bytes) -> tuple[str, tuple]:
+        if len(line) > LINE_MAX:
+            raise RejectedLine(f"line is {len(line)} bytes, over the {LINE_MAX}-byte limit")
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            raise RejectedLine(f"invalid JSON: {e}") from None
+        return self.validate(obj)
+
+
+def load_schema(directory: Path | None = None) -> Schema:
+    return _load(str(directory or schema_dir()))
+
+
+@lru_cache(maxsize=4)
+def _load(directory: str) -> Schema:
+    events: dict[str, EventSpec] = {}
+    tables: dict[str, str] = {}
+    h = hashlib.sha256()
+    for path in sorted(Path(directory).glob("*.json")):
+        raw = path.read_bytes()
+        h.update(path.name.encode() + b"\0" + raw)
+        doc = orjson.loads(raw)
+        for etype, e in doc["events"].items():
+            if etype in events:
+                raise ValueError(f"{path.name}: event type '{etype}' is defined twice")
+            if e["table"] in tables:
+                raise ValueError(f"{path.name}: table '{e['table']}' used by '{tables[e['table']]}' and '{etype}'")
+            tables[e["table"]] = etype
+            default_nullable = bool(e.get("nullable", False))
+            fields = []
+            for name, f in e["fields"].items():
+                if f["type"] not in SQL_TYPES:
+                    raise ValueError(f"{path.name}: {etype}.{name}: unknown type {f['type']!r}")
+                if name in ("id", "ts", "type"):
+                    raise ValueError(f"{path.name}: {etype}.{name}: reserved field name")
+                nullable = default_nullable and not f.get("required", False)
+                fields.append(FieldSpec(name, f["type"], f.get("unit", ""), f.get("desc", ""), nullable))
+            spec = EventSpec(etype, e["table"], e.get("source", ""), doc.get("producer", ""), fields)
+            spec.validate = _build_validator(spec)
+            events[etype] = spec
+    if not events:
+        raise FileNotFoundError(f"no event schema found in {directory}")
+    return Schema(events, h.hexdigest()[:16], Path(directory))
+
+
+# Convenience for producers' tests and tools.
+def validate_line(line: bytes) -> tuple[str, tuple]:
+    return load_schema().validate_line(line)
