@@ -59,6 +59,11 @@ class CollectorSpec:
     # returns the argv to run instead of [tool, *args] or None for the default.
     setup: Callable[[], list[str] | None] | None = None
     teardown: Callable[[], None] | None = None
+    # For specs without a tool binary: None when usable here, else the reason.
+    check: Callable[[], str | None] | None = None
+    # True when the tool prints a line (banner or header) once attached; the
+    # collector counts as running from that line.  False: running from spawn.
+    banner: bool = True
     extra: dict = field(default_factory=dict)
 
 

@@ -236,3 +236,13 @@ def _load(directory: str) -> Schema:
 # Convenience for producers' tests and tools.
 def validate_line(line: bytes) -> tuple[str, tuple]:
     return load_schema().validate_line(line)
+
+
+_EXAMPLE_VALUES = {"int": 1, "float": 1.5, "str": "x", "int_array": [0, 1, 2]}
+
+
+def example_event(spec: EventSpec, ts: int | None = None) -> dict:
+    """A line that meets the contract for spec (for tests, docs and benchmarks)."""
+    ev = {"type": spec.type, "ts": ts if ts is not None else 1_700_000_000_000_000_000}
+    ev.update({f.name: _EXAMPLE_VALUES[f.type] for f in spec.fields})
+    return ev

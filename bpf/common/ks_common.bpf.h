@@ -66,7 +66,10 @@ static __always_inline __u32 ks_slot(__u64 v)
 {
 	__u32 s = ks_log2(v);
 
-	return s < KS_HIST_SLOTS ? s : KS_HIST_SLOTS - 1;
+	if (s >= KS_HIST_SLOTS)
+		s = KS_HIST_SLOTS - 1;
+	asm volatile("" : "+r"(s)); /* keep the mask below: the verifier needs the bound */
+	return s & (KS_HIST_SLOTS - 1);
 }
 
 #endif

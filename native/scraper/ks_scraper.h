@@ -22,6 +22,7 @@ namespace ks {
 // One key of an event.  Keys are string literals from the sources.
 struct Field {
 	enum Kind { Null, U64, I64, F64, Str };
+	explicit Field(const char *k) : key(k) {}
 	const char *key;
 	Kind kind = Null;
 	uint64_t u = 0;

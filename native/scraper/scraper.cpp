@@ -11,7 +11,7 @@ namespace ks {
 
 void Event::u64(const char *key, std::optional<uint64_t> v)
 {
-	Field f{key};
+	Field f(key);
 	if (v) {
 		f.kind = Field::U64;
 		f.u = *v;
@@ -21,7 +21,7 @@ void Event::u64(const char *key, std::optional<uint64_t> v)
 
 void Event::i64(const char *key, std::optional<int64_t> v)
 {
-	Field f{key};
+	Field f(key);
 	if (v) {
 		f.kind = Field::I64;
 		f.i = *v;
@@ -31,7 +31,7 @@ void Event::i64(const char *key, std::optional<int64_t> v)
 
 void Event::f64(const char *key, std::optional<double> v)
 {
-	Field f{key};
+	Field f(key);
 	// JSON has no NaN/inf: make the dict agree with the line.
 	if (v && std::isfinite(*v)) {
 		f.kind = Field::F64;
@@ -42,7 +42,7 @@ void Event::f64(const char *key, std::optional<double> v)
 
 void Event::str(const char *key, const std::string &v)
 {
-	Field f{key};
+	Field f(key);
 	f.kind = Field::Str;
 	f.s = v;
 	fields.push_back(std::move(f));

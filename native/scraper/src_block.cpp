@@ -3,6 +3,8 @@
 #include "sources.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <dirent.h>
 
 namespace ks {
@@ -59,8 +61,7 @@ public:
 			}
 			closedir(d);
 		} else {
-			std::string ignored;
-			read_or_warn(c, dir, ignored); // names the directory and errno once
+			c.warn.warn(dir, "", std::string("cannot list: ") + strerror(errno));
 		}
 		std::sort(devs.begin(), devs.end());
 

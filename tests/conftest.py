@@ -1,0 +1,63 @@
+"""Shared helpers: where the installed executables are, and a private pipeline env."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+BIN_DIR = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tool(name: str) -> str | None:
+    p = BIN_DIR / name
+    return str(p) if p.exists() else shutil.which(name)
+
+
+def wait_for(pred, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll until pred() is truthy.  The timeout is a liveness bound, not a speed check."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def query(db: Path, sql: str, args=()):
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def ks_env(tmp_path):
+    data = tmp_path / "data"
+    fifo = str(tmp_path / "ks.fifo")
+    env = {**os.environ, "KS_DATA_DIR": str(data), "KS_FIFO": fifo}
+    return SimpleNamespace(data=data, fifo=fifo, env=env, db=data / "kernelsight.db", tmp=tmp_path)
+
+
+def has_reader(fifo: str) -> bool:
+    """True once someone holds the FIFO open for reading (a non-blocking open succeeds)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    os.close(fd)
+    return True

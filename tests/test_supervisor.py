@@ -1,0 +1,135 @@
+"""`ks run` end to end: real scraper -> real FIFO -> real ks-ingest -> real DB."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import orjson
+import pytest
+
+from conftest import has_reader, query, tool, wait_for
+
+SCRAPER_TABLES = ["memory_metrics", "load_metrics", "cpu_metrics", "vmstat_metrics", "block_stats",
+                  "network_interface_stats", "tcp_stats", "tcp_retransmit_stats", "psi_metrics"]
+
+
+def status(ks_env) -> dict:
+    out = subprocess.run([tool("ks"), "status", "--json", "--data-dir", str(ks_env.data)],
+                         env=ks_env.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return orjson.loads(out.stdout)
+
+
+def child(st: dict, name: str) -> dict:
+    return next(c for c in st["children"] if c["name"] == name)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pipeline(ks_env):
+    if tool("ks-scraper") is None:
+        pytest.skip("ks-scraper is not built (make build)")
+    log = open(ks_env.tmp / "ks-run.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([tool("ks"), "run", "--data-dir", str(ks_env.data), "--fifo", ks_env.fifo,
+                             "--interval", "0.2", "--no-tracers", "--no-collectors"],
+                            env=ks_env.env, stderr=log)
+    yield proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    log.close()
+
+
+def test_kill_9_child_is_restarted_and_counts_reconcile(ks_env, pipeline):
+    st = wait_for(lambda: (s := status(ks_env))["supervisor"] == "running"
+                  and all(c["state"] == "running" for c in s["children"]) and s,
+                  what="all children running")
+    for table in SCRAPER_TABLES:
+        wait_for(lambda: query(ks_env.db, f"SELECT COUNT(*) FROM {table}") not in ([], [(0,)]),
+                 what=f"rows in {table}")
+    old = child(st, "ks-scraper")["pid"]
+    ingest_pid = child(st, "ks-ingest")["pid"]
+    os.kill(old, signal.SIGKILL)
+    st = wait_for(lambda: (s := status(ks_env)) and child(s, "ks-scraper")["restarts"] == 1
+                  and child(s, "ks-scraper")["state"] == "running" and s, what="scraper restarted")
+    new = child(st, "ks-scraper")["pid"]
+    assert new != old and alive(new)
+    # The new scraper's lines keep arriving.
+    n0 = query(ks_env.db, "SELECT COUNT(*) FROM load_metrics")[0][0]
+    wait_for(lambda: query(ks_env.db, "SELECT COUNT(*) FROM load_metrics")[0][0] > n0 + 2, what="new rows")
+
+    pipeline.send_signal(signal.SIGTERM)
+    assert pipeline.wait(timeout=60) == 0
+    assert not alive(new) and not alive(ingest_pid), "a child outlived the supervisor"
+
+    # Ingest's last accounting: nothing pending, received = stored + rejected,
+    # and what it says it stored is what the tables hold.
+    rows = query(ks_env.db, "SELECT event_type, received, stored, rejected, pending FROM pipeline_stats "
+                            "WHERE id IN (SELECT MAX(id) FROM pipeline_stats WHERE pid=? GROUP BY event_type)",
+                 (ingest_pid,))
+    assert rows
+    from kernelsight.schema import load_schema
+
+    events = load_schema().events
+    for etype, received, stored, rejected, pending in rows:
+        assert pending == 0 and received == stored + rejected, etype
+        if etype in events:
+            assert query(ks_env.db, f"SELECT COUNT(*) FROM {events[etype].table}")[0][0] == stored, etype
+    # The surviving scraper said goodbye: its last producer_stats accounts for every
+    # line it wrote, and it dropped nothing.
+    last = query(ks_env.db, "SELECT lines_written_total, dropped_no_reader_total, dropped_full_total, "
+                            "dropped_oversize_total, write_errors_total FROM producer_stats WHERE pid=? "
+                            "ORDER BY lines_written_total DESC LIMIT 1", (new,))
+    assert last and last[0][1:] == (0, 0, 0, 0)
+
+
+def test_status_lists_children_and_counters(ks_env, pipeline):
+    wait_for(lambda: status(ks_env)["counters"].get("memory", {}).get("stored", 0) > 0, what="memory rows counted")
+    out = subprocess.run([tool("ks"), "status", "--data-dir", str(ks_env.data)], env=ks_env.env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "ks-ingest" in out.stdout and "ks-scraper" in out.stdout and "running" in out.stdout
+    assert "memory" in out.stdout
+
+
+def test_status_without_a_pipeline_says_so(ks_env):
+    out = subprocess.run([tool("ks"), "status", "--data-dir", str(ks_env.data)], env=ks_env.env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "not running" in out.stdout
+
+
+def test_producer_and_ingest_counts_reconcile_exactly(ks_env):
+    """What ks-scraper says it wrote is exactly what ks-ingest says it received."""
+    import sys
+
+    if tool("ks-scraper") is None:
+        pytest.skip("ks-scraper is not built (make build)")
+    ing = subprocess.Popen([sys.executable, "-m", "kernelsight.ingest", "--fifo", ks_env.fifo,
+                            "--data-dir", str(ks_env.data), "--stats-interval", "0.2"], env=ks_env.env)
+    wait_for(lambda: has_reader(ks_env.fifo), what="ks-ingest reading the FIFO")
+    sc = subprocess.run([tool("ks-scraper"), "--output", ks_env.fifo, "--interval", "0.1", "--count", "10"],
+                        env=ks_env.env, capture_output=True, timeout=60)
+    assert sc.returncode == 0, sc.stderr
+    ing.send_signal(signal.SIGTERM)
+    assert ing.wait(timeout=60) == 0
+    written = query(ks_env.db, "SELECT MAX(lines_written_total) + 1, MAX(dropped_no_reader_total + "
+                               "dropped_full_total + dropped_oversize_total + write_errors_total) "
+                               "FROM producer_stats WHERE producer='ks-scraper'")[0]
+    received = query(ks_env.db, "SELECT SUM(received), SUM(rejected) FROM pipeline_stats WHERE id IN "
+                                "(SELECT MAX(id) FROM pipeline_stats GROUP BY event_type)")[0]
+    assert written[1] == 0 and received[1] == 0
+    assert received[0] == written[0]
