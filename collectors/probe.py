@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import selectors
+import shutil
 import signal
 import subprocess
 import time
@@ -34,7 +35,7 @@ def trial(tool: str, args: list[str], timeout_s: float = 8.0) -> dict:
     if path is None:
         return {"available": False, "reason": f"{tool} is not installed (apt-get install libbpf-tools)",
                 "seconds": 0.0}
-    stdbuf = find_tool("stdbuf")
+    stdbuf = shutil.which("stdbuf")
     argv = ([stdbuf, "-oL", "-eL"] if stdbuf else []) + [path, *args]
     t0 = time.monotonic()
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import time
@@ -121,7 +122,7 @@ class Runner:
         return [path, *spec.args(self.interval_s)]
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen:
-        stdbuf = find_tool("stdbuf")
+        stdbuf = shutil.which("stdbuf")
         full = [stdbuf, "-oL", "-eL", *argv] if stdbuf else argv
         p = subprocess.Popen(
             full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -45,8 +45,9 @@ def run(
         print(f"ks run: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
     os.environ["KS_DATA_DIR"] = str(directory)
-    log = klog.configure("ks-supervisor", log_file=str(directory / "logs" / "supervisor.log")
-                         if (directory / "logs").is_dir() else None)
+    # The supervisor runs in the foreground: its log goes to the terminal (stderr);
+    # each child's stderr goes to DATA_DIR/logs/NAME.log.
+    log = klog.configure("ks-supervisor")
     specs = default_children(RunOptions(fifo=fifo, interval_s=interval, tracers=tracers, collectors=collectors))
     print(f"ks run: data in {directory}, FIFO {fifo}, logs in {directory / 'logs'}; Ctrl-C stops", file=sys.stderr)
     raise typer.Exit(Supervisor(specs, directory, fifo, log).run())
@@ -132,6 +133,14 @@ def status(
             print(f"{t:<24} {c['received']:>10} {c['stored']:>10} {c['rejected']:>9} {c['pending']:>8}")
     elif s["supervisor"] != "running":
         print("no counters yet: start the pipeline with `make run`")
+
+
+@app.command(help="Print the event and table reference (markdown), generated from schema/events/*.json.\n\n"
+             "Example: ks schema > docs.md")
+def schema() -> None:
+    from .schema import markdown
+
+    sys.stdout.write(markdown())
 
 
 def main() -> None:

@@ -246,3 +246,19 @@ def example_event(spec: EventSpec, ts: int | None = None) -> dict:
     ev = {"type": spec.type, "ts": ts if ts is not None else 1_700_000_000_000_000_000}
     ev.update({f.name: _EXAMPLE_VALUES[f.type] for f in spec.fields})
     return ev
+
+
+def markdown(schema: Schema | None = None) -> str:
+    """The event and table reference for README, generated from the contract."""
+    schema = schema or load_schema()
+    out = []
+    for spec in sorted(schema.events.values(), key=lambda s: (s.producer, s.type)):
+        out.append(f"#### `{spec.type}` → table `{spec.table}`\n")
+        out.append(f"Producer: {spec.producer}. Source: {spec.source or '-'}.\n")
+        out.append("| field | type | unit | null | meaning |\n|---|---|---|---|---|")
+        out.append("| `ts` | int | ns | no | Unix epoch nanoseconds |")
+        for f in spec.fields:
+            out.append(f"| `{f.name}` | {f.type} | {f.unit or '-'} | {'yes' if f.nullable else 'no'} | "
+                       f"{f.desc.replace('|', '/')} |")
+        out.append("")
+    return "\n".join(out)

@@ -123,6 +123,8 @@ class CollectorProc:
         rc = self.proc.wait(timeout)
         self._t.join(5)
         self._te.join(5)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
         return rc
 
     def __enter__(self):

@@ -1,0 +1,160 @@
+"""The collector runner: restarts, backoff, unavailable tools, clean stop, no stray children.
+
+Uses stand-in tools (KS_TOOLS_DIR) so each behaviour is deterministic; the
+live tests use the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+import time
+
+import pytest
+from test_collectors_util import FIXTURES, CollectorProc
+
+
+def _pid_gone(pid: int) -> bool:
+    """True when pid no longer exists, not even as a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return False  # alive, or a zombie nobody reaped: either way not gone (state {state})
+
+
+def _wait_gone(pids, timeout=5.0) -> list[int]:
+    end = time.monotonic() + timeout
+    left = list(pids)
+    while left and time.monotonic() < end:
+        left = [p for p in left if not _pid_gone(p)]
+        time.sleep(0.05)
+    return left
+
+
+def _tool(tmp_path, name: str, body: str) -> str:
+    d = tmp_path / "tools"
+    d.mkdir(exist_ok=True)
+    p = d / name
+    p.write_text(f"#!{sys.executable}\n{body}")
+    p.chmod(p.stat().st_mode | stat.S_IXUSR)
+    return str(d)
+
+
+LONG_RUNNING = """
+import sys, time
+print("Tracing run queue latency... Hit Ctrl-C to end.", flush=True)
+try:
+    while True:
+        time.sleep(0.2)
+except KeyboardInterrupt:
+    sys.exit(0)
+"""
+
+
+def test_tool_dying_mid_stream_is_parsed_then_restarted(tmp_path):
+    died = FIXTURES / "runqlat_1_died.txt"
+    tools = _tool(tmp_path, "runqlat", f"""
+import sys
+sys.stdout.buffer.write(open({str(died)!r}, "rb").read()); sys.stdout.flush()
+sys.stderr.write("simulated crash\\n"); sys.exit(1)
+""")
+    with CollectorProc("runqlat", env={"KS_TOOLS_DIR": tools}) as c:
+        ok = c.wait_for(lambda evs: sum(e["type"] == "collector_status" and e["state"] == "exited" for e in evs) >= 2,
+                        timeout=10)
+        assert ok, c.stderr
+        rc = c.stop()
+    assert rc == 0
+    st = c.status()
+    exited = [s for s in st if s["state"] == "exited" and s["reason"] != "stopped by request"]
+    assert exited[0]["reason"].startswith("exited with code 1: simulated crash; restart 1 in 0.5 s")
+    assert exited[1]["reason"].endswith("restart 2 in 1.0 s")  # exponential backoff
+    assert [s["restarts"] for s in exited[:2]] == [1, 2]
+    # two complete histograms per run; the cut one is dropped, and counted as a warning
+    runs = sum(1 for s in st if s["state"] == "running")
+    assert len(c.of_type("runqlat")) == 2 * runs
+    stats = c.of_type("producer_stats")
+    assert stats and stats[-1]["warnings_total"] >= runs
+    assert st[-1]["state"] == "exited" and st[-1]["reason"] == "stopped by request"
+
+
+def test_killed_child_is_restarted_and_stop_leaves_no_child(tmp_path):
+    tools = _tool(tmp_path, "runqlat", LONG_RUNNING)
+    with CollectorProc("runqlat", env={"KS_TOOLS_DIR": tools}) as c:
+        c.wait_running()
+        first = c.status()[-1]
+        assert first["state"] == "running" and first["pid"]
+        os.kill(first["pid"], signal.SIGKILL)
+        ok = c.wait_for(lambda evs: [e for e in evs if e["type"] == "collector_status" and e["state"] == "running"
+                                     and e["pid"] != first["pid"]], timeout=10)
+        assert ok, c.stderr
+        second = [s for s in c.status() if s["state"] == "running"][-1]
+        assert second["restarts"] == 1
+        assert any(s["state"] == "exited" and "signal 9" in s["reason"] for s in c.status())
+        assert _pid_gone(first["pid"]), "killed child left as a zombie"
+        assert not _pid_gone(second["pid"])
+        rc = c.stop()
+    assert rc == 0
+    assert _wait_gone([first["pid"], second["pid"]]) == []
+    assert c.status()[-1]["reason"] == "stopped by request"
+    assert c.of_type("producer_stats"), "no producer_stats line at exit"
+
+
+def test_runner_killed_hard_takes_its_child_along(tmp_path):
+    tools = _tool(tmp_path, "runqlat", LONG_RUNNING)
+    with CollectorProc("runqlat", env={"KS_TOOLS_DIR": tools}) as c:
+        c.wait_running()
+        child = c.status()[-1]["pid"]
+        c.proc.kill()  # SIGKILL: no chance to clean up; PR_SET_PDEATHSIG must do it
+        c.proc.wait()
+        assert _wait_gone([child]) == []
+
+
+def test_tool_that_cannot_attach_is_unavailable_not_retried(tmp_path):
+    tools = _tool(tmp_path, "tcpstates", """
+import sys
+sys.stderr.write("libbpf: failed to add legacy kprobe event for 'tcp_set_state+0x0': No such file or directory\\n")
+sys.exit(1)
+""")
+    with CollectorProc("tcpstates", env={"KS_TOOLS_DIR": tools}) as c:
+        rc = c.proc.wait(15)
+        c.stop()
+    assert rc == 2
+    (st,) = c.status()
+    assert st["state"] == "unavailable"
+    if not os.path.exists("/sys/kernel/tracing/kprobe_events"):
+        assert st["reason"].startswith("needs kprobes (tcp_set_state); this kernel has none")
+    assert c.of_type("producer_stats")
+
+
+def test_missing_tool_is_unavailable(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with CollectorProc("execsnoop", env={"KS_TOOLS_DIR": str(tmp_path / "empty")}) as c:
+        assert c.proc.wait(15) == 2
+        c.stop()
+    (st,) = c.status()
+    assert st["state"] == "unavailable" and "not installed" in st["reason"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read tracefs")
+def test_oomkill_falls_back_to_tracepoint_when_oomkill_cannot_attach(tmp_path):
+    tools = _tool(tmp_path, "oomkill", """
+import sys
+sys.stderr.write("libbpf: failed to add legacy kprobe event for 'oom_kill_process+0x0': No such file or directory\\n")
+sys.exit(1)
+""")
+    if not os.path.isdir("/sys/kernel/tracing/events/oom/mark_victim"):
+        pytest.skip("kernel has no oom:mark_victim tracepoint")
+    with CollectorProc("oomkill", env={"KS_TOOLS_DIR": tools}) as c:
+        c.wait_for(lambda evs: any(e["type"] == "collector_status" and e["state"] == "running" for e in evs), 15)
+        st = c.status()[-1]
+        inst = f"/sys/kernel/tracing/instances/kernelsight_oom_{c.proc.pid}"
+        assert os.path.isdir(inst)
+        rc = c.stop()
+    assert rc == 0
+    assert st["tool"] == "tracefs:oom/mark_victim"
+    assert "instead of oomkill, which needs kprobes" in st["reason"] or "instead of oomkill" in st["reason"]
+    assert not os.path.exists(inst), "tracefs instance left behind"

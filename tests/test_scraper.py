@@ -1,0 +1,518 @@
+"""The /proc + /sys scraper: kernelsight._scraper and ks-scraper, one C++ core.
+
+Fixture values come from tests/fixtures/proc_tree{,_t1} (recorded on a live
+machine ~2 s apart by native/tests/record_fixture.sh); rates are computed by
+hand from those files with an elapsed time of exactly 2 s handed in as now_ns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kernelsight._scraper import Scraper
+
+REPO = Path(__file__).resolve().parents[1]
+FIX = REPO / "tests" / "fixtures"
+T0_ROOT, T1_ROOT = FIX / "proc_tree", FIX / "proc_tree_t1"
+SCHEMA = json.loads((REPO / "schema" / "events" / "scraper.json").read_text())["events"]
+PIPELINE_SCHEMA = json.loads((REPO / "schema" / "events" / "pipeline.json").read_text())["events"]
+T0 = 1_795_289_985_000_000_000
+SEC = 1_000_000_000
+LINE_MAX = 4096
+
+
+def ks_scraper() -> str:
+    p = Path(sys.executable).parent / "ks-scraper"
+    found = str(p) if p.exists() else shutil.which("ks-scraper")
+    assert found, "ks-scraper not installed (make build)"
+    return found
+
+
+def fixture_scraper(root: Path = T0_ROOT) -> Scraper:
+    return Scraper(str(root / "proc"), str(root / "sys"))
+
+
+def by_type(events, etype, key=None, name=None):
+    out = [e for e in events if e["type"] == etype and (key is None or e[key] == name)]
+    return out
+
+
+def one(events, etype, key=None, name=None):
+    found = by_type(events, etype, key, name)
+    assert len(found) == 1, f"{etype} {name}: {len(found)} events"
+    return found[0]
+
+
+TYPE_OK = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    # JSON has one number type: 0.0 is written as 0.
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+}
+
+
+def check_against_schema(ev: dict) -> None:
+    spec = SCHEMA.get(ev["type"]) or PIPELINE_SCHEMA.get(ev["type"])
+    assert spec is not None, f"unknown type {ev['type']}"
+    assert isinstance(ev["ts"], int) and ev["ts"] > 0
+    assert set(ev) == {"type", "ts", *spec["fields"]}, f"{ev['type']}: keys differ from the schema"
+    for name, f in spec["fields"].items():
+        v = ev[name]
+        if v is None:
+            assert spec["nullable"] and not f.get("required"), f"{ev['type']}.{name} is null"
+            continue
+        assert TYPE_OK[f["type"]](v), f"{ev['type']}.{name}={v!r} is not {f['type']}"
+
+
+# ---- the fixture tree ----------------------------------------------------------------
+
+
+def test_fixture_exact_values():
+    s = fixture_scraper()
+    ev = s.collect(now_ns=T0)
+    assert s.warnings == []
+    assert [e["type"] for e in ev] == [
+        "memory", "load", "cpu", "vmstat", "block", "block",
+        "net_dev", "net_dev", "net_dev", "net_dev", "tcp", "tcp_retrans", "psi", "psi", "psi",
+    ]
+    assert all(e["ts"] == T0 for e in ev)
+    for e in ev:
+        check_against_schema(e)
+
+    mem = one(ev, "memory")
+    assert mem["mem_total_kb"] == 24684084
+    assert mem["mem_available_kb"] == 24167240
+    assert mem["active_anon_kb"] == 1636
+    assert mem["committed_as_kb"] == 170756
+    assert mem["hugepages_total"] == 0
+
+    assert one(ev, "load") == {
+        "type": "load", "ts": T0, "load_1min": 0.17, "load_5min": 0.10, "load_15min": 0.03,
+        "runnable_tasks": 1, "total_tasks": 134, "last_pid": 5334,
+    }
+    cpu = one(ev, "cpu")
+    assert (cpu["cpu_count"], cpu["ctxt_total"], cpu["forks_total"], cpu["intr_total"]) == (
+        2, 305957, 5336, 126628)
+    assert (cpu["procs_running"], cpu["procs_blocked"]) == (1, 0)
+    # First read: no interval yet, so every rate and share is None.
+    assert cpu["user_pct"] is None and cpu["ctxt_per_sec"] is None
+
+    vm = one(ev, "vmstat")
+    assert (vm["pgfault_total"], vm["pgmajfault_total"], vm["nr_dirty"]) == (1690534, 984, 766)
+    assert vm["oom_kill_delta"] is None
+
+    # loop* skipped, zram0 kept, sorted by name.
+    assert [b["device"] for b in by_type(ev, "block")] == ["vda", "zram0"]
+    vda = one(ev, "block", "device", "vda")
+    assert (vda["reads_completed_total"], vda["sectors_read_total"], vda["io_time_ms_total"],
+            vda["weighted_io_time_ms_total"]) == (30026, 2662010, 3428, 7830)
+    assert vda["read_iops"] is None
+
+    assert [n["interface"] for n in by_type(ev, "net_dev")] == ["lo", "ifb0", "ifb1", "eth0"]
+    eth0 = one(ev, "net_dev", "interface", "eth0")
+    assert (eth0["rx_bytes_total"], eth0["rx_packets_total"], eth0["tx_bytes_total"],
+            eth0["tx_packets_total"]) == (56192927, 1814, 117376, 1156)
+
+    tcp = one(ev, "tcp")
+    assert (tcp["established"], tcp["time_wait"], tcp["listen"], tcp["total"]) == (2, 7, 2, 11)
+    assert tcp["syn_recv"] == 0
+
+    tr = one(ev, "tcp_retrans")
+    assert (tr["active_opens_total"], tr["passive_opens_total"], tr["out_segs_total"],
+            tr["in_segs_total"], tr["curr_estab"], tr["listen_drops_total"]) == (25, 9, 1203, 1868, 2, 0)
+
+    assert [p["resource"] for p in by_type(ev, "psi")] == ["cpu", "memory", "io"]
+    cpu_psi = one(ev, "psi", "resource", "cpu")
+    assert (cpu_psi["some_avg10"], cpu_psi["some_avg60"], cpu_psi["some_avg300"],
+            cpu_psi["some_total_us"]) == (0.07, 0.70, 0.54, 3787840)
+    assert cpu_psi["full_total_us"] == 0
+    io_psi = one(ev, "psi", "resource", "io")
+    assert (io_psi["full_avg10"], io_psi["full_total_us"]) == (0.01, 2004721)
+
+
+def test_two_snapshots_hand_computed_rates():
+    s = fixture_scraper(T0_ROOT)
+    s.collect(now_ns=T0)
+    s.proc_root, s.sys_root = str(T1_ROOT / "proc"), str(T1_ROOT / "sys")
+    ev = s.collect(now_ns=T0 + 2 * SEC)
+    assert s.warnings == []
+    for e in ev:
+        check_against_schema(e)
+    approx = pytest.approx
+
+    # cpu line deltas: user 326 nice 0 system 64 idle 14 iowait 3 irq 0 softirq 21 steal 1 -> 429
+    cpu = one(ev, "cpu")
+    assert cpu["user_pct"] == approx(100 * 326 / 429)
+    assert cpu["system_pct"] == approx(100 * 64 / 429)
+    assert cpu["idle_pct"] == approx(100 * 14 / 429)
+    assert cpu["iowait_pct"] == approx(100 * 3 / 429)
+    assert cpu["softirq_pct"] == approx(100 * 21 / 429)
+    assert cpu["steal_pct"] == approx(100 * 1 / 429)
+    assert cpu["nice_pct"] == 0 and cpu["irq_pct"] == 0
+    assert sum(cpu[k] for k in cpu if k.endswith("_pct")) == approx(100)
+    assert cpu["ctxt_per_sec"] == approx((354793 - 305957) / 2)
+    assert cpu["forks_per_sec"] == approx((5417 - 5336) / 2)
+    assert cpu["intr_per_sec"] == approx((152917 - 126628) / 2)
+    assert cpu["procs_blocked"] == 1
+
+    vm = one(ev, "vmstat")
+    assert vm["pgfault_per_sec"] == approx((1710656 - 1690534) / 2)
+    assert vm["pgmajfault_per_sec"] == approx((1004 - 984) / 2)
+    assert vm["pgscan_per_sec"] == 0 and vm["oom_kill_delta"] == 0
+
+    vda = one(ev, "block", "device", "vda")
+    assert vda["read_iops"] == approx((53954 - 30026) / 2)
+    assert vda["write_iops"] == approx((8069 - 8058) / 2)
+    assert vda["read_bytes_per_sec"] == approx((3299842 - 2662010) * 512 / 2)
+    assert vda["write_bytes_per_sec"] == approx((1444728 - 1379176) * 512 / 2)
+    assert vda["read_await_ms"] == approx((6612 - 5537) / (53954 - 30026))
+    assert vda["write_await_ms"] == approx((2119 - 2048) / (8069 - 8058))
+    assert vda["util_pct"] == approx((4484 - 3428) / 2000 * 100)
+    assert vda["avg_queue_depth"] == approx((8979 - 7830) / 2000)
+    assert vda["in_flight"] == 1
+    zram = one(ev, "block", "device", "zram0")
+    assert zram["read_iops"] == 0 and zram["read_await_ms"] is None  # no reads: no mean
+
+    lo = one(ev, "net_dev", "interface", "lo")
+    assert lo["rx_bytes_per_sec"] == approx((12881 - 9615) / 2)
+    assert lo["tx_packets_per_sec"] == approx((117 - 93) / 2)
+    assert one(ev, "net_dev", "interface", "eth0")["rx_bytes_per_sec"] == 0
+
+    tcp = one(ev, "tcp")
+    assert (tcp["time_wait"], tcp["total"]) == (9, 13)
+
+    tr = one(ev, "tcp_retrans")
+    assert tr["out_segs_per_sec"] == approx((1227 - 1203) / 2)
+    assert tr["retrans_segs_per_sec"] == 0 and tr["retransmit_pct"] == 0
+    assert tr["active_opens_per_sec"] == approx(1.0)
+    assert tr["passive_opens_per_sec"] == approx(1.0)
+
+    cpu_psi = one(ev, "psi", "resource", "cpu")
+    assert cpu_psi["some_stall_us_per_sec"] == approx((5420133 - 3787840) / 2)
+    assert cpu_psi["full_stall_us_per_sec"] == 0
+    io_psi = one(ev, "psi", "resource", "io")
+    assert io_psi["full_stall_us_per_sec"] == approx((2032884 - 2004721) / 2)
+
+
+def test_json_lines_match_dicts():
+    a, b = fixture_scraper(), fixture_scraper()
+    for t in (T0, T0 + 2 * SEC):
+        dicts, lines = a.collect(now_ns=t), b.collect_json(now_ns=t)
+        a.proc_root = b.proc_root = str(T1_ROOT / "proc")
+        a.sys_root = b.sys_root = str(T1_ROOT / "sys")
+        assert len(dicts) == len(lines)
+        for d, line in zip(dicts, lines):
+            assert line.endswith("\n") and line.count("\n") == 1 and len(line.encode()) <= LINE_MAX
+            parsed = json.loads(line)
+            assert list(parsed) == list(d)
+            for k, v in d.items():
+                if isinstance(v, float):  # %.10g in the line
+                    assert parsed[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+                else:
+                    assert parsed[k] == v and type(parsed[k]) is type(v), k
+
+
+def test_path_like_roots():
+    s = Scraper(T0_ROOT / "proc", T0_ROOT / "sys")
+    assert s.proc_root == str(T0_ROOT / "proc")
+    assert one(s.collect(), "memory")["mem_total_kb"] == 24684084
+
+
+# ---- degradation: missing files and fields ---------------------------------------------
+
+
+def copy_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    shutil.copytree(T0_ROOT, root)
+    return root
+
+
+def test_missing_field_gives_none_and_one_warning(tmp_path):
+    root = copy_tree(tmp_path)
+    meminfo = root / "proc" / "meminfo"
+    meminfo.write_text("".join(l for l in meminfo.read_text().splitlines(True)
+                               if not l.startswith("MemAvailable:")))
+    vmstat = root / "proc" / "vmstat"
+    vmstat.write_text("".join(l for l in vmstat.read_text().splitlines(True)
+                              if not l.startswith("oom_kill ")))
+    s = fixture_scraper(root)
+    for i in range(3):
+        ev = s.collect(now_ns=T0 + i * SEC)
+        mem = one(ev, "memory")
+        assert mem["mem_available_kb"] is None and mem["mem_total_kb"] == 24684084
+        vm = one(ev, "vmstat")
+        assert vm["oom_kill_total"] is None and vm["oom_kill_delta"] is None
+        assert vm["pgfault_total"] == 1690534
+    assert s.warnings == [
+        f"{root}/proc/meminfo: field MemAvailable missing",
+        f"{root}/proc/vmstat: field oom_kill missing",
+    ]
+
+
+def test_missing_files_degrade_to_none(tmp_path):
+    root = copy_tree(tmp_path)
+    shutil.rmtree(root / "proc" / "pressure")
+    (root / "proc" / "loadavg").unlink()
+    (root / "proc" / "net" / "tcp6").unlink()
+    # cpu pressure on a kernel before 5.13: no "full" line.
+    (root / "proc" / "pressure").mkdir()
+    (root / "proc" / "pressure" / "cpu").write_text(
+        "some avg10=1.00 avg60=0.50 avg300=0.25 total=777\n")
+    s = fixture_scraper(root)
+    ev = s.collect(now_ns=T0)
+    s.collect(now_ns=T0 + SEC)
+    for e in ev:
+        check_against_schema(e)
+    load = one(ev, "load")
+    assert all(load[k] is None for k in load if k not in ("type", "ts"))
+    assert one(ev, "tcp")["total"] == 11  # IPv4 still counted
+    cpu_psi = one(ev, "psi", "resource", "cpu")
+    assert cpu_psi["some_total_us"] == 777 and cpu_psi["full_avg10"] is None
+    mem_psi = one(ev, "psi", "resource", "memory")
+    assert mem_psi["some_avg10"] is None and mem_psi["some_total_us"] is None
+    w = s.warnings
+    assert len(w) == 5, w
+    assert sum(f"{root}/proc/loadavg: cannot read" in x for x in w) == 1
+    assert sum(f"{root}/proc/net/tcp6: cannot read" in x for x in w) == 1
+    assert sum(f"{root}/proc/pressure/cpu" in x and '"full" missing' in x for x in w) == 1
+    assert sum(f"{root}/proc/pressure/memory: cannot read" in x for x in w) == 1
+    assert sum(f"{root}/proc/pressure/io: cannot read" in x for x in w) == 1
+
+
+def test_nonexistent_roots_never_crash(tmp_path):
+    s = Scraper(str(tmp_path / "nope"), str(tmp_path / "nope-sys"))
+    ev = s.collect()
+    assert {e["type"] for e in ev} == {"memory", "load", "cpu", "vmstat", "tcp", "tcp_retrans", "psi"}
+    n = len(s.warnings)
+    assert n > 0
+    s.collect()
+    assert len(s.warnings) == n
+
+
+def test_disk_and_interface_disappear(tmp_path):
+    root = copy_tree(tmp_path)
+    s = fixture_scraper(root)
+    s.collect(now_ns=T0)
+    shutil.rmtree(root / "sys" / "block" / "zram0")
+    dev = root / "proc" / "net" / "dev"
+    dev.write_text("".join(l for l in dev.read_text().splitlines(True) if "ifb1:" not in l))
+    ev = s.collect(now_ns=T0 + SEC)
+    assert [b["device"] for b in by_type(ev, "block")] == ["vda"]
+    assert "ifb1" not in [n["interface"] for n in by_type(ev, "net_dev")]
+    assert one(ev, "block", "device", "vda")["read_iops"] == 0
+    # Back again: a first sighting, rates None.
+    shutil.copytree(T0_ROOT / "sys" / "block" / "zram0", root / "sys" / "block" / "zram0")
+    shutil.copy(T0_ROOT / "proc" / "net" / "dev", dev)
+    ev = s.collect(now_ns=T0 + 2 * SEC)
+    assert one(ev, "block", "device", "zram0")["read_iops"] is None
+    assert one(ev, "net_dev", "interface", "ifb1")["rx_bytes_per_sec"] is None
+    assert one(ev, "net_dev", "interface", "lo")["rx_bytes_per_sec"] == 0
+    assert s.warnings == []
+
+
+def test_counter_wrap_gives_none(tmp_path):
+    root = copy_tree(tmp_path)
+    dev = root / "proc" / "net" / "dev"
+    text = dev.read_text()
+    s = fixture_scraper(root)
+    s.collect(now_ns=T0)
+    # eth0 rx_bytes back to a small number (32-bit wrap or driver reset).
+    dev.write_text(text.replace("eth0: 56192927", "eth0:     1000"))
+    eth0 = one(s.collect(now_ns=T0 + SEC), "net_dev", "interface", "eth0")
+    assert eth0["rx_bytes_total"] == 1000
+    assert eth0["rx_bytes_per_sec"] is None
+    assert eth0["rx_packets_per_sec"] == 0 and eth0["tx_bytes_per_sec"] == 0
+
+
+# ---- live machine, psutil as the oracle ------------------------------------------------
+
+
+def test_live_memory_matches_proc():
+    ev = Scraper().collect()
+    meminfo = dict(l.split(":", 1) for l in Path("/proc/meminfo").read_text().splitlines())
+    assert one(ev, "memory")["mem_total_kb"] == int(meminfo["MemTotal"].split()[0])
+    assert one(ev, "cpu")["cpu_count"] == psutil.cpu_count()
+
+
+def test_live_load_matches_psutil():
+    load = one(Scraper().collect(), "load")
+    want = psutil.getloadavg()
+    for got, exp in zip((load["load_1min"], load["load_5min"], load["load_15min"]), want):
+        assert abs(got - exp) <= 0.05
+
+
+def test_live_net_dev_matches_psutil():
+    ev = Scraper().collect()
+    counters = psutil.net_io_counters(pernic=True)
+    nets = [n for n in by_type(ev, "net_dev") if n["interface"] in counters]
+    # psutil reads the same file a moment later; an interface created or
+    # removed in between is not a disagreement.
+    assert "lo" in {n["interface"] for n in nets}
+    for n in nets:
+        exp = counters[n["interface"]].bytes_recv
+        assert abs(n["rx_bytes_total"] - exp) <= max(0.01 * exp, 1500), n["interface"]
+
+
+def test_live_rates_are_sane():
+    s = Scraper()
+    s.collect()
+    time.sleep(0.2)
+    ev = s.collect()
+    cpu = one(ev, "cpu")
+    if cpu["user_pct"] is not None:  # None only if no jiffy passed
+        assert sum(cpu[k] for k in cpu if k.endswith("_pct")) == pytest.approx(100)
+    assert cpu["ctxt_per_sec"] is not None and cpu["ctxt_per_sec"] >= 0
+    for b in by_type(ev, "block"):
+        assert b["read_iops"] is not None and b["read_iops"] >= 0
+        assert 0 <= b["util_pct"] <= 100
+
+
+# ---- the ks-scraper binary -------------------------------------------------------------
+
+
+def run_cli(*args, timeout=30):
+    return subprocess.run([ks_scraper(), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_lines_match_schema():
+    t = time.monotonic()
+    r = run_cli("--count", "2", "--interval", "0.2")
+    took = time.monotonic() - t
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines(True)
+    events = []
+    for line in lines:
+        assert len(line.encode()) <= LINE_MAX
+        assert line.endswith("\n")
+        ev = json.loads(line)
+        check_against_schema(ev)
+        events.append(ev)
+    types = [e["type"] for e in events]
+    assert set(SCHEMA) <= set(types)  # every scraper event type appears
+    assert types.count("producer_stats") == 3  # one per read, one at exit
+    assert types.count("memory") == 2
+    stats = [e for e in events if e["type"] == "producer_stats"]
+    assert all(s["producer"] == "ks-scraper" and s["pid"] > 0 for s in stats)
+    assert stats[-1]["lines_written_total"] == len(lines) - 1
+    assert stats[-1]["warnings_total"] == len(
+        [l for l in r.stderr.splitlines() if "warning" in l])
+    mem_ts = [e["ts"] for e in events if e["type"] == "memory"]
+    assert 0.15e9 <= mem_ts[1] - mem_ts[0] <= 0.5e9
+    assert abs(mem_ts[0] - time.time_ns()) < 60 * SEC
+    assert took < 10
+
+
+def test_cli_keeps_to_the_interval_grid():
+    # Ticks at start + k * interval: ten intervals take ten intervals, not
+    # ten intervals plus ten read times.
+    r = run_cli("--count", "11", "--interval", "0.1")
+    assert r.returncode == 0, r.stderr
+    ts = [json.loads(l)["ts"] for l in r.stdout.splitlines() if l.startswith('{"type":"memory"')]
+    assert len(ts) == 11
+    assert ts[-1] - ts[0] == pytest.approx(1.0e9, abs=0.05e9)
+    gaps = [b - a for a, b in zip(ts, ts[1:])]
+    assert all(0.02e9 < g < 0.2e9 for g in gaps), gaps
+
+
+def test_cli_and_module_write_identical_lines():
+    r = run_cli("--count", "1", "--proc-root", str(T0_ROOT / "proc"), "--sys-root", str(T0_ROOT / "sys"))
+    assert r.returncode == 0 and r.stderr == ""
+    cli = [l for l in r.stdout.splitlines(True) if '"producer_stats"' not in l]
+    mod = fixture_scraper().collect_json()
+    strip = lambda l: re.sub(r'"ts":\d+', '"ts":0', l)  # noqa: E731
+    assert [strip(l) for l in cli] == [strip(l) for l in mod]
+
+
+def test_cli_warns_once_on_stderr(tmp_path):
+    root = copy_tree(tmp_path)
+    (root / "proc" / "loadavg").unlink()
+    r = run_cli("--count", "3", "--interval", "0.05", "--proc-root", str(root / "proc"),
+                "--sys-root", str(root / "sys"))
+    assert r.returncode == 0
+    assert r.stderr.count("loadavg") == 1, r.stderr
+    assert "loadavg" not in r.stdout
+    stats = [json.loads(l) for l in r.stdout.splitlines() if '"producer_stats"' in l]
+    assert stats[-1]["warnings_total"] == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["--interval", "0"], ["--interval", "abc"], ["--interval", "-1"], ["--count", "-3"],
+    ["--count", "x"], ["--bogus"], ["--interval"], ["extra"],
+])
+def test_cli_bad_arguments_exit_2(args):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("ks-scraper: ")
+
+
+def test_cli_help():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "--interval" in r.stdout
+
+
+def test_cli_refuses_regular_file_and_symlink(tmp_path):
+    reg = tmp_path / "regular"
+    reg.write_text("")
+    r = run_cli("--count", "1", "--output", str(reg))
+    assert r.returncode == 1 and "not a FIFO" in r.stderr and r.stdout == ""
+    assert reg.read_text() == ""
+
+    target = tmp_path / "target"
+    os.mkfifo(target, 0o600)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    r = run_cli("--count", "1", "--output", str(link))
+    assert r.returncode == 1 and "symlink" in r.stderr
+
+
+def test_cli_fifo_without_reader_drops_and_counts(tmp_path):
+    fifo = tmp_path / "ks.fifo"
+    t = time.monotonic()
+    r = run_cli("--count", "2", "--interval", "0.05", "--output", str(fifo))
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t < 5  # no reader never blocks
+    assert fifo.is_fifo()
+
+
+def test_cli_fifo_with_reader(tmp_path):
+    fifo = tmp_path / "ks.fifo"
+    os.mkfifo(fifo, 0o600)
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        r = run_cli("--count", "1", "--output", str(fifo))
+        assert r.returncode == 0, r.stderr
+        data = b""
+        while chunk := os.read(rfd, 65536):
+            data += chunk
+    finally:
+        os.close(rfd)
+    lines = data.decode().splitlines()
+    stats = json.loads(lines[-1])
+    assert stats["type"] == "producer_stats"
+    assert stats["lines_written_total"] == len(lines) - 1
+    assert stats["dropped_no_reader_total"] == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_signal_writes_final_stats(sig):
+    p = subprocess.Popen([ks_scraper(), "--interval", "0.1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 0, err
+    last = json.loads(out.splitlines()[-1])
+    assert last["type"] == "producer_stats"
+    assert last["lines_written_total"] == len(out.splitlines()) - 1

@@ -1,0 +1,311 @@
+"""The four CO-RE eBPF tracers, loaded for real (root + kernel BTF).
+
+Each test runs an installed ks-* binary with --output - --duration N, drives a
+deterministic C workload (bench/ks_workload.c, compiled here with cc) and
+checks the JSON lines against schema/events/tracers.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((REPO / "schema/events/tracers.json").read_text())["events"]
+SCHEMA.update(json.loads((REPO / "schema/events/pipeline.json").read_text())["events"])
+
+pytestmark = pytest.mark.bpf
+
+
+def _bin_dirs():
+    if os.environ.get("KS_TRACER_DIR"):
+        yield Path(os.environ["KS_TRACER_DIR"])
+    yield Path(sys.executable).parent
+    yield REPO / "build/dev/bpf"
+    yield from sorted(REPO.glob("build/*/bpf"))
+
+
+def tracer_bin(name: str) -> str:
+    for d in _bin_dirs():
+        p = d / name
+        if p.exists():
+            return str(p)
+    pytest.fail(f"{name} not built (make build, or cmake -S . -B build/dev && cmake --build build/dev)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bpf_capable():
+    if os.geteuid() != 0:
+        pytest.skip("loading eBPF programs needs root (CAP_BPF + CAP_PERFMON)")
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.skip("kernel has no BTF (/sys/kernel/btf/vmlinux); CO-RE tracers cannot load")
+
+
+@pytest.fixture(scope="session")
+def workload(tmp_path_factory) -> str:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build bench/ks_workload.c")
+    out = tmp_path_factory.mktemp("wl") / "ks_workload"
+    subprocess.run([cc, "-O2", "-o", str(out), str(REPO / "bench/ks_workload.c")], check=True)
+    return str(out)
+
+
+def check_line(line: str) -> dict:
+    assert len(line.encode()) + 1 <= 4096, "line longer than 4096 bytes"
+    ev = json.loads(line)
+    spec = SCHEMA.get(ev.get("type"))
+    assert spec is not None, f"unknown type {ev.get('type')}"
+    fields = spec["fields"]
+    assert set(ev) == set(fields) | {"type", "ts"}, f"{ev['type']}: keys {sorted(set(ev) ^ (set(fields) | {'type', 'ts'}))}"
+    assert isinstance(ev["ts"], int) and ev["ts"] > 1_600_000_000 * 10**9
+    for k, f in fields.items():
+        v = ev[k]
+        if v is None:
+            assert spec.get("nullable") and not f.get("required"), f"{ev['type']}.{k} is null"
+            continue
+        t = f["type"]
+        if t == "int":
+            assert isinstance(v, int) and not isinstance(v, bool), (k, v)
+        elif t == "float":
+            assert isinstance(v, (int, float)) and not isinstance(v, bool), (k, v)
+        elif t == "str":
+            assert isinstance(v, str), (k, v)
+        elif t == "int_array":
+            assert isinstance(v, list) and all(isinstance(x, int) for x in v), (k, v)
+    return ev
+
+
+def prog_ids_of(pid: int) -> set[int]:
+    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True).stdout
+    return {p["id"] for p in json.loads(out or "[]") if any(x.get("pid") == pid for x in p.get("pids", []))}
+
+
+def live_prog_ids() -> set[int]:
+    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True).stdout
+    return {p["id"] for p in json.loads(out or "[]")}
+
+
+class Tracer:
+    """Start a tracer, wait until it says it is attached, collect its lines."""
+
+    def __init__(self, name: str, *args: str, duration: float = 4):
+        self.p = subprocess.Popen([tracer_bin(name), "--output", "-", "--duration", str(duration), *args],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stderr = ""
+        while True:
+            line = self.p.stderr.readline()
+            if not line:
+                out, err = self.p.communicate()
+                pytest.fail(f"{name} exited before attaching (rc {self.p.returncode}): {self.stderr}{err}")
+            self.stderr += line
+            if "attached" in line:
+                break
+        m = re.search(r"attach_mode=(\w+)", line)
+        self.mode = m.group(1) if m else None
+        self.progs = prog_ids_of(self.p.pid)
+
+    def finish(self, timeout: float = 30) -> list[dict]:
+        out, err = self.p.communicate(timeout=timeout)
+        self.stderr += err
+        assert self.p.returncode == 0, self.stderr
+        events = [check_line(l) for l in out.splitlines()]
+        # programs are freed asynchronously (RCU): allow a moment
+        deadline = time.monotonic() + 5
+        while self.progs & live_prog_ids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not (self.progs & live_prog_ids()), "BPF programs left behind"
+        return events
+
+
+def by_type(events, t):
+    return [e for e in events if e["type"] == t]
+
+
+def run_wl(workload: str, *args: str, cpu: int | None = None) -> str:
+    cmd = [workload, *args] if cpu is None else ["taskset", "-c", str(cpu), workload, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def start_wl(workload: str, *args: str):
+    p = subprocess.Popen([workload, "-w", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pid = int(p.stdout.readline().split()[1])
+    return p, pid
+
+
+def go(p):
+    out, _ = p.communicate("go\n", timeout=60)
+    assert p.returncode == 0
+    return out
+
+
+def common_checks(events, tracer):
+    ts = by_type(events, "tracer_stats")
+    assert ts and all(e["tracer"] == tracer for e in ts)
+    assert ts[-1]["attach_mode"] in ("tp_btf", "tracepoint", "raw_tp")
+    assert by_type(events, "producer_stats")
+    return ts
+
+
+# --------------------------------------------------------------------- syscall
+def test_syscall_counts_getppid_for_pid(workload):
+    n = 20000
+    p, pid = start_wl(workload, "getppid", str(n))
+    t = Tracer("ks-syscall", "--pid", str(pid), duration=3)
+    assert t.mode == "tp_btf"  # what this kernel offers
+    go(p)
+    ev = t.finish()
+    stats = [e for e in by_type(ev, "syscall_stats") if e["syscall"] == "getppid"]
+    assert sum(e["count"] for e in stats) >= n
+    assert all(e["pid"] == pid for e in by_type(ev, "syscall_stats"))
+    ts = common_checks(ev, "syscall")
+    assert sum(e["ringbuf_drops"] for e in ts) == 0
+
+
+def test_syscall_slow_call_is_an_event(workload):
+    p, pid = start_wl(workload, "nanosleep", "20")
+    t = Tracer("ks-syscall", "--pid", str(pid), duration=2)
+    go(p)
+    ev = t.finish()
+    slow = [e for e in by_type(ev, "syscall") if e["pid"] == pid and e["syscall"] in ("nanosleep", "clock_nanosleep")]
+    assert slow, "20 ms nanosleep not reported"
+    assert 19_000_000 <= slow[0]["latency_ns"] < 2_000_000_000
+
+
+def test_syscall_tracepoint_fallback(workload):
+    if not Path("/sys/kernel/tracing/events/raw_syscalls").exists():
+        pytest.skip("tracefs not mounted: the classic tracepoint fallback cannot attach")
+    p, pid = start_wl(workload, "getppid", "5000")
+    t = Tracer("ks-syscall", "--pid", str(pid), "--attach", "tracepoint", duration=2)
+    assert t.mode == "tracepoint"
+    go(p)
+    ev = t.finish()
+    assert sum(e["count"] for e in by_type(ev, "syscall_stats") if e["syscall"] == "getppid") >= 5000
+    assert by_type(ev, "tracer_stats")[-1]["attach_mode"] == "tracepoint"
+
+
+def test_bad_args_exit_2():
+    r = subprocess.run([tracer_bin("ks-syscall"), "--interval", "abc"], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ io_latency
+def _disk_of(path: Path):
+    st = os.stat(path)
+    maj, mnr = os.major(st.st_dev), os.minor(st.st_dev)
+    sysd = Path(f"/sys/dev/block/{maj}:{mnr}")
+    if not sysd.exists():
+        return None
+    if (sysd / "partition").exists():
+        sysd = sysd.resolve().parent
+    return tuple(int(x) for x in (sysd / "dev").read_text().split(":"))
+
+
+def _biolat_hist(text: str) -> list[int]:
+    h = [0] * 32
+    for m in re.finditer(r"^\s*(\d+) -> (\d+)\s*: (\d+)", text, re.M):
+        lo, cnt = int(m.group(1)), int(m.group(3))
+        h[0 if lo == 0 else lo.bit_length() - 1] += cnt
+    return h
+
+
+def _median_bucket(h):
+    tot, cum = sum(h), 0
+    for i, c in enumerate(h):
+        cum += c
+        if cum * 2 >= tot:
+            return i
+    return None
+
+
+def test_io_latency_odirect_reads(workload, tmp_path):
+    base = tmp_path
+    if subprocess.run(["stat", "-f", "-c", "%T", str(base)], capture_output=True, text=True).stdout.strip() == "tmpfs":
+        base = REPO / "build"
+        base.mkdir(exist_ok=True)
+    f = base / "ks_io_test.bin"
+    with open(f, "wb") as fh:
+        fh.write(os.urandom(32 << 20))
+        os.fsync(fh.fileno())
+    disk = _disk_of(f)
+    if disk is None:
+        pytest.skip(f"{f} is not on a block device")
+    n = 1500
+    biolat = shutil.which("biolatency") or ("/usr/sbin/biolatency" if Path("/usr/sbin/biolatency").exists() else None)
+    try:
+        t = Tracer("ks-io-latency", duration=4)
+        bl = subprocess.Popen([biolat, "-D", "3", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) if biolat else None
+        time.sleep(1.0)
+        run_wl(workload, "odirect", str(f), str(n))
+        ev = t.finish()
+        lines = [e for e in by_type(ev, "io_latency") if (e["dev_major"], e["dev_minor"]) == disk]
+        assert sum(e["count"] for e in lines if e["op"] == "read") >= n
+        common_checks(ev, "io_latency")
+        for e in lines:
+            if e["count"]:
+                assert e["p50_ms"] <= e["p95_ms"] <= e["p99_ms"]
+        if bl:
+            out, _ = bl.communicate(timeout=30)
+            ours = [0] * 32
+            for e in lines:
+                ours = [a + b for a, b in zip(ours, e["hist_log2_us"])]
+            theirs = _biolat_hist(out)
+            if sum(theirs) >= n // 2:
+                assert abs(_median_bucket(ours) - _median_bucket(theirs)) <= 1, (ours, theirs)
+    finally:
+        f.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ page_fault
+def test_page_fault_touch_pages(workload):
+    m = 3000
+    p, pid = start_wl(workload, "touch", str(m))
+    t = Tracer("ks-page-fault", "--pid", str(pid), duration=2)
+    go(p)
+    ev = t.finish()
+    rows = [e for e in by_type(ev, "page_fault") if e["pid"] == pid]
+    assert sum(e["faults"] for e in rows) >= m
+    st = by_type(ev, "page_fault_stats")
+    assert sum(e["faults"] for e in st) >= m
+    assert all(e["latency_avg_ns"] is None for e in st)
+    ts = common_checks(ev, "page_fault")
+    assert "latency" in ts[-1]["notes"]
+
+
+# ----------------------------------------------------------------------- sched
+def test_sched_pingpong_voluntary(workload):
+    k = 500
+    p, pid = start_wl(workload, "pingpong", str(k))
+    t = Tracer("ks-sched", "--pid", str(pid), duration=3)
+    go(p)
+    ev = t.finish()
+    assert sum(e["voluntary"] for e in by_type(ev, "sched_stats")) >= k
+    common_checks(ev, "sched")
+
+
+def test_sched_runqlat_agrees(workload):
+    runqlat = shutil.which("runqlat") or ("/usr/sbin/runqlat" if Path("/usr/sbin/runqlat").exists() else None)
+    if not runqlat:
+        pytest.skip("libbpf-tools runqlat not installed")
+    t = Tracer("ks-sched", duration=4)
+    rq = subprocess.Popen([runqlat, "2", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    run_wl(workload, "pingpong", "3000")
+    out, _ = rq.communicate(timeout=30)
+    ev = t.finish()
+    ours = [0] * 32
+    for e in by_type(ev, "sched_stats"):
+        ours = [a + b for a, b in zip(ours, e["runq_hist_log2_us"])]
+        assert e["nr_running_avg"] is None or e["nr_running_avg"] >= 0
+    theirs = _biolat_hist(out)
+    assert sum(theirs) > 1000 and sum(ours) > 1000
+    assert abs(_median_bucket(ours) - _median_bucket(theirs)) <= 1, (ours, theirs)
+    assert len(by_type(ev, "sched")) >= 1
