@@ -1,0 +1,140 @@
+"""Name the processes behind a symptom, where the data allows.
+
+Two sources:
+  - the agent's own light /proc sampler (every interval: RSS, CPU ticks,
+    context switches, page faults and state of every process), which gives
+    top memory growers, CPU users, context switchers, faulters and tasks
+    blocked on I/O from deltas between two samples;
+  - the tracers' and collectors' tables, when present: slowest syscalls by
+    comm (syscall_events) and top spawners (exec events).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+TOP_N = 5
+
+
+@dataclass
+class ProcSample:
+    comm: str
+    state: str
+    rss_kb: int
+    cpu_ticks: int
+    minflt: int
+    majflt: int
+    ctxt: int
+    nonvol_ctxt: int
+
+
+def _read_proc(proc: Path, pid: int) -> ProcSample | None:
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        status = (proc / str(pid) / "status").read_text()
+    except OSError:
+        return None  # gone between listing and reading: normal
+    lp, rp = stat.find("("), stat.rfind(")")
+    comm = stat[lp + 1 : rp]
+    f = stat[rp + 2 :].split()
+    # fields after comm: state(0) ... minflt(7) majflt(9) utime(11) stime(12) ... rss(21)
+    vol = nonvol = 0
+    for line in status.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            vol = int(line.split()[1])
+        elif line.startswith("nonvoluntary_ctxt_switches:"):
+            nonvol = int(line.split()[1])
+    return ProcSample(comm, f[0], int(f[21]) * PAGE_KB, int(f[11]) + int(f[12]), int(f[7]), int(f[9]),
+                      vol + nonvol, nonvol)
+
+
+class ProcessSampler:
+    def __init__(self, proc_root: str = "/proc"):
+        self.proc = Path(proc_root)
+        self.prev: dict[int, ProcSample] = {}
+        self.cur: dict[int, ProcSample] = {}
+        self.first: dict[int, ProcSample] = {}  # first sight of each pid, for growth over a longer span
+        self.dt_s = 0.0
+
+    def sample(self, dt_s: float) -> None:
+        cur = {}
+        for entry in os.scandir(self.proc):
+            if entry.name.isdigit():
+                s = _read_proc(self.proc, int(entry.name))
+                if s is not None:
+                    cur[int(entry.name)] = s
+        self.prev, self.cur, self.dt_s = self.cur, cur, dt_s
+        self.first = {pid: self.first.get(pid, s) for pid, s in cur.items()}
+
+    def _top(self, key, label: str, unit: str) -> list[dict]:
+        rows = []
+        for pid, s in self.cur.items():
+            p = self.prev.get(pid)
+            if p is None or p.comm != s.comm:
+                continue
+            d = key(s, p)
+            if d > 0:
+                rows.append({"pid": pid, "comm": s.comm, label: d, "unit": unit})
+        rows.sort(key=lambda r: r[label], reverse=True)
+        return rows[:TOP_N]
+
+    def memory_growers(self) -> list[dict]:
+        rows = []
+        for pid, s in self.cur.items():
+            f = self.first.get(pid)
+            if f is not None and s.rss_kb - f.rss_kb > 0:
+                rows.append({"pid": pid, "comm": s.comm, "rss_growth_mb": round((s.rss_kb - f.rss_kb) / 1024, 1),
+                             "rss_mb": round(s.rss_kb / 1024, 1)})
+        rows.sort(key=lambda r: r["rss_growth_mb"], reverse=True)
+        if rows:
+            return rows[:TOP_N]
+        # Nothing grew since we first saw it: the biggest are the next best suspects.
+        big = sorted(self.cur.items(), key=lambda kv: kv[1].rss_kb, reverse=True)[:TOP_N]
+        return [{"pid": pid, "comm": s.comm, "rss_mb": round(s.rss_kb / 1024, 1)} for pid, s in big]
+
+    def context_switchers(self) -> list[dict]:
+        per_s = max(self.dt_s, 1e-3)
+        return self._top(lambda s, p: round((s.ctxt - p.ctxt) / per_s), "ctx_switches_per_sec", "1/s")
+
+    def cpu_users(self) -> list[dict]:
+        hz = os.sysconf("SC_CLK_TCK")
+        per_s = max(self.dt_s, 1e-3)
+        return self._top(lambda s, p: round(100 * (s.cpu_ticks - p.cpu_ticks) / hz / per_s, 1), "cpu_pct", "%")
+
+    def faulters(self) -> list[dict]:
+        per_s = max(self.dt_s, 1e-3)
+        return self._top(lambda s, p: round((s.minflt - p.minflt + s.majflt - p.majflt) / per_s), "faults_per_sec",
+                         "1/s")
+
+    def blocked_on_io(self) -> list[dict]:
+        return [{"pid": pid, "comm": s.comm, "state": "D"} for pid, s in self.cur.items() if s.state == "D"][:TOP_N]
+
+    def process_count(self) -> int:
+        return len(self.cur)
+
+
+def slow_syscalls(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
+    try:
+        rows = conn.execute(
+            "SELECT comm, syscall, COUNT(*), MAX(latency_ns) FROM syscall_events WHERE ts >= ? "
+            "GROUP BY comm, syscall ORDER BY MAX(latency_ns) DESC LIMIT ?", (since_ns, TOP_N)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [{"comm": c, "syscall": s, "slow_calls": n, "max_latency_ms": round(m / 1e6, 1)} for c, s, n, m in rows]
+
+
+def spawners(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
+    """Parents with the most execs, from the execsnoop collector's table when it exists."""
+    for table, parent_col in (("exec_events", "ppid"),):
+        try:
+            rows = conn.execute(
+                f"SELECT comm, COUNT(*) FROM {table} WHERE ts >= ? GROUP BY comm ORDER BY COUNT(*) DESC LIMIT ?",
+                (since_ns, TOP_N)).fetchall()
+        except sqlite3.OperationalError:
+            continue
+        return [{"comm": c, "execs": n} for c, n in rows]
+    return []

@@ -1,0 +1,223 @@
+"""Rules: the interpretation tables of architecture.md as data (rules.toml).
+
+A rule fires when all of its `when` conditions hold and, if it has
+`when_any`, at least one of those;
+once its observation is open it stays active until all of its `clear`
+conditions hold: two thresholds, so a value hovering at the edge does not flap.
+
+Conditions are `LEFT OP RIGHT`, OP one of < <= > >= ==, each side a number or
+`[NUMBER *] TERM`, TERM one of:
+    feature          the feature's current value
+    z(feature)       z-score against the learned baseline
+    rz(feature)      robust z-score (median/MAD)
+    mean(feature)    the baseline mean
+    slope(feature)   change per minute over the agent's recent history
+    rule(id)         1 when rule `id` is active this interval, else 0
+    risk(oom)        OOM forecast level: 0 NORMAL, 1 ELEVATED, 2 WARNING, 3 CRITICAL
+    cores            the number of CPUs
+A condition over a value that is missing (null feature, no baseline) is false:
+no data is never evidence.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RULES_FILE = Path(__file__).with_name("rules.toml")
+SEVERITIES = ("low", "medium", "high", "critical")
+CATEGORIES = ("syscall", "scheduler", "memory", "io", "network", "load")
+
+_OPS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__, "==": float.__eq__}
+_COND = re.compile(r"^\s*(.+?)\s*(<=|>=|==|<|>)\s*(.+?)\s*$")
+_SIDE = re.compile(r"^(?:(-?[0-9.eE+-]+)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)(?:\(([A-Za-z0-9_]+)\))?$")
+_NUMBER = re.compile(r"^-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?$")
+_FUNCS = {"z", "rz", "mean", "slope", "rule", "risk"}
+
+
+class RuleError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Term:
+    factor: float
+    func: str | None  # None: plain feature / constant name
+    name: str | None  # feature, rule id, or None for a bare number
+    number: float | None = None
+
+    def features(self) -> set[str]:
+        if self.name and self.func in (None, "z", "rz", "mean", "slope") and self.name != "cores":
+            return {self.name}
+        return set()
+
+
+@dataclass(frozen=True)
+class Condition:
+    text: str
+    left: Term
+    op: str
+    right: Term
+
+
+def _parse_side(s: str, where: str) -> Term:
+    s = s.strip()
+    if _NUMBER.match(s):
+        return Term(1.0, None, None, float(s))
+    m = _SIDE.match(s.replace(" ", ""))
+    if not m:
+        raise RuleError(f"{where}: cannot read {s!r}")
+    factor = float(m.group(1)) if m.group(1) else 1.0
+    if m.group(3) is not None:
+        func, name = m.group(2), m.group(3)
+        if func not in _FUNCS:
+            raise RuleError(f"{where}: unknown function {func}()")
+        return Term(factor, func, name)
+    return Term(factor, None, m.group(2))
+
+
+def parse_condition(text: str, where: str = "rule") -> Condition:
+    m = _COND.match(text)
+    if not m:
+        raise RuleError(f"{where}: a condition is LEFT OP RIGHT, got {text!r}")
+    return Condition(text, _parse_side(m.group(1), where), m.group(2), _parse_side(m.group(3), where))
+
+
+@dataclass
+class Rule:
+    id: str
+    label: str
+    category: str
+    observation_type: str
+    severity: str
+    metric: str
+    summary: str
+    hints: list[str]
+    when: list[Condition]
+    when_any: list[Condition]
+    clear: list[Condition]
+    correlated: list[tuple[str, Condition]]
+    attribution: list[str] = field(default_factory=list)
+
+    def features(self) -> set[str]:
+        out = {self.metric}
+        for c in self.when + self.when_any + self.clear + [c for _, c in self.correlated]:
+            out |= c.left.features() | c.right.features()
+        return out
+
+
+@dataclass
+class Settings:
+    interval_s: float = 5.0
+    window_s: float = 15.0
+    clear_after_s: float = 10.0
+    reopen_within_s: float = 60.0
+    history_s: float = 900.0
+    anomaly_z: float = 4.0
+    anomaly_min_rel_change: float = 0.5
+    anomaly_max_open: int = 5
+
+
+@dataclass
+class RuleSet:
+    settings: Settings
+    rules: list[Rule]
+
+    def by_id(self, rid: str) -> Rule:
+        return next(r for r in self.rules if r.id == rid)
+
+
+def load_rules(path: Path | None = None) -> RuleSet:
+    path = path or RULES_FILE
+    doc = tomllib.loads(Path(path).read_text())
+    settings = Settings(**doc.get("settings", {}))
+    rules = []
+    ids = set()
+    for i, r in enumerate(doc.get("rule", [])):
+        where = f"{Path(path).name} rule #{i + 1} ({r.get('id', '?')})"
+        try:
+            rid = r["id"]
+            if rid in ids:
+                raise RuleError(f"{where}: duplicate id")
+            ids.add(rid)
+            if r["category"] not in CATEGORIES:
+                raise RuleError(f"{where}: category must be one of {CATEGORIES}")
+            if r.get("severity", "medium") not in SEVERITIES:
+                raise RuleError(f"{where}: severity must be one of {SEVERITIES}")
+            when = [parse_condition(c, where) for c in r.get("when", [])]
+            when_any = [parse_condition(c, where) for c in r.get("when_any", [])]
+            if not when and not when_any:
+                raise RuleError(f"{where}: needs `when` or `when_any`")
+            rules.append(Rule(
+                id=rid, label=r["label"], category=r["category"],
+                observation_type=r.get("type", "symptom"), severity=r.get("severity", "medium"),
+                metric=r["metric"], summary=r["summary"], hints=list(r["hints"]),
+                when=when, when_any=when_any,
+                clear=[parse_condition(c, where) for c in r.get("clear", [])],
+                correlated=[(text, parse_condition(cond, where)) for text, cond in r.get("correlated", {}).items()],
+                attribution=list(r.get("attribution", [])),
+            ))
+        except KeyError as e:
+            raise RuleError(f"{where}: missing key {e}") from None
+    return RuleSet(settings, rules)
+
+
+class Context:
+    """What a condition can see this interval."""
+
+    def __init__(self, values: dict, baseline: dict, history, active: set[str], cores: int, oom_risk: int):
+        self.values = values
+        self.baseline = baseline  # feature -> {"mean","std","median","mad"}
+        self.history = history  # callable(feature) -> slope per minute or None
+        self.active = active
+        self.cores = cores
+        self.oom_risk = oom_risk
+
+    def z(self, name: str, robust: bool = False) -> float | None:
+        v, b = self.values.get(name), self.baseline.get(name)
+        if v is None or not b:
+            return None
+        if robust:
+            mad = b.get("mad")
+            return 0.6745 * (v - b["median"]) / mad if mad else None
+        std = b.get("std")
+        return (v - b["mean"]) / std if std else None
+
+    def term(self, t: Term) -> float | None:
+        if t.number is not None:
+            return t.number
+        if t.func is None:
+            v = self.cores if t.name == "cores" else self.values.get(t.name)
+        elif t.func == "z":
+            v = self.z(t.name)
+        elif t.func == "rz":
+            v = self.z(t.name, robust=True)
+        elif t.func == "mean":
+            v = (self.baseline.get(t.name) or {}).get("mean")
+        elif t.func == "slope":
+            v = self.history(t.name)
+        elif t.func == "rule":
+            v = 1.0 if t.name in self.active else 0.0
+        else:  # risk(oom)
+            v = float(self.oom_risk)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        return t.factor * float(v)
+
+    def holds(self, c: Condition) -> bool:
+        a, b = self.term(c.left), self.term(c.right)
+        return a is not None and b is not None and _OPS[c.op](a, b)
+
+
+def evaluate(rule: Rule, ctx: Context, is_open: bool) -> bool:
+    """Fires on `when`; once open, holds until `clear` (hysteresis)."""
+    fired = all(ctx.holds(c) for c in rule.when) and (
+        any(ctx.holds(c) for c in rule.when_any) if rule.when_any else True)
+    if fired or not is_open:
+        return fired
+    if not rule.clear:
+        return False
+    return not all(ctx.holds(c) for c in rule.clear)

@@ -1,0 +1,17 @@
+"""KernelSight feature engine: catalog, vectorised computation, baselines, z-scores, exports.
+
+Public API (for the agent and tools):
+
+    from kernelsight.features import compute_vector, compute_range, load_baseline, zscores
+    v = compute_vector(conn, end_ns, window_s=60)      # FeatureVector(values, reasons)
+    z = zscores(v, load_baseline(conn))                # name -> {"z", "robust_z", "reason"}
+"""
+
+from .baseline import Baseline, learn_baseline, load_baseline, zscores
+from .catalog import BY_NAME, FEATURES, GROUPS, NAMES, Feature
+from .engine import FeatureMatrix, FeatureVector, compute_range, compute_vector
+
+__all__ = [
+    "BY_NAME", "FEATURES", "GROUPS", "NAMES", "Baseline", "Feature", "FeatureMatrix", "FeatureVector",
+    "compute_range", "compute_vector", "learn_baseline", "load_baseline", "zscores",
+]
