@@ -1,22 +1,32 @@
-"""python -m kernelsight.collectors {run NAME | probe | list}"""
+"""python -m kernelsight.collectors {run NAME | run-all [--only a,b] | probe | list}"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
+import time
 import sys
 
 import orjson
 
 
 def _log(component: str):
+    # Not kernelsight.log (structlog): importing it costs ~15 MB RSS per runner.
+    from .jsonlog import get_logger
+    return get_logger(component)
+
+
+def _serve(host, writer, log) -> int:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, host.request_stop)
     try:
-        from kernelsight.log import configure
-        return configure(component)
-    except ImportError:  # pragma: no cover - older trees without kernelsight.log
-        import structlog
-        return structlog.get_logger().bind(component=component, pid=os.getpid())
+        code = host.run()
+    except BrokenPipeError:
+        code = 0  # stdout reader went away
+    finally:
+        writer.close()
+    log.info("runner_exit", code=code, child_pids=host.child_pids)
+    return code
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -36,17 +46,52 @@ def cmd_run(a: argparse.Namespace) -> int:
     except FifoError as e:
         log.error("bad_output", error=str(e))
         return 1
-    runner = Runner(spec, writer, interval_s=a.interval, log=log)
-    signal.signal(signal.SIGTERM, runner.request_stop)
-    signal.signal(signal.SIGINT, runner.request_stop)
-    signal.signal(signal.SIGHUP, runner.request_stop)
+    return _serve(Runner(spec, writer, interval_s=a.interval, log=log), writer, log)
+
+
+def cmd_run_all(a: argparse.Namespace) -> int:
+    """Every requested collector in this one process (one LineWriter, one producer_stats)."""
+    from kernelsight.fifo import FifoError, LineWriter, default_fifo_path
+
+    from .registry import COLLECTORS
+    from .runner import Host
+
+    log = _log("ks-collectors")
+    unavailable: list[dict] = []
+    if a.only is not None:
+        names = list(dict.fromkeys(n.strip() for n in a.only.split(",") if n.strip()))
+        unknown = [n for n in names if n not in COLLECTORS]
+        if unknown or not names:
+            print(f"unknown collector(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(COLLECTORS)}",
+                  file=sys.stderr)
+            return 64
+    else:
+        from .probe import probe_all
+
+        res = probe_all()
+        names = [r["name"] for r in res if r["available"] and r["name"] in COLLECTORS]
+        unavailable = [r for r in res if not r["available"] and r["name"] in COLLECTORS]
+    output = a.output or default_fifo_path()
     try:
-        code = runner.run()
-    except BrokenPipeError:
-        code = 0  # stdout reader went away
-    finally:
+        writer = LineWriter(output, producer="ks-collectors", block_ms=100)
+    except FifoError as e:
+        log.error("bad_output", error=str(e))
+        return 1
+
+    for r in unavailable:  # probed here and left out: visible, not silent
+        spec = COLLECTORS[r["name"]]
+        writer.emit({"type": "collector_status", "ts": time.time_ns(), "collector": spec.name, "tool": spec.tool,
+                     "state": "unavailable", "reason": r["reason"], "attach": spec.attach, "pid": None,
+                     "restarts": 0})
+        log.info("collector_status", collector=spec.name, state="unavailable", reason=r["reason"])
+    if not names:
+        log.error("no_collectors", why="no collector can run on this kernel")
+        writer.emit_stats()
         writer.close()
-    return code
+        return 2
+    log.info("run_all", collectors=names, interval_s=a.interval, output=output)
+    host = Host([COLLECTORS[n] for n in names], writer, interval_s=a.interval, log=log)
+    return _serve(host, writer, log)
 
 
 def cmd_probe(a: argparse.Namespace) -> int:
@@ -80,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--output", default=None, help="FIFO path, or - for stdout (default: $KS_FIFO or /tmp/kernelsight)")
     r.add_argument("--interval", type=float, default=1.0, help="seconds per histogram/summary and producer_stats")
     r.set_defaults(fn=cmd_run)
+    ra = sub.add_parser("run-all", help="run several collectors in one process until stopped")
+    ra.add_argument("--only", default=None, metavar="A,B,...",
+                    help="comma-separated collectors to host (default: every one the probe finds available)")
+    ra.add_argument("--output", default=None, help="FIFO path, or - for stdout (default: $KS_FIFO or /tmp/kernelsight)")
+    ra.add_argument("--interval", type=float, default=1.0, help="seconds per histogram/summary and producer_stats")
+    ra.set_defaults(fn=cmd_run_all)
     p = sub.add_parser("probe", help="which collectors attach on this kernel, and why not")
     p.add_argument("--json", action="store_true")
     p.add_argument("--all", action="store_true", help="also probe libbpf-tools we do not wrap")

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 
@@ -127,6 +126,8 @@ def probe_all(timeout_s: float = 10.0, data_dir: str | None = None, use_cache: b
                 return saved["results"]
         except (OSError, ValueError):
             pass
+    from concurrent.futures import ThreadPoolExecutor  # here: the runner process need not load it
+
     # Each trial waits at most timeout_s - 1 so the whole probe fits in timeout_s.
     per = max(1.0, timeout_s - 1.0)
     with ThreadPoolExecutor(max_workers=len(tools)) as ex:

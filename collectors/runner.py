@@ -1,6 +1,12 @@
-"""Run one libbpf-tools binary as a child and turn its stdout into FIFO events.
+"""Run libbpf-tools binaries as children and turn their stdout into FIFO events.
 
-The child runs under `stdbuf -oL` (the tools use stdio, which is block
+One process hosts any number of collectors (`run NAME` hosts one, `run-all`
+all of them): a single selector loop reads every child's stdout and stderr,
+and each collector has a slot of its own with its own child, parser, restart
+count, backoff and collector_status lines.  One LineWriter carries all their
+events and the process's producer_stats.
+
+Each child runs under `stdbuf -oL` (the tools use stdio, which is block
 buffered on a pipe) in a process group of its own, with PR_SET_PDEATHSIG so
 it dies with us even if we are killed -9.  We only ever signal that group,
 and only while the child is not yet reaped (so its pid cannot have been
@@ -10,6 +16,11 @@ with exponential backoff (reset once it has run `stable_s`); one that cannot
 attach at all is reported unavailable and not retried, or replaced by the
 collector's fallback.  collector_status lines record every state change,
 producer_stats lines go out every interval and once at exit.
+
+The children also get MALLOC_TRIM_THRESHOLD_/MALLOC_MMAP_THRESHOLD_ (unless
+already set): libbpf frees the ~10 MB of parsed kernel BTF after loading, but
+glibc's dynamic thresholds keep that heap mapped, so the histogram tools
+(runqlat, hardirqs, softirqs) would sit at ~13.5 MB RSS instead of ~2.5 MB.
 """
 
 from __future__ import annotations
@@ -22,8 +33,6 @@ import signal
 import subprocess
 import time
 
-import structlog
-
 from .base import CollectorSpec, Parser, find_tool
 from .reasons import classify
 
@@ -31,55 +40,79 @@ PR_SET_PDEATHSIG = 1
 STDERR_KEEP = 32 * 1024
 STDERR_LOG_LINES = 40      # per child start; the rest is counted, not logged
 WARN_LOG_MAX = 100         # parser warnings logged per child start
+REAP_GRACE_S = 2.0         # a child that closed its output but does not exit is killed after this
+LOOP_MAX_WAIT_S = 0.1      # longest select(); bounds how late a stop request is seen
+CHILD_ENV = {"MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_MMAP_THRESHOLD_": "131072"}
+
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up once, before any fork
+except (OSError, AttributeError):  # pragma: no cover - non-glibc
+    _prctl = None
 
 
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
-    except Exception:  # noqa: BLE001 - best effort; we still kill it on a normal stop
-        pass
+def _pdeathsig_fn():
+    parent = os.getpid()
+
+    def _pdeathsig() -> None:  # runs in the child between fork and exec
+        if _prctl is not None:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
+        if os.getppid() != parent:  # we died before prctl took effect
+            os._exit(1)
+    return _pdeathsig
 
 
-class Runner:
-    def __init__(
-        self,
-        spec: CollectorSpec,
-        writer,
-        interval_s: int = 1,
-        log=None,
-        backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
-        stable_s: float = 10.0,
-        idle_flush_s: float = 0.15,
-        stop_timeout_s: float = 3.0,
-    ) -> None:
-        self.spec = spec
-        self.writer = writer
-        self.interval_s = max(1, int(interval_s))
-        self.log = log or structlog.get_logger().bind(collector=spec.name)
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
-        self.stable_s = stable_s
-        self.idle_flush_s = idle_flush_s
-        self.stop_timeout_s = stop_timeout_s
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for k, v in CHILD_ENV.items():
+        env.setdefault(k, v)
+    return env
+
+
+def _nolog():
+    from .jsonlog import get_logger
+    return get_logger("ks-collectors")
+
+
+class Slot:
+    """One collector inside a Host: its child (if any), parser and restart state."""
+
+    def __init__(self, host: Host, spec: CollectorSpec, log) -> None:
+        self.host = host
+        self.spec = spec              # the tool in use (the fallback once switched)
+        self.name = spec.name
+        self.log = log
         self.child: subprocess.Popen | None = None
         self.child_pids: list[int] = []   # every pid we started, for tests and logs
         self.restarts = 0
         self.events_total = 0
         self.state: str | None = None
-        self._stop = False
-        self._next_stats = time.monotonic() + self.interval_s
-        self._note = ""  # appended to the running reason (fallback in use)
+        self.done = False             # unavailable here: never started again
+        self.backoff = host.backoff_initial_s
+        self.next_start = 0.0         # monotonic; 0 = as soon as possible
+        self._note = ""               # appended to the running reason (fallback in use)
+        self._reset_child_state()
 
-    # ---- control -------------------------------------------------------
-    def request_stop(self, *_args) -> None:
-        self._stop = True
+    def _reset_child_state(self) -> None:
+        self.parser: Parser | None = None
+        self.argv: list[str] = []
+        self.out_buf = b""
+        self.err_buf = b""
+        self.err_tail = b""
+        self.err_lines = 0
+        self.warn_logged = [0]
+        self.attached = False
+        self.started = 0.0
+        self.last_out = 0.0
+        self.pending_idle = False
+        self.open_streams = 0
+        self.eof_at: float | None = None
+        self.stop_sent_at: float | None = None
 
     # ---- output --------------------------------------------------------
-    def _status(self, state: str, reason: str, pid: int | None = None, spec: CollectorSpec | None = None) -> None:
+    def status(self, state: str, reason: str, pid: int | None = None, spec: CollectorSpec | None = None) -> None:
         spec = spec or self.spec
         self.state = state
-        self.writer.emit({
+        self.host.writer.emit({
             "type": "collector_status",
             "ts": time.time_ns(),
             "collector": spec.name,
@@ -93,24 +126,24 @@ class Runner:
         self.log.info("collector_status", state=state, reason=reason, tool=spec.tool, child_pid=pid)
 
     def _emit_all(self, events: list[dict]) -> None:
+        w = self.host.writer
         for ev in events:
-            self.writer.emit(ev)
+            w.emit(ev)
             self.events_total += 1
 
-    def _warnings(self, parser: Parser, logged: list[int]) -> None:
-        for w in parser.drain_warnings():
-            self.writer.warnings_total += 1
-            if logged[0] < WARN_LOG_MAX:
+    def _warnings(self) -> None:
+        for w in self.parser.drain_warnings():
+            self.host.writer.warnings_total += 1
+            if self.warn_logged[0] < WARN_LOG_MAX:
                 self.log.warning("parse_warning", msg=w)
-            logged[0] += 1
+            self.warn_logged[0] += 1
 
-    def _maybe_stats(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_stats:
-            self.writer.emit_stats()
-            self._next_stats = now + self.interval_s
+    @property
+    def alive(self) -> bool:
+        """A child started and not yet reaped."""
+        return self.child is not None and self.child.returncode is None
 
-    # ---- one child -----------------------------------------------------
+    # ---- start ---------------------------------------------------------
     def _argv(self, spec: CollectorSpec) -> list[str]:
         if spec.setup is not None:
             argv = spec.setup()
@@ -119,111 +152,7 @@ class Runner:
         path = find_tool(spec.tool)
         if path is None:
             raise FileNotFoundError(f"{spec.tool} is not installed (apt-get install libbpf-tools)")
-        return [path, *spec.args(self.interval_s)]
-
-    def _spawn(self, argv: list[str]) -> subprocess.Popen:
-        stdbuf = shutil.which("stdbuf")
-        full = [stdbuf, "-oL", "-eL", *argv] if stdbuf else argv
-        p = subprocess.Popen(
-            full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, close_fds=True, preexec_fn=_pdeathsig,  # noqa: PLW1509
-        )
-        self.child = p
-        self.child_pids.append(p.pid)
-        return p
-
-    def _signal_child(self, sig: int) -> None:
-        p = self.child
-        if p is not None and p.returncode is None and p.poll() is None:
-            try:
-                os.killpg(p.pid, sig)  # its own group (start_new_session): only it
-            except ProcessLookupError:
-                pass
-
-    def _run_child(self, spec: CollectorSpec, argv: list[str]) -> tuple[int, bool, str, float]:
-        """Run until the child exits. Returns (returncode, attached, stderr_tail, seconds_run)."""
-        parser = spec.parser(self.interval_s)
-        p = self._spawn(argv)
-        started = time.monotonic()
-        self.log.info("child_started", argv=argv, child_pid=p.pid)
-        attached = False
-        if not spec.banner:
-            attached = True
-            self._status("running", f"attached: {spec.attach}{self._note}", p.pid, spec)
-        sel = selectors.DefaultSelector()
-        sel.register(p.stdout, selectors.EVENT_READ, "out")
-        sel.register(p.stderr, selectors.EVENT_READ, "err")
-        out_buf = b""
-        err_buf = b""
-        err_tail = b""
-        err_lines = 0
-        warn_logged = [0]
-        last_out = time.monotonic()
-        pending_idle = False
-        stop_sent_at: float | None = None
-        open_streams = 2
-        while open_streams:
-            if self._stop and stop_sent_at is None:
-                stop_sent_at = time.monotonic()
-                self._signal_child(signal.SIGINT)  # tools print their last interval and detach
-            if stop_sent_at is not None and time.monotonic() - stop_sent_at > self.stop_timeout_s:
-                self.log.warning("child_kill", child_pid=p.pid, why="no exit after SIGINT")
-                self._signal_child(signal.SIGKILL)
-                stop_sent_at = float("inf")
-            for key, _ in sel.select(timeout=0.05):
-                chunk = os.read(key.fileobj.fileno(), 65536)
-                if not chunk:
-                    sel.unregister(key.fileobj)
-                    open_streams -= 1
-                    continue
-                if key.data == "out":
-                    out_buf += chunk
-                    *lines, out_buf = out_buf.split(b"\n")
-                    now_ns = time.time_ns()
-                    for raw in lines:
-                        if not attached:
-                            attached = True
-                            self._status("running", f"attached: {spec.attach}{self._note}", p.pid, spec)
-                        self._emit_all(parser.feed(raw.decode("utf-8", "replace").rstrip("\r"), now_ns))
-                    last_out = time.monotonic()
-                    pending_idle = True
-                    self._warnings(parser, warn_logged)
-                else:
-                    err_buf += chunk
-                    *lines, err_buf = err_buf.split(b"\n")
-                    for raw in lines:
-                        err_tail = (err_tail + raw + b"\n")[-STDERR_KEEP:]
-                        if err_lines < STDERR_LOG_LINES:
-                            self.log.info("tool_stderr", line=raw.decode("utf-8", "replace")[:300])
-                        err_lines += 1
-            if pending_idle and time.monotonic() - last_out >= self.idle_flush_s:
-                pending_idle = False
-                self._emit_all(parser.idle(time.time_ns()))
-                self._warnings(parser, warn_logged)
-            self._maybe_stats()
-        sel.close()
-        p.stdout.close()
-        p.stderr.close()
-        rc = p.wait()  # reap: no zombie
-        clean = out_buf == b""
-        if not clean:
-            parser.warn(f"output ended inside a line ({len(out_buf)} bytes dropped): {out_buf[:80]!r}")
-        self._emit_all(parser.finish(time.time_ns(), clean))
-        self._warnings(parser, warn_logged)
-        if err_buf:
-            err_tail = (err_tail + err_buf)[-STDERR_KEEP:]
-        if err_lines > STDERR_LOG_LINES:
-            self.log.info("tool_stderr_truncated", lines_not_logged=err_lines - STDERR_LOG_LINES)
-        self.log.info("child_exited", child_pid=p.pid, returncode=rc, events_total=self.events_total,
-                      lines_skipped=parser.skipped)
-        return rc, attached, err_tail.decode("utf-8", "replace"), time.monotonic() - started
-
-    # ---- main loop -----------------------------------------------------
-    def _sleep(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while not self._stop and time.monotonic() < end:
-            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
-            self._maybe_stats()
+        return [path, *spec.args(self.host.interval_s)]
 
     def _use_fallback(self, spec: CollectorSpec, reason: str) -> CollectorSpec | None:
         fb = spec.fallback
@@ -231,63 +160,315 @@ class Runner:
             return None
         why = fb.check() if fb.check else None
         if why is not None:
-            self._status("unavailable", f"{spec.tool}: {reason}; fallback {fb.tool} unusable: {why}", None, spec)
+            self.status("unavailable", f"{spec.tool}: {reason}; fallback {fb.tool} unusable: {why}", None, spec)
             return None
         self._note = f" (instead of {spec.tool}, which {reason})"
         self.log.info("fallback", tool=spec.tool, reason=reason, fallback=fb.tool)
         return fb
 
-    def run(self) -> int:
-        """Returns 0 after a requested stop, 2 when the collector cannot run here."""
-        spec = self.spec
-        backoff = self.backoff_initial_s
-        code = 0
+    def _unavailable(self, reason: str) -> None:
+        if self.state != "unavailable":
+            self.status("unavailable", reason, None, self.spec)
+        self.done = True
+
+    def start(self) -> None:
+        """Start the child (or fall back, or give up as unavailable)."""
+        while True:
+            spec = self.spec
+            try:
+                argv = self._argv(spec)
+                break
+            except OSError as e:
+                fb = self._use_fallback(spec, str(e)) if isinstance(e, FileNotFoundError) else None
+                if fb is not None:
+                    self.spec = fb
+                    continue
+                if self.state == "unavailable":  # the fallback's check said why
+                    self.done = True
+                else:
+                    self._unavailable(str(e))
+                return
+        self._reset_child_state()
+        self.argv = argv
+        self.parser = spec.parser(self.host.interval_s)
+        stdbuf = shutil.which("stdbuf")
+        full = [stdbuf, "-oL", "-eL", *argv] if stdbuf else argv
         try:
-            while not self._stop:
-                try:
-                    argv = self._argv(spec)
-                except OSError as e:
-                    fb = self._use_fallback(spec, str(e)) if isinstance(e, FileNotFoundError) else None
-                    if fb is not None:
-                        spec = fb
-                        continue
-                    if self.state != "unavailable":
-                        self._status("unavailable", str(e), None, spec)
-                    code = 2
-                    break
-                rc, attached, err, ran_s = self._run_child(spec, argv)
-                if self._stop:
-                    break
-                reason, permanent = classify(err, rc)
-                if not attached and permanent:
-                    fb = self._use_fallback(spec, reason)
-                    if fb is not None:
-                        if spec.teardown:
-                            spec.teardown()
-                        spec = fb
-                        continue
-                    if self.state != "unavailable":
-                        self._status("unavailable", reason, None, spec)
-                    code = 2
-                    break
-                if rc == 0:
-                    reason = "exited with code 0 (tool ended on its own)"
-                self.restarts += 1
-                if ran_s >= self.stable_s:
-                    backoff = self.backoff_initial_s
-                self._status("exited", f"{reason}; restart {self.restarts} in {backoff:.1f} s", None, spec)
-                self._sleep(backoff)
-                backoff = min(self.backoff_max_s, backoff * 2)
-        finally:
-            if self.child is not None and self.child.returncode is None:
-                self._signal_child(signal.SIGKILL)
-                self.child.wait()
-            if spec.teardown:
-                try:
+            p = subprocess.Popen(
+                full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, close_fds=True, env=_child_env(),
+                preexec_fn=_pdeathsig_fn(),  # noqa: PLW1509 - single-threaded; only prctl + getppid
+            )
+        except OSError as e:
+            self._unavailable(f"cannot start {argv[0]}: {e}")
+            return
+        self.child = p
+        self.child_pids.append(p.pid)
+        now = time.monotonic()
+        self.started = self.last_out = now
+        self.open_streams = 2
+        os.set_blocking(p.stdout.fileno(), False)
+        os.set_blocking(p.stderr.fileno(), False)
+        self.host.sel.register(p.stdout, selectors.EVENT_READ, (self, "out"))
+        self.host.sel.register(p.stderr, selectors.EVENT_READ, (self, "err"))
+        self.log.info("child_started", argv=argv, child_pid=p.pid)
+        if not spec.banner:
+            self.attached = True
+            self.status("running", f"attached: {spec.attach}{self._note}", p.pid, spec)
+
+    # ---- while running -------------------------------------------------
+    def on_readable(self, stream, kind: str) -> None:
+        try:
+            chunk = os.read(stream.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.host.sel.unregister(stream)
+            self.open_streams -= 1
+            if self.open_streams == 0:
+                self.eof_at = time.monotonic()
+                self.try_reap()
+            return
+        if kind == "out":
+            self.out_buf += chunk
+            *lines, self.out_buf = self.out_buf.split(b"\n")
+            now_ns = time.time_ns()
+            for raw in lines:
+                if not self.attached:
+                    self.attached = True
+                    self.status("running", f"attached: {self.spec.attach}{self._note}", self.child.pid, self.spec)
+                self._emit_all(self.parser.feed(raw.decode("utf-8", "replace").rstrip("\r"), now_ns))
+            self.last_out = time.monotonic()
+            self.pending_idle = True
+            self._warnings()
+        else:
+            self.err_buf += chunk
+            *lines, self.err_buf = self.err_buf.split(b"\n")
+            for raw in lines:
+                self.err_tail = (self.err_tail + raw + b"\n")[-STDERR_KEEP:]
+                if self.err_lines < STDERR_LOG_LINES:
+                    self.log.info("tool_stderr", line=raw.decode("utf-8", "replace")[:300])
+                self.err_lines += 1
+
+    def signal_child(self, sig: int) -> None:
+        p = self.child
+        if p is not None and p.returncode is None and p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)  # its own group (start_new_session): only it
+            except ProcessLookupError:
+                pass
+
+    def tick(self, now: float) -> None:
+        """Timers: idle flush, stop escalation, reaping, restarts."""
+        if self.child is not None and self.parser is not None and self.pending_idle \
+                and now - self.last_out >= self.host.idle_flush_s:
+            self.pending_idle = False
+            self._emit_all(self.parser.idle(time.time_ns()))
+            self._warnings()
+        if self.alive:
+            if self.host.stopping and self.stop_sent_at is None:
+                self.stop_sent_at = now
+                self.signal_child(signal.SIGINT)  # tools print their last interval and detach
+            if self.stop_sent_at is not None and now - self.stop_sent_at > self.host.stop_timeout_s:
+                self.log.warning("child_kill", child_pid=self.child.pid, why="no exit after SIGINT")
+                self.signal_child(signal.SIGKILL)
+                self.stop_sent_at = float("inf")
+            if self.eof_at is not None:
+                if now - self.eof_at > REAP_GRACE_S:
+                    self.log.warning("child_kill", child_pid=self.child.pid, why="output closed but no exit")
+                    self.signal_child(signal.SIGKILL)
+                    self.eof_at = float("inf")
+                self.try_reap()
+        elif self.child is None and not self.done and not self.host.stopping and now >= self.next_start:
+            self.start()
+
+    def next_deadline(self) -> float | None:
+        if self.child is not None and self.pending_idle:
+            return self.last_out + self.host.idle_flush_s
+        if self.child is None and not self.done and not self.host.stopping:
+            return self.next_start
+        return None
+
+    def try_reap(self) -> None:
+        """After EOF on both streams: reap without blocking, then decide what next."""
+        p = self.child
+        if p is None or p.poll() is None:
+            return
+        rc = p.returncode
+        p.stdout.close()
+        p.stderr.close()
+        parser = self.parser
+        clean = self.out_buf == b""
+        if not clean:
+            parser.warn(f"output ended inside a line ({len(self.out_buf)} bytes dropped): {self.out_buf[:80]!r}")
+        self._emit_all(parser.finish(time.time_ns(), clean))
+        self._warnings()
+        if self.err_buf:
+            self.err_tail = (self.err_tail + self.err_buf)[-STDERR_KEEP:]
+        if self.err_lines > STDERR_LOG_LINES:
+            self.log.info("tool_stderr_truncated", lines_not_logged=self.err_lines - STDERR_LOG_LINES)
+        self.log.info("child_exited", child_pid=p.pid, returncode=rc, events_total=self.events_total,
+                      lines_skipped=parser.skipped)
+        attached = self.attached
+        err = self.err_tail.decode("utf-8", "replace")
+        ran_s = time.monotonic() - self.started
+        self.child = None
+        self.parser = None
+        if self.host.stopping:
+            return
+        self._after_exit(rc, attached, err, ran_s)
+
+    def _after_exit(self, rc: int, attached: bool, err: str, ran_s: float) -> None:
+        spec = self.spec
+        reason, permanent = classify(err, rc)
+        if not attached and permanent:
+            fb = self._use_fallback(spec, reason)
+            if fb is not None:
+                if spec.teardown:
                     spec.teardown()
-                except OSError as e:
-                    self.log.warning("teardown_failed", error=str(e))
-            if self.state == "running" or (self.state == "exited" and self._stop):
-                self._status("exited", "stopped by request", None, spec)
+                self.spec = fb
+                self.next_start = 0.0
+                return
+            self._unavailable(reason)
+            return
+        if rc == 0:
+            reason = "exited with code 0 (tool ended on its own)"
+        self.restarts += 1
+        if ran_s >= self.host.stable_s:
+            self.backoff = self.host.backoff_initial_s
+        self.status("exited", f"{reason}; restart {self.restarts} in {self.backoff:.1f} s", None, spec)
+        self.next_start = time.monotonic() + self.backoff
+        self.backoff = min(self.host.backoff_max_s, self.backoff * 2)
+
+    # ---- shutdown ------------------------------------------------------
+    def shutdown(self) -> None:
+        """Last resort and final status: kill and reap a child still there, tear down."""
+        p = self.child
+        if p is not None:
+            if p.returncode is None:
+                self.signal_child(signal.SIGKILL)
+                p.wait()
+            for s in (p.stdout, p.stderr):
+                try:
+                    self.host.sel.unregister(s)
+                except (KeyError, ValueError):
+                    pass
+                s.close()
+            self.child = None
+        if self.spec.teardown:
+            try:
+                self.spec.teardown()
+            except OSError as e:
+                self.log.warning("teardown_failed", error=str(e))
+        if self.state == "running" or (self.state == "exited" and self.host.stopping):
+            self.status("exited", "stopped by request", None, self.spec)
+
+
+class Host:
+    """Runs several collectors in one process, one selector loop for all their children."""
+
+    def __init__(
+        self,
+        specs: list[CollectorSpec],
+        writer,
+        interval_s: int = 1,
+        log=None,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        stable_s: float = 10.0,
+        idle_flush_s: float = 0.15,
+        stop_timeout_s: float = 3.0,
+    ) -> None:
+        self.writer = writer
+        self.interval_s = max(1, int(interval_s))
+        self.log = log if log is not None else _nolog()
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.stable_s = stable_s
+        self.idle_flush_s = idle_flush_s
+        self.stop_timeout_s = stop_timeout_s
+        self.stopping = False
+        self.sel = selectors.DefaultSelector()
+        single = len(specs) == 1
+        self.slots = [Slot(self, s, self.log if single else self.log.bind(collector=s.name)) for s in specs]
+        self._next_stats = time.monotonic() + self.interval_s
+
+    # ---- control -------------------------------------------------------
+    def request_stop(self, *_args) -> None:
+        self.stopping = True
+
+    def slot(self, name: str) -> Slot:
+        return next(s for s in self.slots if s.name == name)
+
+    @property
+    def child_pids(self) -> list[int]:
+        return [pid for s in self.slots for pid in s.child_pids]
+
+    # ---- loop ----------------------------------------------------------
+    def _maybe_stats(self, now: float) -> None:
+        if now >= self._next_stats:
             self.writer.emit_stats()
-        return code
+            self._next_stats = now + self.interval_s
+
+    def run(self) -> int:
+        """Returns 0 after a requested stop, 2 when no hosted collector can run here."""
+        stop_seen: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                for s in self.slots:
+                    s.tick(now)
+                if self.stopping:
+                    if stop_seen is None:
+                        stop_seen = now
+                    if not any(s.child is not None for s in self.slots):
+                        return 0
+                    if now - stop_seen > self.stop_timeout_s + REAP_GRACE_S + 1.0:
+                        self.log.warning("stop_timeout", why="children not reaped in time; killing them")
+                        return 0  # shutdown() below kills and reaps what is left
+                elif all(s.done for s in self.slots):
+                    return 2
+                self._maybe_stats(time.monotonic())
+                now = time.monotonic()
+                wait = min(LOOP_MAX_WAIT_S, self._next_stats - now)
+                for s in self.slots:
+                    d = s.next_deadline()
+                    if d is not None:
+                        wait = min(wait, d - now)
+                for key, _ in self.sel.select(timeout=max(0.0, wait)):
+                    slot, kind = key.data
+                    slot.on_readable(key.fileobj, kind)
+        finally:
+            self.stopping = True
+            for s in self.slots:
+                s.shutdown()
+            self.sel.close()
+            self.writer.emit_stats()
+
+
+class Runner(Host):
+    """One collector in its own process (`run NAME`): a Host with a single slot."""
+
+    def __init__(self, spec: CollectorSpec, writer, interval_s: int = 1, log=None, **kw) -> None:
+        super().__init__([spec], writer, interval_s, log=log, **kw)
+        self.spec = spec
+
+    @property
+    def _slot(self) -> Slot:
+        return self.slots[0]
+
+    @property
+    def child(self) -> subprocess.Popen | None:
+        return self._slot.child
+
+    @property
+    def restarts(self) -> int:
+        return self._slot.restarts
+
+    @property
+    def events_total(self) -> int:
+        return self._slot.events_total
+
+    @property
+    def state(self) -> str | None:
+        return self._slot.state

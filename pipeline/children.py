@@ -30,8 +30,9 @@ def _tracer_specs(opts: RunOptions) -> list[ChildSpec]:
     specs = []
     for exe, extra in TRACERS.items():
         path = find_tool(exe)
+        # Tracers must not trace the pipeline itself: us, and ks-ingest (resolved at start).
         argv = [path or exe, "--output", opts.fifo, "--interval", str(opts.interval_s),
-                "--exclude-pid", str(os.getpid()), *extra]
+                "--exclude-pid", str(os.getpid()), "--exclude-pid", "@pid:ks-ingest", *extra]
         reason = None if path else f"{exe} is not built (run make build; it needs clang, bpftool and kernel BTF)"
         specs.append(ChildSpec(exe, argv, "producer", unavailable_reason=reason))
     return specs
@@ -64,4 +65,8 @@ def default_children(opts: RunOptions) -> list[ChildSpec]:
         specs += _tracer_specs(opts)
     if opts.collectors:
         specs += _collector_specs(opts)
+    specs += [
+        ChildSpec("ks-features", [py, "-m", "kernelsight.features", "watch", "--interval", "5"], "consumer"),
+        ChildSpec("ks-agent", [py, "-m", "kernelsight.cli", "agent", "run"], "consumer"),
+    ]
     return specs

@@ -143,5 +143,81 @@ def schema() -> None:
     sys.stdout.write(markdown())
 
 
+from .agent.cli import app as agent_app  # noqa: E402
+
+app.add_typer(agent_app, name="agent")
+
+SEVERITY_MARK = {"critical": "!!!", "high": "!! ", "medium": "!  ", "low": ".  "}
+
+
+@app.command(help="List open and recent observations, newest first.\n\n"
+             "Examples: ks observations;  ks observations --all --json;  ks observations --since 3600")
+def observations(
+    data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
+    all_: bool = typer.Option(False, "--all", help="closed ones too (default: open + closed in the last hour)"),
+    since: Optional[float] = typer.Option(None, help="only those seen in the last SINCE seconds"),
+    as_json: bool = typer.Option(False, "--json", help="the full observation JSON"),
+    limit: int = typer.Option(50, min=1),
+) -> None:
+    from .agent.store import list_observations
+
+    try:
+        conn = db.connect_readonly(db.db_path(_data_dir(data_dir)))
+    except db.StoreError as e:
+        print(f"ks observations: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    window = since if since is not None else (None if all_ else 3600)
+    obs = list_observations(conn, since_s=int(time.time() - window) if window else None, limit=limit)
+    if as_json:
+        sys.stdout.write(orjson.dumps(obs, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    if not obs:
+        print("no observations" + (f" in the last {int(window)} s" if window else ""))
+        return
+    for o in obs:
+        when = time.strftime("%H:%M:%S", time.localtime(o["first_seen"]))
+        print(f"{SEVERITY_MARK.get(o['severity'], '   ')} #{o['id']:<4} {when} {o['status']:<6} "
+              f"{o['severity']:<8} {o['label']}")
+        print(f"           {o['observation']['summary']}")
+        hints = o["observation"]["reasoning_hints"]
+        if hints:
+            print(f"           next: {hints[0]}")
+
+
+@app.command(help="Incident report of observations in a period, as md, html or json.\n\n"
+             "Example: ks report --since 3600 --format html --out report.html")
+def report(
+    data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
+    since: Optional[float] = typer.Option(None, help="seconds back from now (default: everything)"),
+    until: Optional[float] = typer.Option(None, help="seconds back from now where the period ends"),
+    fmt: str = typer.Option("md", "--format", help="md, html or json"),
+    out: Optional[Path] = typer.Option(None, help="write here instead of stdout"),
+) -> None:
+    from .report import render_report
+
+    if fmt not in ("md", "html", "json"):
+        print("ks report: --format must be md, html or json", file=sys.stderr)
+        raise typer.Exit(2)
+    if since is not None and until is not None and until >= since:
+        print("ks report: --until must be fewer seconds back than --since", file=sys.stderr)
+        raise typer.Exit(2)
+    now = time.time()
+    try:
+        text = render_report(_data_dir(data_dir), fmt, since_s=now - since if since else None,
+                             until_s=now - until if until else None)
+    except db.StoreError as e:
+        print(f"ks report: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if out:
+        out.write_text(text)
+        print(f"written to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text + "\n")
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

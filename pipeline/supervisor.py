@@ -95,11 +95,25 @@ class Supervisor:
                 return c.proc.pid
         return None
 
+    def _resolve(self, argv: list[str]) -> list[str]:
+        """"@pid:NAME" becomes NAME's current pid; with no such child the option before it goes too."""
+        out: list[str] = []
+        for a in argv:
+            if a.startswith("@pid:"):
+                pid = self.pid_of(a[5:])
+                if pid is None:
+                    out.pop()
+                else:
+                    out.append(str(pid))
+            else:
+                out.append(a)
+        return out
+
     def start(self, c: Child) -> None:
         logf = open(self.log_dir / f"{c.spec.name}.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             c.proc = subprocess.Popen(
-                c.spec.argv,
+                self._resolve(c.spec.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=logf,
@@ -118,7 +132,7 @@ class Supervisor:
             logf.close()
         c.state = "running"
         c.started_at = time.monotonic()
-        self.log.info("started", child=c.spec.name, child_pid=c.proc.pid, argv=c.spec.argv)
+        self.log.info("started", child=c.spec.name, child_pid=c.proc.pid, argv=c.proc.args)
 
     def reap(self, c: Child) -> None:
         if c.proc is None or c.state != "running":

@@ -75,5 +75,10 @@ class ReadOnlyDB:
         return {"columns": cols, "rows": [list(r) for r in rows[: self.max_rows]],
                 "truncated": len(rows) > self.max_rows}
 
+    def connection(self) -> sqlite3.Connection:
+        """The same read-only connection for our own code (features), with the
+        authorizer still on: it refuses writes, which is all our code needs."""
+        return self.conn
+
     def close(self) -> None:
         self.conn.close()

@@ -11,7 +11,8 @@ Conditions are `LEFT OP RIGHT`, OP one of < <= > >= ==, each side a number or
     z(feature)       z-score against the learned baseline
     rz(feature)      robust z-score (median/MAD)
     mean(feature)    the baseline mean
-    slope(feature)   change per minute over the agent's recent history
+    slope(feature)   change per minute over the last minute of the agent's history
+    slope(feature,S) the same over the last S seconds (needs history covering 80 % of S)
     rule(id)         1 when rule `id` is active this interval, else 0
     risk(oom)        OOM forecast level: 0 NORMAL, 1 ELEVATED, 2 WARNING, 3 CRITICAL
     cores            the number of CPUs
@@ -33,7 +34,7 @@ CATEGORIES = ("syscall", "scheduler", "memory", "io", "network", "load")
 
 _OPS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__, "==": float.__eq__}
 _COND = re.compile(r"^\s*(.+?)\s*(<=|>=|==|<|>)\s*(.+?)\s*$")
-_SIDE = re.compile(r"^(?:(-?[0-9.eE+-]+)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)(?:\(([A-Za-z0-9_]+)\))?$")
+_SIDE = re.compile(r"^(?:(-?[0-9.eE+-]+)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)(?:\(([A-Za-z0-9_]+)(?:,([0-9.]+))?\))?$")
 _NUMBER = re.compile(r"^-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?$")
 _FUNCS = {"z", "rz", "mean", "slope", "rule", "risk"}
 
@@ -48,6 +49,7 @@ class Term:
     func: str | None  # None: plain feature / constant name
     name: str | None  # feature, rule id, or None for a bare number
     number: float | None = None
+    span_s: float | None = None  # slope(feature, S)
 
     def features(self) -> set[str]:
         if self.name and self.func in (None, "z", "rz", "mean", "slope") and self.name != "cores":
@@ -75,7 +77,9 @@ def _parse_side(s: str, where: str) -> Term:
         func, name = m.group(2), m.group(3)
         if func not in _FUNCS:
             raise RuleError(f"{where}: unknown function {func}()")
-        return Term(factor, func, name)
+        if m.group(4) is not None and func != "slope":
+            raise RuleError(f"{where}: only slope() takes a second argument")
+        return Term(factor, func, name, span_s=float(m.group(4)) if m.group(4) else None)
     return Term(factor, None, m.group(2))
 
 
@@ -101,9 +105,10 @@ class Rule:
     clear: list[Condition]
     correlated: list[tuple[str, Condition]]
     attribution: list[str] = field(default_factory=list)
+    extra: str | None = None  # a second feature the summary quotes as {extra}
 
     def features(self) -> set[str]:
-        out = {self.metric}
+        out = {self.metric} | ({self.extra} if self.extra else set())
         for c in self.when + self.when_any + self.clear + [c for _, c in self.correlated]:
             out |= c.left.features() | c.right.features()
         return out
@@ -159,6 +164,7 @@ def load_rules(path: Path | None = None) -> RuleSet:
                 clear=[parse_condition(c, where) for c in r.get("clear", [])],
                 correlated=[(text, parse_condition(cond, where)) for text, cond in r.get("correlated", {}).items()],
                 attribution=list(r.get("attribution", [])),
+                extra=r.get("extra"),
             ))
         except KeyError as e:
             raise RuleError(f"{where}: missing key {e}") from None
@@ -171,7 +177,7 @@ class Context:
     def __init__(self, values: dict, baseline: dict, history, active: set[str], cores: int, oom_risk: int):
         self.values = values
         self.baseline = baseline  # feature -> {"mean","std","median","mad"}
-        self.history = history  # callable(feature) -> slope per minute or None
+        self.history = history  # callable(feature, span_s | None) -> slope per minute or None
         self.active = active
         self.cores = cores
         self.oom_risk = oom_risk
@@ -198,7 +204,7 @@ class Context:
         elif t.func == "mean":
             v = (self.baseline.get(t.name) or {}).get("mean")
         elif t.func == "slope":
-            v = self.history(t.name)
+            v = self.history(t.name, t.span_s)
         elif t.func == "rule":
             v = 1.0 if t.name in self.active else 0.0
         else:  # risk(oom)

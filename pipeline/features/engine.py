@@ -19,6 +19,7 @@ deltas in window (first sample or reset)", ...), never 0.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 from dataclasses import dataclass, field
@@ -69,6 +70,11 @@ class FeatureMatrix:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.values, index=pd.Index(self.ts, name="ts"), columns=self.names)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(expr: str):
+    return compile(expr, f"<feature expr {expr}>", "eval")
 
 
 def expr_columns(expr: str) -> list[str]:
@@ -174,25 +180,43 @@ def hist_quantile(sums: np.ndarray, q: float) -> np.ndarray:
 
 
 class _Subset:
-    """Rows of one table (optionally filtered) with their window bounds."""
+    """Rows of one table (optionally filtered): column arrays plus each window's [lo, hi) row bounds."""
 
-    def __init__(self, df: pd.DataFrame, ends: np.ndarray, window_ns: int, label: str):
-        self.df = df
+    def __init__(self, cols: dict[str, np.ndarray], ends: np.ndarray, window_ns: int, label: str):
+        self.cols = cols
         self.label = label
-        self.ts = df["ts"].to_numpy(np.int64)
+        self.ts = cols["ts"]
         self.lo = np.searchsorted(self.ts, ends - window_ns, side="right")
         self.hi = np.searchsorted(self.ts, ends, side="right")
         self.n = self.hi - self.lo
         self._eval: dict[str, np.ndarray] = {}
+        self._groups: dict[str, list[np.ndarray]] = {}
+
+    def groups(self, entity: str | None) -> list[np.ndarray]:
+        """Row indices per entity (device, interface...), each in ts order."""
+        g = self._groups.get(entity)
+        if g is None:
+            if not entity or len(self.ts) == 0:
+                g = [np.arange(len(self.ts))]
+            else:
+                keys = self.cols[entity]
+                _, inv = np.unique(keys.astype(str), return_inverse=True)
+                order = np.argsort(inv, kind="stable")
+                bounds = np.flatnonzero(np.diff(inv[order])) + 1
+                g = np.split(order, bounds)
+            self._groups[entity] = g
+        return g
 
     def eval(self, expr: str) -> np.ndarray:
         v = self._eval.get(expr)
         if v is None:
-            if expr in self.df.columns:
-                v = self.df[expr].to_numpy(np.float64, na_value=np.nan)
+            if expr in self.cols:
+                v = self.cols[expr].astype(np.float64)
             else:
+                env = {c: self.cols[c].astype(np.float64) for c in expr_columns(expr)}
                 with np.errstate(all="ignore"):
-                    v = np.asarray(self.df.eval(expr, engine="python"), dtype=np.float64)
+                    v = np.asarray(eval(_compiled(expr), {"__builtins__": {}}, env), dtype=np.float64)  # noqa: S307 - catalog expressions only
+                v = np.broadcast_to(v, (len(self.ts),)).copy() if v.ndim == 0 else v
             v = np.where(np.isfinite(v), v, np.nan)
             self._eval[expr] = v
         return v
@@ -207,7 +231,7 @@ class _Engine:
         self.features = features
         self.nE = len(self.E)
         self.schema = self._schema()
-        self.frames: dict[str, pd.DataFrame] = {}
+        self.frames: dict[str, dict[str, np.ndarray]] = {}
         self.subsets: dict[tuple, _Subset] = {}
         self.hist_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -241,20 +265,21 @@ class _Engine:
                     data[c] = np.array(col, dtype=np.float64) if rows else np.zeros(0)
                 else:
                     data[c] = np.array(col, dtype=object) if rows else np.zeros(0, dtype=object)
-            self.frames[t] = pd.DataFrame(data)
+            self.frames[t] = data
 
     def subset(self, table: str, where: tuple | None) -> _Subset:
         key = (table, where)
         s = self.subsets.get(key)
         if s is None:
-            df = self.frames[table]
+            cols = self.frames[table]
             label = table
             if where:
                 col, op, val = where
-                m = (df[col] == val) if op == "==" else (df[col] != val)
-                df = df[m.to_numpy(bool)].reset_index(drop=True)
+                m = (cols[col] == val) if op == "==" else (cols[col] != val)
+                m = np.asarray(m, dtype=bool)
+                cols = {k: v[m] for k, v in cols.items()}
                 label = f"{table} ({col} {op} {val!r})"
-            s = _Subset(df, self.E, self.W, label)
+            s = _Subset(cols, self.E, self.W, label)
             self.subsets[key] = s
         return s
 
@@ -357,10 +382,8 @@ class _Engine:
     def _entity_deltas(self, s: _Subset, cols, entity):
         """Per-entity counter deltas: (end ts, d per col..., dt seconds), resets and nulls dropped."""
         vals = [s.eval(c) for c in cols]
-        keys = s.df[entity].to_numpy(object) if entity else np.zeros(len(s.ts), dtype=np.int8)
-        groups = pd.Series(np.arange(len(s.ts))).groupby(keys, sort=False).indices if len(s.ts) else {}
         out_ts, out_d, out_dt = [], [[] for _ in cols], []
-        for idx in groups.values():
+        for idx in s.groups(entity):
             if len(idx) < 2:
                 continue
             t = s.ts[idx]
@@ -435,7 +458,7 @@ class _Engine:
         got = self.hist_cache.get(key)
         if got is None:
             s = self.subset(table, where)
-            h = parse_int_arrays(s.df[column].tolist())
+            h = parse_int_arrays(s.cols[column].tolist())
             # one row per distinct ts first: tracers write one row per key per interval
             if len(s.ts):
                 starts = np.flatnonzero(np.r_[True, s.ts[1:] != s.ts[:-1]])
@@ -487,14 +510,17 @@ class _Engine:
         a = self.subset(spec.table_a, None)
         b = self.subset(spec.table_b, None)
         xa, xb = a.eval(spec.expr_a), b.eval(spec.expr_b)
-        if len(a.ts) and len(b.ts):
-            left = pd.DataFrame({"ts": a.ts, "i": np.arange(len(a.ts))})
-            right = pd.DataFrame({"ts": b.ts, "y": xb})
-            right = right[~np.isnan(xb)]
-            m = pd.merge_asof(left, right, on="ts", direction="nearest", tolerance=PAIR_TOLERANCE_NS)
-            y = m["y"].to_numpy(np.float64)
-        else:
-            y = np.full(len(a.ts), np.nan)
+        okb = ~np.isnan(xb)
+        tb, yb = b.ts[okb], xb[okb]
+        y = np.full(len(a.ts), np.nan)
+        if len(a.ts) and len(tb):
+            # pair each row of a with the nearest row of b (ties: the earlier), within the tolerance
+            j = np.clip(np.searchsorted(tb, a.ts), 1, max(len(tb) - 1, 1))
+            jl = j - 1 if len(tb) > 1 else np.zeros_like(j)
+            jr = j if len(tb) > 1 else np.zeros_like(j)
+            pick = np.where(np.abs(a.ts - tb[jl]) <= np.abs(tb[jr] - a.ts), jl, jr)
+            near = np.abs(tb[pick] - a.ts) <= PAIR_TOLERANCE_NS
+            y = np.where(near, yb[pick], np.nan)
         x = xa
         v = ~np.isnan(x) & ~np.isnan(y)
         x0, y0 = np.where(v, x, 0.0), np.where(v, y, 0.0)

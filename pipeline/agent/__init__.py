@@ -1,0 +1,1 @@
+"""ks-agent: anomalies -> observations and diagnoses, offline (no LLM, no network)."""

@@ -1,0 +1,131 @@
+"""`ks agent ...`: run the agent, call its tools."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import orjson
+import typer
+
+from .. import db, log as klog
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="The diagnosis agent: observations from features, offline.")
+tool_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                       help="The agent's read-only tools (the same an LLM would call).")
+app.add_typer(tool_app, name="tool")
+
+
+def _dir(d: Optional[Path]) -> Path:
+    return d.absolute() if d else db.data_dir()
+
+
+def _out(obj) -> None:
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
+                                  default=str).decode() + "\n")
+
+
+@app.command(help="Evaluate the rules every interval and keep observations up to date (run by `ks run`).\n\n"
+             "Example: ks agent run --interval 5")
+def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
+        interval: Optional[float] = typer.Option(None, min=0.5, help="seconds between evaluations (rules.toml)"),
+        once: bool = typer.Option(False, help="evaluate once and exit")) -> None:
+    from .engine import Agent
+
+    log = klog.configure("ks-agent")
+    try:
+        agent = Agent(_dir(data_dir), log=log)
+    except db.StoreError as e:
+        print(f"ks agent: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    step = interval or agent.rules.settings.interval_s
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    log.info("agent running", interval_s=step, rules=len(agent.rules.rules))
+    next_t = time.monotonic()
+    try:
+        while not stopping:
+            try:
+                agent.step()
+            except Exception:  # one bad interval must not stop the agent
+                log.exception("agent step failed")
+            if once:
+                break
+            next_t += step
+            while not stopping and time.monotonic() < next_t:
+                time.sleep(min(0.2, max(0.0, next_t - time.monotonic())))
+    finally:
+        agent.close()
+        log.info("agent stopped")
+
+
+@app.command(help="Show the OOM forecast from recent memory samples.\n\nExample: ks agent forecast")
+def forecast(data_dir: Optional[Path] = typer.Option(None), window: float = typer.Option(120.0, min=10)) -> None:
+    from .forecast import forecast as fc
+
+    conn = db.connect_readonly(db.db_path(_dir(data_dir)))
+    _out(fc(conn, time.time_ns(), window).as_dict())
+
+
+def _tools(data_dir: Optional[Path]):
+    from .tools import Tools
+
+    try:
+        return Tools(_dir(data_dir))
+    except FileNotFoundError as e:
+        print(f"ks agent tool: {e}; start the pipeline first (make run)", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def _call(fn, *args):
+    from .tools import QueryRefused, ToolError
+
+    try:
+        _out(fn(*args))
+    except (QueryRefused, ToolError) as e:
+        print(f"ks agent tool: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@tool_app.command("query_database", help="Read-only SQL.\n\nExample: ks agent tool query_database "
+                  "\"SELECT ts, mem_available_kb FROM memory_metrics ORDER BY ts DESC LIMIT 5\"")
+def t_query(sql: str, data_dir: Optional[Path] = typer.Option(None)) -> None:
+    _call(_tools(data_dir).query_database, sql)
+
+
+@tool_app.command("get_current_features", help="The latest feature vector.\n\nExample: ks agent tool "
+                  "get_current_features")
+def t_features(data_dir: Optional[Path] = typer.Option(None), window: float = typer.Option(60.0, min=1)) -> None:
+    _call(_tools(data_dir).get_current_features, window)
+
+
+@tool_app.command("compare_baseline", help="Features of the last WINDOW vs the baseline, worst first.\n\n"
+                  "Example: ks agent tool compare_baseline 5m")
+def t_compare(window: str = typer.Argument("5m"), data_dir: Optional[Path] = typer.Option(None)) -> None:
+    _call(_tools(data_dir).compare_baseline, window)
+
+
+@tool_app.command("correlate_events", help="Observations, events and co-moving features in the last WINDOW.\n\n"
+                  "Example: ks agent tool correlate_events 10m")
+def t_correlate(window: str = typer.Argument("10m"), data_dir: Optional[Path] = typer.Option(None)) -> None:
+    _call(_tools(data_dir).correlate_events, window)
+
+
+@tool_app.command("analyze_logs", help="Regex over the pipeline's logs and rejected lines.\n\n"
+                  "Example: ks agent tool analyze_logs 'error|refus'")
+def t_logs(pattern: str, data_dir: Optional[Path] = typer.Option(None)) -> None:
+    _call(_tools(data_dir).analyze_logs, pattern)
+
+
+@tool_app.command("export_report", help="Report of recent observations (md, json or html) to stdout.\n\n"
+                  "Example: ks agent tool export_report html > report.html")
+def t_report(fmt: str = typer.Argument("md"), data_dir: Optional[Path] = typer.Option(None)) -> None:
+    if fmt not in ("md", "json", "html"):
+        print("ks agent tool: format must be md, json or html", file=sys.stderr)
+        raise typer.Exit(2)
+    sys.stdout.write(_tools(data_dir).export_report(fmt) + "\n")

@@ -1,0 +1,376 @@
+"""ks-agent: each interval, features + baseline -> findings -> observations.
+
+Two kinds of evidence (architecture.md, "Agent Perception Layer"):
+  - the absolute patterns of the interpretation tables and the multi-signal
+    correlations, as rules (rules.toml);
+  - deviation from the learned baseline (z and robust z), for any feature.
+Findings are tracked for persistence and hysteresis (tracker.py), explained
+with the processes behind them (attribution.py) and what changed recently,
+and stored (store.py).  No LLM and no network are involved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sqlite3
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from .. import db
+from ..features import catalog as fcat
+from ..features.baseline import load_baseline
+from ..features.engine import compute_vector
+from .attribution import ProcessSampler, slow_syscalls, spawners
+from .forecast import RISK_LEVELS, forecast
+from .rules import Context, Rule, RuleSet, evaluate, load_rules
+from .signals import agent_signals, io_worst
+from .store import ObservationStore
+from .tracker import BAND_WORDS, Finding, Tracked, Tracker, band, escalate
+
+BASELINE_RELOAD_S = 300
+SLOPE_SPAN_S = 60.0
+BIG_RSS_KB = 64 * 1024
+MIN_SLOPE_POINTS = 4
+DEPLOY_COMMS = re.compile(r"^(apt|apt-get|dpkg|pip\d*|systemctl|docker|kubectl|helm|ansible|git|make|rsync|yum|dnf)$")
+GROUP_CATEGORY = {"load": "load", "cpu": "scheduler", "scheduler": "scheduler", "memory": "memory", "disk": "io",
+                  "network": "network", "syscall": "syscall", "page_fault": "memory"}
+
+
+def human_duration(s: float) -> str:
+    s = int(s)
+    if s < 90:
+        return f"{s} s"
+    if s < 5400:
+        return f"{s // 60} min"
+    return f"{s / 3600:.1f} h"
+
+
+def feature_category(name: str) -> str:
+    f = fcat.BY_NAME.get(name)
+    group = f.group if f is not None else ""
+    if group in GROUP_CATEGORY:
+        return GROUP_CATEGORY[group]
+    for key, cat in (("psi_cpu", "scheduler"), ("psi_memory", "memory"), ("psi_io", "io"), ("memory", "memory"),
+                     ("io_", "io"), ("cpu", "scheduler"), ("net", "network"), ("tcp", "network")):
+        if name.startswith(key) or key in name:
+            return cat
+    return "load"
+
+
+def _fmt(v: float | None, spec: str = ".3g") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+class Agent:
+    def __init__(self, data_dir: Path, rules: RuleSet | None = None, proc_root: str = "/proc",
+                 stream: bool = True, log=None):
+        self.data_dir = data_dir
+        self.db_path = db.db_path(data_dir)
+        self.rw = db.connect(self.db_path)  # creates/migrates, so the agent can start before ingest
+        self.store = ObservationStore(self.rw, data_dir / "observations.jsonl" if stream else None)
+        self.ro = db.connect_readonly(self.db_path)
+        self.rules = rules or load_rules()
+        s = self.rules.settings
+        self.tracker = Tracker(s.clear_after_s, s.reopen_within_s)
+        self.history: deque[tuple[float, dict]] = deque()
+        self.sampler = ProcessSampler(proc_root)
+        self.proc_first_seen: dict[int, tuple[float, str]] = {}
+        self.baseline = None
+        self.baseline_loaded_at = -math.inf
+        self.cores = os.cpu_count() or 1
+        self.log = log
+        self.last_streamed: dict[str, tuple[str, str]] = {}
+        self.last_step_s: float | None = None
+        self.last_forecast = None
+
+    # -- inputs ---------------------------------------------------------------
+    def _baseline(self, now_s: float):
+        if now_s - self.baseline_loaded_at >= BASELINE_RELOAD_S:
+            try:
+                self.baseline = load_baseline(self.ro, path=self.data_dir / "baseline.json")
+            except (sqlite3.Error, OSError, ValueError):
+                self.baseline = None
+            self.baseline_loaded_at = now_s
+        return self.baseline
+
+    def _baseline_stats(self, names, ts_ns: int) -> dict:
+        b = self.baseline
+        if b is None:
+            return {}
+        out = {}
+        for n in names:
+            st, _ = b.for_ts(n, ts_ns)
+            if st and st.get("n"):
+                out[n] = st
+        return out
+
+    def slope(self, name: str, span_s: float | None = None) -> float | None:
+        """Change per minute of a feature over the last span_s (default SLOPE_SPAN_S) of history;
+        None until the history covers 80 % of the span."""
+        if not self.history:
+            return None
+        span = span_s or SLOPE_SPAN_S
+        t_end = self.history[-1][0]
+        pts = [(t, v[name]) for t, v in self.history if t >= t_end - span and v.get(name) is not None]
+        if len(pts) < MIN_SLOPE_POINTS or t_end - pts[0][0] < 0.8 * span - self.rules.settings.interval_s:
+            return None
+        a = np.array(pts, dtype=float)
+        if np.ptp(a[:, 0]) <= 0:
+            return None
+        return float(np.polyfit(a[:, 0], a[:, 1], 1)[0] * 60.0)
+
+    def trend(self, name: str, value: float | None) -> str:
+        s = self.slope(name)
+        if s is None or value is None:
+            return "unknown"
+        scale = max(abs(value), 1e-9)
+        if abs(s) < 0.05 * scale:
+            return "stable"
+        return "rising" if s > 0 else "declining"
+
+    # -- one interval -----------------------------------------------------------
+    def step(self, now_ns: int | None = None) -> list:
+        now_ns = now_ns or time.time_ns()
+        now_s = now_ns / 1e9
+        s = self.rules.settings
+        dt = now_s - self.last_step_s if self.last_step_s else s.interval_s
+        self.last_step_s = now_s
+        vec = compute_vector(self.ro, now_ns, window_s=s.window_s)
+        values = dict(vec.values)
+        values.update(agent_signals(self.ro, now_ns, s.window_s))
+        values.update(io_worst(values, s.window_s))
+        self.history.append((now_s, values))
+        while self.history and self.history[0][0] < now_s - s.history_s:
+            self.history.popleft()
+        self.sampler.sample(dt)
+        for pid, p in self.sampler.cur.items():
+            self.proc_first_seen.setdefault(pid, (now_s, p.comm))
+        for pid in [p for p in self.proc_first_seen if p not in self.sampler.cur]:
+            del self.proc_first_seen[pid]
+        self._baseline(now_s)
+        fc = forecast(self.ro, now_ns)
+        self.last_forecast = fc
+        if now_s - self.history[0][0] < s.window_s:
+            # Warming up: the window does not yet hold a full span of data, and the
+            # pipeline's own start-up burst is in it.  Judge nothing yet.
+            return []
+        ctx = Context(values, self._baseline_stats(values.keys(), now_ns), self.slope, set(), self.cores,
+                      RISK_LEVELS.index(fc.risk))
+        findings = []
+        for rule in self.rules.rules:
+            if evaluate(rule, ctx, self.tracker.is_open(rule.id)):
+                ctx.active.add(rule.id)
+                findings.append(self._finding(rule, ctx, values, vec.window_s, fc, now_ns))
+        findings += self._anomalies(ctx, values, {f.metric for f in findings})
+        changes = self.tracker.update(now_s, findings)
+        self._persist(changes, now_s, now_ns, fc)
+        return changes
+
+    def _finding(self, rule: Rule, ctx: Context, values: dict, window_s: float, fc, now_ns: int) -> Finding:
+        v = values.get(rule.metric)
+        b = ctx.baseline.get(rule.metric) or {}
+        mean = b.get("mean")
+        z = ctx.z(rule.metric)
+        fields = {
+            "value": v if v is not None else math.nan,
+            "extra": values.get(rule.extra) if rule.extra and values.get(rule.extra) is not None else math.nan,
+            "window": human_duration(window_s),
+            "cores": self.cores,
+            "slope": self.slope(rule.metric) or 0.0,
+            "vs_baseline": self._vs_baseline(v, mean, z),
+            "forecast": (f"; {fc.reason}" if fc.risk != "NORMAL" else ""),
+        }
+        try:
+            summary = rule.summary.format_map(fields)
+        except (ValueError, KeyError, IndexError) as e:
+            summary = f"{rule.label}: {rule.metric} = {_fmt(v)} (summary template error: {e})"
+        correlated = [text for text, cond in rule.correlated if ctx.holds(cond)]
+        processes = self._attribute(rule.attribution, now_ns)
+        return Finding(
+            key=rule.id, rule_id=rule.id, label=rule.label, category=rule.category,
+            observation_type=rule.observation_type, severity=rule.severity, metric=rule.metric,
+            value=v, baseline_mean=mean, zscore=z, trend=self.trend(rule.metric, v), summary=summary,
+            hints=list(rule.hints), correlated=correlated, processes=processes,
+        )
+
+    @staticmethod
+    def _vs_baseline(v: float | None, mean: float | None, z: float | None) -> str:
+        if v is None or mean is None:
+            return ""
+        ztxt = f", z {z:+.1f}" if z is not None else ""
+        if mean > 0 and v / mean >= 2:
+            return f", {v / mean:.0f}x its baseline of {mean:.3g}{ztxt}"
+        if mean > 0 and v / mean <= 0.5:
+            return f", down from a baseline of {mean:.3g}{ztxt}"
+        return f" (baseline {mean:.3g}{ztxt})"
+
+    def _anomalies(self, ctx: Context, values: dict, covered: set[str]) -> list[Finding]:
+        s = self.rules.settings
+        cands = []
+        for name, st in ctx.baseline.items():
+            v = values.get(name)
+            if v is None or name in covered or name.startswith(("cpu_count", "memory_exhaustion_eta")):
+                continue
+            z, rz = ctx.z(name), ctx.z(name, robust=True)
+            if z is None or rz is None:
+                continue
+            key = f"anomaly:{name}"
+            # Hysteresis: an open anomaly holds until it falls below 3/4 of the threshold.
+            limit = s.anomaly_z * (0.75 if self.tracker.is_open(key) else 1.0)
+            rel = abs(v - st["mean"]) / max(abs(st["mean"]), 1e-9)
+            if abs(z) >= limit and abs(rz) >= limit and rel >= s.anomaly_min_rel_change:
+                cands.append((abs(rz), name, v, st["mean"], z))
+        cands.sort(reverse=True)
+        out = []
+        for _, name, v, mean, z in cands[: s.anomaly_max_open]:
+            f = fcat.BY_NAME.get(name)
+            desc = f.description.split(",")[0] if f is not None else name
+            unit = f" {f.unit}" if f is not None and f.unit else ""
+            direction = "above" if z > 0 else "below"
+            summary = (f"{desc[:1].upper()}{desc[1:]} ({name}) is {abs(z):.1f} standard deviations {direction} "
+                       f"normal: {v:.3g}{unit} vs typical {mean:.3g}{unit}")
+            out.append(Finding(
+                key=f"anomaly:{name}", rule_id="baseline_deviation", label="Baseline Deviation",
+                category=feature_category(name), observation_type="anomaly",
+                severity="medium" if abs(z) >= 2 * s.anomaly_z else "low", metric=name, value=v,
+                baseline_mean=mean, zscore=z, trend=self.trend(name, v), summary=summary,
+                hints=[f"Compare {name} with related signals around the same time",
+                       "If this is a planned change, learn a new baseline (ks-features baseline learn)"],
+            ))
+        return out
+
+    def _attribute(self, kinds: list[str], now_ns: int) -> list[dict]:
+        since = now_ns - int(max(self.rules.settings.window_s, 60) * 1e9)
+        out = []
+        for kind in kinds:
+            if kind == "slow_syscalls":
+                rows = slow_syscalls(self.ro, since)
+            elif kind == "spawners":
+                rows = spawners(self.ro, since) or self.sampler.cpu_users()
+            else:
+                rows = getattr(self.sampler, kind)()
+            for r in rows[:3]:
+                out.append({"kind": kind, **r})
+        return out
+
+    def recent_changes(self, first_seen_s: float, now_ns: int, suspects: set[str] | None = None) -> list[str]:
+        """What the data shows changed shortly before (or as) the condition began:
+        processes that appeared (our /proc sampler), deploy-like commands and exec
+        bursts (execsnoop collector), and OOM kills."""
+        out = []
+        horizon = 600.0
+        suspects = suspects or set()
+        # A new process counts as a change when it is one the symptom points at, or
+        # big enough to matter; shell plumbing (sleep, grep) that comes and goes does not.
+        newer = sorted(((t, pid, comm) for pid, (t, comm) in self.proc_first_seen.items()
+                        if first_seen_s - horizon <= t <= first_seen_s + self.rules.settings.interval_s
+                        and t > self._agent_start() and pid in self.sampler.cur
+                        and (comm in suspects or self.sampler.cur[pid].rss_kb >= BIG_RSS_KB)),
+                       key=lambda x: x[0])
+        by_comm: dict[str, list] = {}
+        for t, pid, comm in newer:
+            by_comm.setdefault(comm, []).append(t)
+        for comm, ts in sorted(by_comm.items(), key=lambda kv: -len(kv[1]))[:3]:
+            rel = ts[0] - first_seen_s
+            out.append(f"new process: {comm}" + (f" x{len(ts)}" if len(ts) > 1 else "") +
+                       f" started at T{rel:+.0f}s")
+        try:
+            rows = self.ro.execute(
+                "SELECT comm, COUNT(*), MIN(ts) FROM exec_events WHERE ts >= ? AND ts <= ? GROUP BY comm "
+                "ORDER BY COUNT(*) DESC LIMIT 20", (int((first_seen_s - horizon) * 1e9), now_ns)).fetchall()
+        except sqlite3.OperationalError:
+            rows = []
+        for comm, n, t0 in rows:
+            rel = t0 / 1e9 - first_seen_s
+            if DEPLOY_COMMS.match(comm or ""):
+                out.append(f"deployment_event: {comm} ran at T{rel:+.0f}s")
+            elif n >= 50:
+                out.append(f"exec burst: {comm} x{n} since T{rel:+.0f}s")
+        try:
+            oom = self.ro.execute("SELECT COUNT(*) FROM oom_kill_events WHERE ts >= ?",
+                                  (int((first_seen_s - horizon) * 1e9),)).fetchone()[0]
+        except sqlite3.OperationalError:
+            oom = 0
+        if oom:
+            out.append(f"oom_kill: {oom} process(es) killed by the OOM killer")
+        return out[:6]
+
+    def _agent_start(self) -> float:
+        # Processes already running when the agent started are not "new".
+        return self.history[0][0] + 0.5 if self.history else 0.0
+
+    # -- output ---------------------------------------------------------------
+    def observation(self, t: Tracked, now_s: float, now_ns: int) -> dict:
+        f = t.finding
+        dur = t.duration(now_s)
+        b = band(dur)
+        severity = escalate(f.severity, b) if f.observation_type != "anomaly" else f.severity
+        changes = self.recent_changes(t.first_seen, now_ns, {p.get("comm") for p in f.processes})
+        summary = f.summary
+        lead = next((c for c in changes if c.startswith(("new process", "deployment_event"))), None)
+        if lead:
+            summary += f", after {lead.split(': ', 1)[1]}"
+        summary += f"; for {human_duration(dur)} ({BAND_WORDS[b]})"
+        hints = list(f.hints)
+        if f.processes:
+            top = f.processes[0]
+            what = ", ".join(f"{k} {v}" for k, v in top.items() if k not in ("kind", "comm", "pid", "unit"))
+            pid = f" (pid {top['pid']})" if "pid" in top else ""
+            hints.insert(0, f"Top suspect ({top['kind'].replace('_', ' ')}): {top['comm']}{pid}: {what}")
+        if self.baseline is None:
+            hints.append("No baseline learned yet: run `ks-features baseline learn` after a normal period")
+        return {
+            "timestamp": int(now_s),
+            "observation_type": f.observation_type,
+            "severity": severity,
+            "signal_category": f.category,
+            "summary": summary,
+            "details": {
+                "metric": f.metric,
+                "current_value": None if f.value is None else round(float(f.value), 4),
+                "baseline_mean": None if f.baseline_mean is None else round(float(f.baseline_mean), 4),
+                "zscore": None if f.zscore is None else round(float(f.zscore), 2),
+                "trend": f.trend,
+                "duration_seconds": int(dur),
+                "first_seen": int(t.first_seen),
+            },
+            "context": {"recent_changes": changes, "correlated_signals": f.correlated},
+            "reasoning_hints": hints,
+        }
+
+    def _persist(self, changes, now_s: float, now_ns: int, fc) -> None:
+        conn = self.rw
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.store.save_forecast(now_ns, fc)
+            for ch in changes:
+                t = ch.tracked
+                obs = self.observation(t, now_s, now_ns)
+                b = band(t.duration(now_s))
+                closed = ch.kind == "closed"
+                if t.obs_id is None:
+                    t.obs_id = self.store.insert(t.finding.rule_id, t.key, t.finding.label, obs, b,
+                                                 obs["severity"], t.finding.processes)
+                else:
+                    self.store.update(t.obs_id, obs, b, obs["severity"], "closed" if closed else "open",
+                                      int(t.closed_at) if closed else None, t.updates, t.finding.processes)
+                sig = (obs["severity"], b)
+                if ch.kind in ("opened", "reopened", "closed") or self.last_streamed.get(t.key) != sig:
+                    self.store.stream(ch.kind if ch.kind != "updated" else "changed", t.obs_id, obs)
+                    self.last_streamed[t.key] = sig
+                    if self.log is not None:
+                        self.log.info("observation " + ch.kind, id=t.obs_id, label=t.finding.label,
+                                      severity=obs["severity"], summary=obs["summary"])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.ro.close()
+        self.rw.close()

@@ -1,0 +1,65 @@
+"""Signals the agent reads besides the feature catalog: per-syscall views the
+interpretation tables name (read(), futex(), epoll_wait(), openat()), and the
+worst of read/write block latency (io_worst, from catalog features).  Same rule as the catalog: no data is None.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SLOW_READ_NS = 100_000_000  # "frequent read() > 100 ms" (architecture.md)
+AGENT_SIGNALS = ("syscall_futex_p95_ms", "syscall_epoll_wait_p95_ms", "syscall_read_slow_calls",
+                 "syscall_openat_errors_per_sec", "syscall_openat_error_pct")
+
+
+def _one(conn: sqlite3.Connection, sql: str, args) -> tuple | None:
+    try:
+        return conn.execute(sql, args).fetchone()
+    except sqlite3.OperationalError:  # table absent: that tracer never ran here
+        return None
+
+
+MIN_IOS_FOR_LATENCY = 20  # fewer I/Os than this in the window: too few to judge tail latency
+
+
+def io_worst(values: dict, window_s: float) -> dict[str, float | None]:
+    """Worst of read and write block latency percentiles (from the catalog's summed histograms)."""
+    iops = values.get("io_traced_iops")
+    out: dict[str, float | None] = {}
+    for q in ("p50", "p95", "p99"):
+        vals = [v for v in (values.get(f"io_read_latency_{q}_ms"), values.get(f"io_write_latency_{q}_ms"))
+                if v is not None]
+        enough = iops is not None and iops * window_s >= MIN_IOS_FOR_LATENCY
+        out[f"io_{q}_ms_max"] = max(vals) if vals and enough else None
+    return out
+
+
+def agent_signals(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dict[str, float | None]:
+    lo = end_ns - int(window_s * 1e9)
+    out: dict[str, float | None] = dict.fromkeys(AGENT_SIGNALS)
+    rows = None
+    try:
+        rows = conn.execute(
+            "SELECT syscall, SUM(count), SUM(errors), MAX(p95_ns), SUM(interval_s) FROM syscall_stats "
+            "WHERE ts > ? AND ts <= ? AND syscall IN ('futex','epoll_wait','epoll_pwait','openat') GROUP BY syscall",
+            (lo, end_ns)).fetchall()
+    except sqlite3.OperationalError:
+        pass
+    traced = _one(conn, "SELECT COUNT(*) FROM syscall_stats WHERE ts > ? AND ts <= ?", (lo, end_ns))
+    if traced and traced[0]:
+        # The syscall tracer ran in the window: absent rows mean zero calls of that kind.
+        out["syscall_openat_errors_per_sec"] = 0.0
+        for name, count, errors, p95, _ in rows or []:
+            if name == "futex" and p95 is not None:
+                out["syscall_futex_p95_ms"] = p95 / 1e6
+            elif name in ("epoll_wait", "epoll_pwait") and p95 is not None:
+                prev = out["syscall_epoll_wait_p95_ms"] or 0.0
+                out["syscall_epoll_wait_p95_ms"] = max(prev, p95 / 1e6)
+            elif name == "openat" and count:
+                out["syscall_openat_errors_per_sec"] = errors / window_s
+                out["syscall_openat_error_pct"] = 100.0 * errors / count
+        slow = _one(conn, "SELECT COUNT(*) FROM syscall_events WHERE ts > ? AND ts <= ? AND "
+                          "syscall IN ('read','pread64','readv','preadv','preadv2') AND latency_ns > ?",
+                    (lo, end_ns, SLOW_READ_NS))
+        out["syscall_read_slow_calls"] = float(slow[0]) if slow else 0.0
+    return out

@@ -1,0 +1,133 @@
+"""The agent's tool interface (architecture.md, "Tool Interface"), for people,
+scripts and an optional LLM alike.  Every tool only reads: SQL goes through
+ReadOnlyDB, and nothing a tool returns is ever executed.
+
+    query_database(sql)          read-only SQL (SELECT / WITH / read-only PRAGMA)
+    get_current_features()       the latest feature vector with reasons for nulls
+    compare_baseline(window)     z-scores of the window's features vs the baseline, worst first
+    correlate_events(window)     observations, events and co-moving features in the window
+    analyze_logs(pattern)        a regex over the pipeline's logs and rejected lines
+    export_report(format)        md | json | html report of recent observations
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import db
+from ..features.baseline import load_baseline, zscores
+from ..features.engine import compute_range, compute_vector
+from .readonly_sql import QueryRefused, ReadOnlyDB
+from .store import list_observations
+
+_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ToolError(ValueError):
+    pass
+
+
+def parse_window(window: str | float | int) -> float:
+    if isinstance(window, (int, float)):
+        secs = float(window)
+    else:
+        m = _WINDOW.match(window)
+        if not m:
+            raise ToolError(f"window must be like 60, 90s, 5m, 2h; got {window!r}")
+        secs = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if secs <= 0:
+        raise ToolError("window must be positive")
+    return secs
+
+
+class Tools:
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.path = db.db_path(data_dir)
+        self.sql = ReadOnlyDB(self.path)
+
+    def close(self) -> None:
+        self.sql.close()
+
+    def query_database(self, sql: str) -> dict:
+        return self.sql.query(sql)
+
+    def get_current_features(self, window_s: float = 60.0) -> dict:
+        return compute_vector(self.sql.connection(), time.time_ns(), window_s).to_dict()
+
+    def compare_baseline(self, window: str | float = "5m", top: int = 20) -> dict:
+        secs = parse_window(window)
+        conn = self.sql.connection()
+        base = load_baseline(conn, path=self.data_dir / "baseline.json")
+        vec = compute_vector(conn, time.time_ns(), secs)
+        if base is None:
+            return {"window_s": secs, "baseline": None,
+                    "note": "no baseline learned yet: run `ks-features baseline learn`", "features": vec.values}
+        z = zscores(vec, base)
+        ranked = sorted(((n, r) for n, r in z.items() if r.get("robust_z") is not None or r.get("z") is not None),
+                        key=lambda nr: -abs(nr[1].get("robust_z") or nr[1].get("z") or 0))
+        return {"window_s": secs, "baseline": base.meta, "deviations": [{"feature": n, **r} for n, r in ranked[:top]]}
+
+    def correlate_events(self, window: str | float = "10m", step_s: float = 5.0) -> dict:
+        secs = parse_window(window)
+        now = time.time_ns()
+        conn = self.sql.connection()
+        obs = [o for o in list_observations(conn, since_s=int(now / 1e9 - secs), limit=200)]
+        ends = np.arange(now - int(secs * 1e9), now + 1, int(step_s * 1e9))
+        m = compute_range(conn, ends, window_s=max(step_s, 5.0))
+        pairs = []
+        vals = m.values
+        ok = [j for j in range(vals.shape[1]) if np.isfinite(vals[:, j]).sum() >= 5 and np.nanstd(vals[:, j]) > 0]
+        for a_i, a in enumerate(ok):
+            for b in ok[a_i + 1:]:
+                x, y = vals[:, a], vals[:, b]
+                good = np.isfinite(x) & np.isfinite(y)
+                if good.sum() >= 5 and np.std(x[good]) > 0 and np.std(y[good]) > 0:
+                    r = float(np.corrcoef(x[good], y[good])[0, 1])
+                    if abs(r) >= 0.9:
+                        pairs.append({"a": m.names[a], "b": m.names[b], "r": round(r, 3)})
+        pairs.sort(key=lambda p: -abs(p["r"]))
+        events = {}
+        for table in ("exec_events", "oom_kill_events", "syscall_events", "tcp_state_events"):
+            try:
+                events[table] = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE ts >= ?",
+                                             (now - int(secs * 1e9),)).fetchone()[0]
+            except sqlite3.OperationalError:
+                events[table] = None
+        return {"window_s": secs, "observations": [{k: o[k] for k in ("id", "label", "status", "severity",
+                                                                       "first_seen", "summary")} for o in obs],
+                "event_counts": events, "co_moving_features": pairs[:25]}
+
+    def analyze_logs(self, pattern: str, limit: int = 50) -> dict:
+        try:
+            rx = re.compile(pattern)
+        except re.error as e:
+            raise ToolError(f"bad pattern: {e}") from None
+        matches, counts = [], {}
+        for path in sorted((self.data_dir / "logs").glob("*.log")):
+            n = 0
+            with open(path, "rb") as f:
+                for line in f:
+                    text = line.decode("utf-8", "replace").rstrip("\n")
+                    if rx.search(text):
+                        n += 1
+                        if len(matches) < limit:
+                            matches.append({"file": path.name, "line": text[:500]})
+            counts[path.name] = n
+        rej = self.sql.query("SELECT reason, COUNT(*) FROM rejected_events GROUP BY reason ORDER BY 2 DESC")
+        rejected = [{"reason": r, "count": c} for r, c in rej["rows"] if rx.search(r)]
+        return {"pattern": pattern, "matches_per_file": counts, "matches": matches, "rejected_events": rejected}
+
+    def export_report(self, fmt: str = "md", since_s: float | None = None) -> str:
+        from ..report import render_report
+
+        return render_report(self.data_dir, fmt, since_s=since_s)
+
+
+__all__ = ["Tools", "ToolError", "QueryRefused", "parse_window"]
