@@ -26,6 +26,7 @@ glibc's dynamic thresholds keep that heap mapped, so the histogram tools
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import selectors
 import shutil
@@ -42,6 +43,8 @@ STDERR_LOG_LINES = 40      # per child start; the rest is counted, not logged
 WARN_LOG_MAX = 100         # parser warnings logged per child start
 REAP_GRACE_S = 2.0         # a child that closed its output but does not exit is killed after this
 LOOP_MAX_WAIT_S = 0.1      # longest select(); bounds how late a stop request is seen
+CHILD_PIPE_SIZE = 1 << 20  # tool stdout pipe: a burst waits here, not in the tool's perf buffer
+F_SETPIPE_SZ = 1031
 CHILD_ENV = {"MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_MMAP_THRESHOLD_": "131072"}
 
 try:
@@ -207,6 +210,10 @@ class Slot:
         now = time.monotonic()
         self.started = self.last_out = now
         self.open_streams = 2
+        try:  # a tool blocked writing to a full 64 KiB pipe stops draining its perf buffer and loses events
+            fcntl.fcntl(p.stdout.fileno(), F_SETPIPE_SZ, CHILD_PIPE_SIZE)
+        except OSError:
+            pass  # above /proc/sys/fs/pipe-max-size: keep the default
         os.set_blocking(p.stdout.fileno(), False)
         os.set_blocking(p.stderr.fileno(), False)
         self.host.sel.register(p.stdout, selectors.EVENT_READ, (self, "out"))

@@ -67,12 +67,14 @@ class Validator:
 class CollectorProc:
     """`python -m kernelsight.collectors run NAME --output -` with its events gathered by a thread."""
 
-    def __init__(self, name: str, interval: int = 1, env: dict | None = None):
+    def __init__(self, name: str, interval: int = 1, env: dict | None = None, cmd: list[str] | None = None):
+        """cmd replaces ["run", name], e.g. ["run-all", "--only", "a,b"]."""
         self.name = name
         e = dict(os.environ)
         e.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kernelsight.collectors", "run", name, "--output", "-", "--interval", str(interval)],
+            [sys.executable, "-m", "kernelsight.collectors", *(cmd or ["run", name]), "--output", "-",
+             "--interval", str(interval)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e,
         )
         self.events: list[dict] = []
@@ -134,3 +136,43 @@ class CollectorProc:
         if self.proc.poll() is None:
             self.proc.kill()
         self.stop()
+
+
+def pid_gone(pid: int) -> bool:
+    """True when pid no longer exists, not even as a zombie."""
+    return not os.path.exists(f"/proc/{pid}/stat")
+
+
+def wait_gone(pids, timeout: float = 5.0) -> list[int]:
+    """The pids still there (alive or unreaped) after up to timeout seconds."""
+    end = time.monotonic() + timeout
+    left = list(pids)
+    while left and time.monotonic() < end:
+        left = [p for p in left if not pid_gone(p)]
+        time.sleep(0.05)
+    return left
+
+
+def children_of(pid: int) -> set[int]:
+    """Direct children of pid (including zombies) from /proc/PID/task/*/children."""
+    out: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out.update(int(x) for x in f.read().split())
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def stand_in_tool(directory: Path, name: str, body: str) -> str:
+    """An executable Python script named like a libbpf-tool, for KS_TOOLS_DIR."""
+    directory.mkdir(exist_ok=True)
+    p = directory / name
+    p.write_text(f"#!{sys.executable}\n{body}")
+    p.chmod(0o755)
+    return str(directory)

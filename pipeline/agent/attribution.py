@@ -138,3 +138,14 @@ def spawners(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
             continue
         return [{"comm": c, "execs": n} for c, n in rows]
     return []
+
+
+def connection_makers(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
+    """Processes behind TCP state changes (tcpstates collector), most active first."""
+    try:
+        rows = conn.execute(
+            "SELECT comm, pid, COUNT(*), SUM(time_wait) FROM tcp_state_events WHERE ts >= ? "
+            "GROUP BY comm, pid ORDER BY COUNT(*) DESC LIMIT ?", (since_ns, TOP_N)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [{"comm": c, "pid": p, "state_changes": n, "time_waits": tw or 0} for c, p, n, tw in rows]

@@ -25,7 +25,7 @@ from .. import db
 from ..features import catalog as fcat
 from ..features.baseline import load_baseline
 from ..features.engine import compute_vector
-from .attribution import ProcessSampler, slow_syscalls, spawners
+from .attribution import ProcessSampler, connection_makers, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
 from .rules import Context, Rule, RuleSet, evaluate, load_rules
 from .signals import agent_signals, io_worst
@@ -250,6 +250,8 @@ class Agent:
         for kind in kinds:
             if kind == "slow_syscalls":
                 rows = slow_syscalls(self.ro, since)
+            elif kind == "connection_makers":
+                rows = connection_makers(self.ro, since)
             elif kind == "spawners":
                 rows = spawners(self.ro, since) or self.sampler.cpu_users()
             else:

@@ -248,6 +248,7 @@ FEATURES: list[Feature] = [
     # ---- memory (12+)
     F("memory_available_pct", "memory", "%", "MemAvailable / MemTotal, mean over window",
       Gauge(MEM, "100 * mem_available_kb / mem_total_kb")),
+    F("memory_available_mb", "memory", "MiB", "MemAvailable, latest", Gauge(MEM, "mem_available_kb / 1024", "last")),
     F("memory_used_pct", "memory", "%", "(MemTotal - MemAvailable) / MemTotal, mean",
       Gauge(MEM, "100 * (mem_total_kb - mem_available_kb) / mem_total_kb")),
     F("memory_free_pct", "memory", "%", "MemFree / MemTotal, mean", Gauge(MEM, "100 * mem_free_kb / mem_total_kb")),
@@ -392,7 +393,6 @@ FEATURES: list[Feature] = [
       Derived(_ratio, ("procs_running_avg", "cpu_count")), "procs_running_avg / cpu_count"),
     F("io_blocked_task_pct", "derived", "%", "blocked / (running + blocked) tasks: I/O wait dominates when high",
       Derived(_blocked_share, ("procs_running_avg", "procs_blocked_avg"), "no running or blocked tasks"), "100 * blocked / (running + blocked)"),
-    F("memory_available_mb", "memory", "MiB", "MemAvailable, latest", Gauge(MEM, "mem_available_kb / 1024", "last")),
 ]
 
 BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}

@@ -1,0 +1,1 @@
+"""Real, bounded fault injectors and the scenario suite (`make scenarios`)."""

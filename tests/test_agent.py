@@ -1,0 +1,297 @@
+"""ks-agent: rules, persistence, hysteresis, observation schema, read-only tools, and a replayed real incident."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import REPO, tool
+from kernelsight import db
+from kernelsight.agent.engine import Agent
+from kernelsight.agent.forecast import classify, fit
+from kernelsight.agent.readonly_sql import QueryRefused, ReadOnlyDB
+from kernelsight.agent.rules import Context, RuleError, evaluate, load_rules, parse_condition
+from kernelsight.agent.signals import AGENT_SIGNALS
+from kernelsight.agent.tracker import Finding, Tracker, band, escalate
+from kernelsight.features.catalog import BY_NAME
+
+RULES = load_rules()
+OBS_SCHEMA = json.loads((REPO / "schema" / "observation.schema.json").read_text())
+CAPTURE = REPO / "tests" / "fixtures" / "agent" / "memory_pressure.jsonl"
+
+# A quiet 2-CPU machine: every rule must stay silent on this.
+NORMAL = {
+    "syscall_read_slow_calls": 0, "io_read_latency_p95_ms": 0.5, "io_write_latency_p95_ms": 1.0,
+    "procs_blocked_avg": 0, "syscall_futex_p95_ms": 0.05, "syscall_epoll_wait_p95_ms": 5,
+    "syscall_openat_errors_per_sec": 2, "syscall_openat_error_pct": 10, "ctx_switches_per_sec": 800,
+    "ctx_switches_involuntary_pct": 10, "cpu_utilization_pct": 5, "runq_depth_avg": 0.2,
+    "sched_wakeups_per_sec": 700, "memory_available_pct": 90, "memory_dirty_mb": 2, "memory_writeback_mb": 0,
+    "swap_used_pct": None, "swap_out_pages_per_sec": 0, "page_faults_major_per_sec": 0,
+    "page_faults_per_sec": 3000, "memory_reclaim_scan_pages_per_sec": 0, "memory_direct_reclaim_pages_per_sec": 0,
+    "psi_memory_some_pct": 0, "oom_kills_per_min": 0, "io_p50_ms_max": 0.2, "io_p95_ms_max": 1.0,
+    "io_p99_ms_max": 2.0, "disk_queue_depth_avg": 0.1, "io_queue_depth_at_issue_avg": 0.5, "tcp_time_wait": 10,
+    "tcp_active_opens_per_sec": 1, "tcp_established": 5, "tcp_retransmit_pct": 0, "net_tx_packets_per_sec": 20,
+    "tcp_syn_recv": 0, "tcp_listen_drops_per_sec": 0, "net_errors_per_sec": 0, "net_drops_per_sec": 0,
+    "load_avg_1m": 0.3, "procs_running_avg": 1, "runq_latency_p95_us": 50, "psi_cpu_some_pct": 1,
+    "forks_per_sec": 3, "tasks_total": 120, "cpu_iowait_pct": 0, "load_avg_5m": 0.3, "load_per_cpu_ratio": 0.15,
+    "disk_util_max_pct": 1,
+}
+BASELINE = {"tasks_total": {"n": 100, "mean": 120, "std": 5, "median": 120, "mad": 3},
+            "syscall_futex_p95_ms": {"n": 100, "mean": 0.05, "std": 0.02, "median": 0.05, "mad": 0.01},
+            "syscall_epoll_wait_p95_ms": {"n": 100, "mean": 5, "std": 2, "median": 5, "mad": 1},
+            "ctx_switches_per_sec": {"n": 100, "mean": 800, "std": 100, "median": 800, "mad": 60}}
+
+# What makes each rule fire: value overrides, slopes (per minute), active rules, OOM risk.
+FIRES = {
+    "io_bottleneck": ({"syscall_read_slow_calls": 5, "io_read_latency_p95_ms": 40}, {}, set(), 0),
+    "lock_contention": ({"syscall_futex_p95_ms": 50}, {}, set(), 0),
+    "event_loop_starvation": ({"syscall_epoll_wait_p95_ms": 900}, {}, set(), 0),
+    "file_system_issue": ({"syscall_openat_errors_per_sec": 5000, "syscall_openat_error_pct": 99}, {}, set(), 0),
+    "scheduling_thrash": ({"ctx_switches_per_sec": 75000}, {}, set(), 0),
+    "cpu_starvation": ({"ctx_switches_involuntary_pct": 90, "ctx_switches_per_sec": 9000,
+                        "cpu_utilization_pct": 99}, {}, set(), 0),
+    "cpu_saturation": ({"runq_depth_avg": 15}, {}, set(), 0),
+    "serialization_bottleneck": ({"sched_wakeups_per_sec": 9000, "ctx_switches_per_sec": 3000}, {}, set(), 0),
+    "memory_pressure": ({"memory_available_pct": 8.5}, {}, set(), 0),
+    "write_buffer_saturation": ({"memory_dirty_mb": 900}, {"memory_dirty_mb": 400}, set(), 0),
+    "memory_overflow": ({"swap_used_pct": 20, "swap_out_pages_per_sec": 500}, {}, set(), 0),
+    "disk_thrashing": ({"page_faults_major_per_sec": 800}, {}, set(), 0),
+    "io_tail_latency": ({"io_p95_ms_max": 15, "io_p99_ms_max": 150}, {}, set(), 0),
+    "io_saturation": ({"io_p50_ms_max": 20}, {}, set(), 0),
+    "io_queue_congestion": ({"disk_queue_depth_avg": 40}, {}, set(), 0),
+    "read_amplification": ({"io_read_latency_p95_ms": 30, "io_write_latency_p95_ms": 2}, {}, set(), 0),
+    "connection_churning": ({"tcp_time_wait": 2500}, {}, set(), 0),
+    "network_degradation": ({"tcp_retransmit_pct": 3, "net_tx_packets_per_sec": 5000}, {}, set(), 0),
+    "syn_flood": ({"tcp_syn_recv": 400}, {}, set(), 0),
+    "nic_issue": ({"net_errors_per_sec": 5}, {}, set(), 0),
+    "oversubscription": ({"procs_running_avg": 9, "load_avg_1m": 3}, {}, set(), 0),
+    "process_explosion": ({"forks_per_sec": 2000}, {}, set(), 0),
+    "io_wait_dominates": ({"procs_blocked_avg": 3, "io_p95_ms_max": 80}, {}, set(), 0),
+    "steady_demand_growth": ({"load_per_cpu_ratio": 0.9}, {"load_avg_5m": 0.3}, set(), 0),
+    "approaching_oom": ({"memory_available_pct": 6}, {}, {"memory_pressure"}, 2),
+    "io_bottleneck_scheduling_churn": ({"io_p95_ms_max": 40, "ctx_switches_per_sec": 60000}, {}, set(), 0),
+}
+
+
+def ctx(values=None, slopes=None, active=None, risk=0, baseline=None) -> Context:
+    slopes = slopes or {}
+    return Context({**NORMAL, **(values or {})}, BASELINE if baseline is None else baseline,
+                   lambda name, span=None: slopes.get(name, 0.0), set(active or ()), 2, risk)
+
+
+def test_every_interpretation_row_has_a_rule():
+    assert set(FIRES) == {r.id for r in RULES.rules}
+    assert len(RULES.rules) >= 26
+
+
+def test_every_feature_a_rule_reads_exists():
+    known = set(BY_NAME) | set(AGENT_SIGNALS) | {"io_p50_ms_max", "io_p95_ms_max", "io_p99_ms_max"}
+    for r in RULES.rules:
+        missing = r.features() - known
+        assert not missing, f"rule {r.id} reads unknown features {missing}"
+
+
+@pytest.mark.parametrize("rule_id", list(FIRES))
+def test_rule_fires_when_it_should_and_not_otherwise(rule_id):
+    rule = RULES.by_id(rule_id)
+    values, slopes, active, risk = FIRES[rule_id]
+    assert evaluate(rule, ctx(values, slopes, active, risk), is_open=False), f"{rule_id} did not fire"
+    assert not evaluate(rule, ctx(), is_open=False), f"{rule_id} fired on a quiet machine"
+
+
+def test_missing_data_is_never_evidence():
+    c = ctx({"memory_available_pct": None})
+    assert not evaluate(RULES.by_id("memory_pressure"), c, is_open=False)
+    # No baseline: rules that need one cannot fire.
+    assert not evaluate(RULES.by_id("lock_contention"), ctx({"syscall_futex_p95_ms": 50}, baseline={}), False)
+
+
+def test_threshold_hysteresis_keeps_an_open_observation_open_between_thresholds():
+    rule = RULES.by_id("memory_pressure")
+    assert not evaluate(rule, ctx({"memory_available_pct": 11}), is_open=False)
+    assert evaluate(rule, ctx({"memory_available_pct": 11}), is_open=True)
+    assert not evaluate(rule, ctx({"memory_available_pct": 13}), is_open=True)
+
+
+def test_condition_language_rejects_what_it_cannot_read():
+    for bad in ["memory_available_pct", "x <> 3", "os.system(1) > 0", "nope(x) > 1", "z(x,5) > 1"]:
+        with pytest.raises(RuleError):
+            parse_condition(bad)
+    c = parse_condition("load_avg_1m > 2 * cores")
+    assert ctx({"load_avg_1m": 5}).holds(c) and not ctx({"load_avg_1m": 3}).holds(c)
+
+
+@pytest.mark.parametrize("secs,name", [(30, "transient"), (59, "transient"), (60, "short-lived"),
+                                       (299, "short-lived"), (300, "persistent"), (899, "persistent"),
+                                       (900, "systemic"), (4000, "systemic")])
+def test_persistence_bands(secs, name):
+    assert band(secs) == name
+
+
+def test_severity_escalates_with_persistence_only():
+    assert escalate("medium", "transient") == "medium"
+    assert escalate("medium", "short-lived") == "medium"
+    assert escalate("medium", "persistent") == "high"
+    assert escalate("medium", "systemic") == "critical"
+    assert escalate("critical", "systemic") == "critical"
+
+
+def finding(key="memory_pressure") -> Finding:
+    return Finding(key, key, "Memory Pressure", "memory", "symptom", "high", "memory_available_pct", 8.0)
+
+
+def test_flapping_signal_yields_one_observation():
+    tr = Tracker(clear_after_s=10, reopen_within_s=60)
+    kinds = []
+    for i in range(40):  # on 5 s, off 15 s, for 200 s
+        now = i * 5.0
+        kinds += [c.kind for c in tr.update(now, [finding()] if i % 4 == 0 else [])]
+    assert kinds.count("opened") == 1
+    assert "reopened" in kinds
+
+
+def test_stuck_signal_updates_one_observation_and_closes_after_clearing():
+    tr = Tracker(clear_after_s=10, reopen_within_s=60)
+    changes = [c for i in range(62) for c in tr.update(i * 5.0, [finding()])]
+    assert [c.kind for c in changes].count("opened") == 1 and len({id(c.tracked) for c in changes}) == 1
+    t = changes[-1].tracked
+    assert band(t.duration(305.0)) == "persistent"
+    closed = [c for i in range(62, 66) for c in tr.update(i * 5.0, [])]
+    assert [c.kind for c in closed] == ["closed"] and not tr.is_open("memory_pressure")
+    # Back after the reopen window: a new observation.
+    assert tr.update(1000.0, [finding()])[0].kind == "opened"
+
+
+def test_oom_forecast_on_a_known_decline():
+    ts = (1_800_000_000 + __import__("numpy").arange(60)) * 10**9
+    head = 4_000_000 - 50_000 * __import__("numpy").arange(60)  # -50 MB/s from 4 GB
+    fc = fit(ts, head, 24_000_000.0)
+    assert fc.trend_kb_per_s == pytest.approx(-50_000, rel=1e-6)
+    assert fc.seconds_to_exhaustion == pytest.approx(head[-1] / 50_000, rel=1e-6)
+    assert fc.confidence > 0.9 and fc.risk == "CRITICAL"
+    assert classify(50.0, None, 0.0) == "NORMAL" and classify(8.0, None, 0.0) == "ELEVATED"
+    assert fit(ts[:3], head[:3], 24e6).reason.startswith("only 3 memory samples")
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory):
+    """The recorded real memory-pressure incident, through ks-ingest --replay, then the agent."""
+    d = tmp_path_factory.mktemp("agent")
+    out = subprocess.run([tool("ks-ingest"), "--replay", str(CAPTURE), "--data-dir", str(d)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    conn = db.connect_readonly(db.db_path(d))
+    lo, hi = conn.execute("SELECT MIN(ts), MAX(ts) FROM memory_metrics").fetchone()
+    pct = conn.execute("SELECT ts, 100.0 * mem_available_kb / mem_total_kb FROM memory_metrics ORDER BY ts").fetchall()
+    conn.close()
+    agent = Agent(d, stream=True)
+    log = []
+    for t in range(lo + 5 * 10**9, hi + 1, 5 * 10**9):
+        log += [(t, c.kind, c.tracked) for c in agent.step(t)]
+        # Observations are built from what was persisted: keep the JSON as stored at each step.
+    agent.close()
+    return d, log, pct
+
+
+def test_replayed_incident_opens_and_closes_a_memory_observation(replayed):
+    d, log, pct = replayed
+    onset = next(t for t, p in pct if p < 10)
+    recovered = next(t for t, p in pct if t > onset and p > 50)
+    opened = [(t, tr) for t, kind, tr in log if kind == "opened" and tr.finding.rule_id == "memory_pressure"]
+    assert len(opened) == 1, "exactly one memory-pressure observation"
+    t_open, tracked = opened[0]
+    assert 0 <= (t_open - onset) / 1e9 <= 30, "opened within 30 s of onset"
+    closed = [t for t, kind, tr in log if kind == "closed" and tr is tracked]
+    assert closed and closed[0] > recovered, "closed after the pressure ended"
+    conn = db.connect_readonly(db.db_path(d))
+    row = conn.execute("SELECT observation, status, severity FROM observations WHERE rule='memory_pressure'").fetchone()
+    conn.close()
+    obs = json.loads(row[0])
+    jsonschema.validate(obs, OBS_SCHEMA)
+    assert row[1] == "closed" and row[2] in ("high", "critical")
+    assert obs["signal_category"] == "memory" and obs["details"]["metric"] == "memory_available_pct"
+    assert obs["details"]["current_value"] < 12
+    assert "Available memory is" in obs["summary"]
+    assert any("OOM" in h for h in obs["reasoning_hints"])
+    assert any("memory growth" in h for h in obs["reasoning_hints"])
+
+
+def test_every_stored_observation_matches_the_schema(replayed):
+    d, _, _ = replayed
+    conn = db.connect_readonly(db.db_path(d))
+    rows = conn.execute("SELECT observation FROM observations").fetchall()
+    conn.close()
+    assert rows
+    for (o,) in rows:
+        jsonschema.validate(json.loads(o), OBS_SCHEMA)
+    stream = (d / "observations.jsonl").read_text().splitlines()
+    assert stream and all(json.loads(line)["event"] in ("opened", "reopened", "changed", "closed") for line in stream)
+
+
+def test_replayed_incident_raises_no_high_alarm_before_the_fault(replayed):
+    _, log, pct = replayed
+    onset = next(t for t, p in pct if p < 10)
+    early = [tr.finding.label for t, kind, tr in log if t < onset - 15 * 10**9 and kind == "opened"
+             and tr.finding.severity in ("high", "critical")]
+    assert not early, f"high-severity observations before the fault: {early}"
+
+
+WRITES = ["INSERT INTO meta VALUES ('k', 'v')", "UPDATE meta SET value = 'x'", "DELETE FROM meta",
+          "DROP TABLE meta", "ATTACH DATABASE '/tmp/other.db' AS other", "PRAGMA journal_mode = DELETE",
+          "PRAGMA query_only = 0", "CREATE TABLE t(x)", "SELECT 1; DELETE FROM meta", "VACUUM"]
+
+
+@pytest.mark.parametrize("sql", WRITES)
+def test_query_database_refuses_writes(replayed, sql):
+    d, _, _ = replayed
+    ro = ReadOnlyDB(db.db_path(d))
+    with pytest.raises(QueryRefused, match="refused"):
+        ro.query(sql)
+    assert ro.query("SELECT COUNT(*) FROM meta")["rows"][0][0] >= 4
+    assert ro.query("PRAGMA table_info(memory_metrics)")["rows"]
+    ro.close()
+
+
+def test_tool_cli_refuses_a_write_with_a_clear_error(replayed):
+    d, _, _ = replayed
+    out = subprocess.run([tool("ks"), "agent", "tool", "query_database", "DELETE FROM observations",
+                          "--data-dir", str(d)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "read-only" in out.stderr
+
+
+def test_tools_answer(replayed):
+    from kernelsight.agent.tools import ToolError, Tools
+
+    d, _, _ = replayed
+    t = Tools(d)
+    assert t.query_database("SELECT COUNT(*) FROM memory_metrics")["rows"][0][0] > 60
+    assert "values" in t.get_current_features()
+    assert t.compare_baseline("5m")["baseline"] is None  # none learned in this DB: said, not faked
+    logs = t.analyze_logs("refus|error")
+    assert "matches_per_file" in logs
+    with pytest.raises(ToolError):
+        t.analyze_logs("(unclosed")
+    md = t.export_report("md")
+    assert "Memory Pressure" in md
+    t.close()
+
+
+def test_observations_cli_lists_them(replayed):
+    d, _, _ = replayed
+    out = subprocess.run([tool("ks"), "observations", "--all", "--data-dir", str(d)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "Memory Pressure" in out.stdout
+
+
+def test_agent_step_is_quiet_on_an_empty_database(tmp_path):
+    agent = Agent(tmp_path)
+    now = time.time_ns()
+    for i in range(6):
+        assert agent.step(now + i * 5 * 10**9) == []
+    agent.close()
+    assert Path(tmp_path / "kernelsight.db").exists()
