@@ -231,6 +231,13 @@ int main(int argc, char **argv)
 	if (mode < 0)
 		goto cleanup;
 	snprintf(t.attach_mode, sizeof(t.attach_mode), "%s", mode ? "tp_btf" : "tracepoint");
+	/* sched_switch parks the in-flight syscall of a task leaving its CPU
+	 * (see syscall.bpf.c); same attach mechanism as the syscall hooks. */
+	if (!ks_tp_exists("sched", "sched_switch") || (mode == 1 && !ks_probe_tp_btf("sched_switch"))) {
+		fprintf(stderr, "ks-syscall: tracepoint sched:sched_switch is missing or cannot be attached as %s\n",
+			t.attach_mode);
+		goto cleanup;
+	}
 
 	skel = syscall_bpf__open();
 	if (!skel) {
@@ -240,6 +247,8 @@ int main(int argc, char **argv)
 	ks_fill_filter(&opts, &skel->rodata->self_tgid, &skel->rodata->targ_tgid, &skel->rodata->n_excl,
 		       skel->rodata->excl_tgid);
 	skel->rodata->min_lat_ns = (uint64_t)(min_latency_ms * 1e6);
+	bpf_program__set_autoload(skel->progs.sched_switch_btf, mode == 1);
+	bpf_program__set_autoload(skel->progs.sched_switch_tp, mode == 0);
 	bpf_program__set_autoload(skel->progs.sys_enter_btf, mode == 1);
 	bpf_program__set_autoload(skel->progs.sys_exit_btf, mode == 1);
 	bpf_program__set_autoload(skel->progs.sys_enter_tp, mode == 0);

@@ -348,20 +348,24 @@ class Slot:
         self.backoff = min(self.host.backoff_max_s, self.backoff * 2)
 
     # ---- shutdown ------------------------------------------------------
-    def shutdown(self) -> None:
-        """Last resort and final status: kill and reap a child still there, tear down."""
+    def kill_and_reap(self) -> None:
+        """Last resort: kill and reap a child still there, close its pipes."""
         p = self.child
-        if p is not None:
-            if p.returncode is None:
-                self.signal_child(signal.SIGKILL)
-                p.wait()
-            for s in (p.stdout, p.stderr):
-                try:
-                    self.host.sel.unregister(s)
-                except (KeyError, ValueError):
-                    pass
-                s.close()
-            self.child = None
+        if p is None:
+            return
+        if p.returncode is None:
+            self.signal_child(signal.SIGKILL)
+            p.wait()
+        for s in (p.stdout, p.stderr):
+            try:
+                self.host.sel.unregister(s)
+            except (KeyError, ValueError):
+                pass
+            s.close()
+        self.child = None
+
+    def finish(self) -> None:
+        """Tear down (tracefs instance) and write the final status."""
         if self.spec.teardown:
             try:
                 self.spec.teardown()
@@ -432,7 +436,7 @@ class Host:
                         return 0
                     if now - stop_seen > self.stop_timeout_s + REAP_GRACE_S + 1.0:
                         self.log.warning("stop_timeout", why="children not reaped in time; killing them")
-                        return 0  # shutdown() below kills and reaps what is left
+                        return 0  # the finally below kills and reaps what is left
                 elif all(s.done for s in self.slots):
                     return 2
                 self._maybe_stats(time.monotonic())
@@ -447,10 +451,18 @@ class Host:
                     slot.on_readable(key.fileobj, kind)
         finally:
             self.stopping = True
-            for s in self.slots:
-                s.shutdown()
+            for s in self.slots:  # first every child, so a failing write cannot leave one behind
+                s.kill_and_reap()
             self.sel.close()
+            err: BaseException | None = None
+            for s in self.slots:
+                try:
+                    s.finish()
+                except Exception as e:  # noqa: BLE001 - e.g. BrokenPipeError: still tear down the rest
+                    err = err or e
             self.writer.emit_stats()
+            if err is not None:
+                raise err
 
 
 class Runner(Host):

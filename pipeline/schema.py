@@ -109,11 +109,29 @@ def _slow_check(spec: EventSpec, obj: dict) -> str:
             "int": type(v) is int,
             "float": type(v) in (int, float),
             "str": type(v) is str,
-            "int_array": type(v) is list and all(type(x) is int for x in v),
+            "int_array": _int_list_json(v) is not False,
         }[f.type]
         if not ok:
             return _type_error(f.name, f.type, v)
     return "invalid event"  # pragma: no cover - the fast path accepted nothing the slow path accepts
+
+
+_NOT_INT_LIST_BYTES = b"0123456789,-"
+
+
+def _int_list_json(v) -> str | bool:
+    """JSON text of a flat list of integers, or False.  orjson writes ints as digits
+    and '-' only, so after dropping the outer brackets any other byte (a '.', 'e',
+    quote, letter or inner bracket) means a non-integer element; bools are letters."""
+    if type(v) is not list:
+        return False
+    try:
+        b = orjson.dumps(v)
+    except TypeError:  # an integer beyond 64 bits
+        return False
+    if b[1:-1].translate(None, _NOT_INT_LIST_BYTES):
+        return False
+    return b.decode()
 
 
 def _build_validator(spec: EventSpec):
@@ -142,10 +160,11 @@ def _build_validator(spec: EventSpec):
             test = f"type({var}) is not float and type({var}) is not int"
         elif f.type == "str":
             test = f"type({var}) is not str"
-        else:  # int_array: checked and serialised to JSON text for storage
-            test = f"not _int_list({var})"
+        else:  # int_array: serialised once, and the JSON text both checked and stored
+            body.append(f"        j{i} = _int_list_json({var}) if {var} is not None else None")
+            test = f"j{i} is False"
         conds.append(f"({var} is not None and {test})" if f.nullable else f"{var} is None or {test}")
-        names.append(f"_dumps({var}).decode() if {var} is not None else None" if f.type == "int_array" else var)
+        names.append(f"j{i}" if f.type == "int_array" else var)
     body += [
         "    except KeyError:",
         "        raise RejectedLine(_slow(o), TYPE) from None",
@@ -160,7 +179,7 @@ def _build_validator(spec: EventSpec):
         "TS_MAX": TS_MAX_NS,
         "_slow": lambda o: _slow_check(spec, o),
         "_dumps": orjson.dumps,
-        "_int_list": lambda v: type(v) is list and all(type(x) is int for x in v),
+        "_int_list_json": _int_list_json,
     }
     exec(compile("\n".join(body), f"<validator {spec.type}>", "exec"), ns)  # noqa: S102 - generated from our own schema
     return ns["validate"]

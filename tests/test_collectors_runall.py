@@ -229,3 +229,30 @@ def test_run_all_live_every_available_collector_in_one_process():
     assert rc == 0
     assert wait_gone(pids.values(), timeout=1.0) == []
     assert all(s["state"] != "unavailable" for s in c.status())
+
+
+CLOSES_OUTPUT_STAYS = """
+import os, sys, time
+print("Tracing run queue latency... Hit Ctrl-C to end.", flush=True)
+time.sleep(0.3)
+os.close(1); os.close(2)
+while True:
+    time.sleep(1)  # wedged: no output, no exit, ignores nothing
+"""
+
+
+def test_tool_that_closes_its_output_but_stays_is_killed_and_restarted_without_blocking_others(tmp_path):
+    tools = _tools(tmp_path, runqlat=CLOSES_OUTPUT_STAYS, execsnoop=EXEC_TOOL)
+    with CollectorProc("all", env={"KS_TOOLS_DIR": tools}, cmd=["run-all", "--only", "runqlat,execsnoop"]) as c:
+        pids = _wait_all_running(c, ["runqlat", "execsnoop"])
+        ok = c.wait_for(lambda evs: any(e["type"] == "collector_status" and e["collector"] == "runqlat"
+                                        and e["state"] == "exited" for e in evs), 10)
+        assert ok, c.stderr[-2000:]
+        n_exec = len(c.of_type("exec"))
+        time.sleep(0.5)
+        assert len(c.of_type("exec")) > n_exec, "the other tool kept flowing meanwhile"
+        assert "signal 9" in [s for s in c.status() if s["state"] == "exited"][0]["reason"]
+        assert pid_gone(pids["runqlat"])
+        rc = c.stop()
+    assert rc == 0
+    assert wait_gone([p for s in c.status() if (p := s["pid"])], timeout=1.0) == []

@@ -67,21 +67,36 @@ class Ingestor:
     # -- the hot path -------------------------------------------------------
     def feed(self, line: bytes) -> None:
         """Take one line (without its newline)."""
-        if len(line) > LINE_MAX:
-            self.reject(line, f"line is {len(line)} bytes, over the {LINE_MAX}-byte limit", None)
-            return
-        try:
-            obj = orjson.loads(line)
-            t = obj["type"]
-            row = self.validators[t](obj)
-        except (orjson.JSONDecodeError, KeyError, TypeError, RejectedLine) as e:
-            self._reject_reason(line, e)
-            return
-        self.pending[t].append(row)
-        self.counts[t].received += 1
-        self.n_pending += 1
-        if self.mirror_dir is not None:
-            self._mirror(t, line)
+        self.feed_lines((line,))
+
+    def feed_lines(self, lines) -> None:
+        """Take many lines (without newlines; empty ones are skipped).
+
+        Valid lines are only appended to their type's batch here: `received`
+        for them is counted when the batch is flushed (pending until then),
+        which keeps per-line work to parse, validate, append.
+        """
+        loads, validators, pending = orjson.loads, self.validators, self.pending
+        errors = (orjson.JSONDecodeError, KeyError, TypeError, RejectedLine)
+        appended = 0
+        for line in lines:
+            if not line:
+                continue
+            if len(line) > LINE_MAX:
+                self.reject(line, f"line is {len(line)} bytes, over the {LINE_MAX}-byte limit", None)
+                continue
+            try:
+                obj = loads(line)
+                t = obj["type"]
+                row = validators[t](obj)
+            except errors as e:
+                self._reject_reason(line, e)
+                continue
+            pending[t].append(row)
+            appended += 1
+            if self.mirror_dir is not None:
+                self._mirror(t, line)
+        self.n_pending += appended
         if self.n_pending >= self.batch_size:
             self.flush()
 
@@ -131,6 +146,7 @@ class Ingestor:
             for t, rows in self.pending.items():
                 if not rows:
                     continue
+                self.counts[t].received += len(rows)
                 try:
                     conn.execute("SAVEPOINT batch")
                     conn.executemany(self.insert_sql[t], rows)
@@ -177,9 +193,11 @@ class Ingestor:
         now = time.time_ns()
         pid = os.getpid()
         pend = {t: len(r) for t, r in self.pending.items()}
+        types = sorted(set(self.counts) | {t for t, n in pend.items() if n})
         rows = [
-            (now, "ingest", pid, t, c.received, c.stored, c.rejected, pend.get(t, 0))
-            for t, c in sorted(self.counts.items())
+            (now, "ingest", pid, t, self.counts[t].received + pend.get(t, 0), self.counts[t].stored,
+             self.counts[t].rejected, pend.get(t, 0))
+            for t in types
         ]
         if rows:
             self.conn.execute("BEGIN")
@@ -191,7 +209,7 @@ class Ingestor:
             self.conn.execute("COMMIT")
 
     def totals(self) -> Counts:
-        tot = Counts()
+        tot = Counts(received=self.n_pending)
         for c in self.counts.values():
             tot.received += c.received
             tot.stored += c.stored
@@ -229,10 +247,7 @@ class LineSplitter:
             self.discarding = False
         lines = data.split(b"\n")
         self.buf = lines.pop()
-        feed = self.ing.feed
-        for line in lines:
-            if line:
-                feed(line)
+        self.ing.feed_lines(lines)
         if len(self.buf) > LINE_MAX:
             self.ing.reject(self.buf[:LINE_MAX], f"line over the {LINE_MAX}-byte limit (no newline within it)", None)
             self.buf = b""

@@ -1,0 +1,37 @@
+"""Scheduling thrash: a context-switch storm from stress-ng --switch (pipe
+ping-pong between task pairs), at a bounded switch frequency so the storm is
+clearly above 50k switches/s without burning every cycle.
+
+    python -m kernelsight.scenarios.ctxswitch --seconds 40
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+from ._common import Stop, check_seconds, die_with_parent, log, onset, parser, run_tool
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__, 40.0)
+    p.add_argument("--workers", type=int, default=2, help="stress-ng --switch workers")
+    p.add_argument("--freq", type=int, default=150_000, help="context switches per second per worker (target)")
+    a = p.parse_args(argv)
+    check_seconds(p, a.seconds)
+    if not 1 <= a.workers <= 8 or not 1000 <= a.freq <= 2_000_000:
+        p.error("--workers must be 1..8 and --freq 1000..2000000")
+    if shutil.which("stress-ng") is None:
+        log("ctxswitch", "stress-ng is not installed (apt-get install stress-ng)")
+        return 2
+    die_with_parent()
+    stop = Stop(a.seconds)
+    log("ctxswitch", f"{a.workers} switch workers at ~{a.freq}/s each for {a.seconds:.0f} s")
+    onset(f"stress-ng --switch {a.workers}")
+    run_tool(["stress-ng", "--switch", str(a.workers), "--switch-freq", str(a.freq), "--switch-method", "pipe",
+              "--timeout", f"{int(a.seconds)}s", "--quiet"], stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
