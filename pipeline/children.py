@@ -39,18 +39,13 @@ def _tracer_specs(opts: RunOptions) -> list[ChildSpec]:
 
 
 def _collector_specs(opts: RunOptions) -> list[ChildSpec]:
-    try:
-        from .collectors import probe_all
-    except ImportError:
-        return []
-    specs = []
-    for p in probe_all():
-        argv = [sys.executable, "-m", "kernelsight.collectors", "run", p["name"], "--output", opts.fifo,
-                "--interval", str(max(1, int(opts.interval_s)))]
-        reason = None if p["available"] else p["reason"]
-        specs.append(ChildSpec(f"collector:{p['name']}", argv, "producer", unavailable_reason=reason,
-                               details={"tool": p.get("tool"), "attach": p.get("attach")}))
-    return specs
+    """One process hosts every collector that attaches here; the others are listed
+    as unavailable with the probe's reason in words."""
+    from .collectors import supervisor_specs
+
+    return [ChildSpec(e["name"], e["argv"], "producer",
+                      unavailable_reason=None if e["available"] else e["reason"], details=e["details"])
+            for e in supervisor_specs(opts.fifo, opts.interval_s)]
 
 
 def default_children(opts: RunOptions) -> list[ChildSpec]:
