@@ -8,13 +8,13 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 export KS_DATA_DIR ?= $(CURDIR)/data
 
 APT_PACKAGES := build-essential cmake pkg-config clang llvm libbpf-dev bpftool \
-	libelf-dev zlib1g-dev libbpf-tools python3-venv python3-dev stress-ng fio
+	libelf-dev zlib1g-dev libbpf-tools python3-venv python3-dev stress-ng fio chromium
 PY_BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12"
 
 SOURCES := $(shell find native bpf collectors pipeline schema -type f \
 	-not -path '*/__pycache__/*' 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: setup build run test test-native bench clean apt
+.PHONY: setup build run test test-native bench scenarios clean apt
 
 setup: apt $(VENV)/.deps-stamp
 
@@ -54,6 +54,10 @@ test-native: setup
 
 bench: build
 	$(PY) -m kernelsight.bench
+
+# Real faults injected with the whole pipeline up; table in bench/scenarios.json and README.
+scenarios: build
+	$(PY) -m kernelsight.scenarios --json bench/scenarios.json
 
 clean:
 	rm -rf build $(VENV) *.egg-info

@@ -51,6 +51,12 @@ def main(argv: list[str]) -> int:
         ratio = f"{r['ratio']:.2f}" if isinstance(r.get("ratio"), (int, float)) else "-"
         print(f"{r['name']:<44} {r['value']:>14,.1f} {r['unit']:<10} {ratio:>7}  {r['date']}")
     print(f"\nwritten to {out_path}")
+    readme = Path.cwd() / "README.md"
+    if readme.exists():
+        from ..docs import render, sections
+
+        readme.write_text(render(readme.read_text(), sections(Path.cwd())))
+        print("README.md benchmark table updated")
     return 1 if failed else 0
 
 
