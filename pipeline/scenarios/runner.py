@@ -465,7 +465,8 @@ def run_suite(names: list[str], fast: bool = False, normal: bool = True, data_di
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fast", action="store_true", help="only the fast scenarios, and no normal-load phase")
-    ap.add_argument("--only", default=None, help="comma-separated scenario names: " + ",".join(BY_NAME))
+    ap.add_argument("--only", default=None, help="comma-separated scenario names (and `normal` for the normal-load phase): "
+                    + ",".join(BY_NAME))
     ap.add_argument("--json", type=Path, default=None, help="write the results here (e.g. bench/scenarios.json)")
     ap.add_argument("--data-dir", type=Path, default=None, help="keep the pipeline's data here (default: a temp dir)")
     ap.add_argument("--no-normal", action="store_true", help="skip the normal-load phase")
@@ -479,11 +480,14 @@ def main(argv=None) -> int:
         return 0
     if a.only:
         names = [n.strip() for n in a.only.split(",") if n.strip()]
+        want_normal = "normal" in names
+        names = [n for n in names if n != "normal"]
         bad = [n for n in names if n not in BY_NAME]
         if bad:
             ap.error(f"unknown scenario(s) {', '.join(bad)}; known: {', '.join(BY_NAME)}")
     else:
         names = [s.name for s in SCENARIOS if s.fast or not a.fast]
+        want_normal = not a.fast
     if os.geteuid() != 0:
         print("scenarios: the pipeline's eBPF tracers need root; run as root", file=sys.stderr)
         return 2
@@ -491,7 +495,7 @@ def main(argv=None) -> int:
     if missing:
         print(f"scenarios: missing tools {', '.join(missing)} (apt-get install {' '.join(missing)})", file=sys.stderr)
         return 2
-    normal = not (a.no_normal or a.fast or a.only)
+    normal = want_normal and not a.no_normal
     out = run_suite(names, fast=a.fast, normal=normal, data_dir=a.data_dir, idle_s=a.idle, build_s=a.build)
     print(out["table"])
     print(f"\n{out['date']}: {'all passed' if out['ok'] else 'FAILED'} in {out['duration_s']:.0f} s")
