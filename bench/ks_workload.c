@@ -11,6 +11,9 @@
  *                                     the child waits 50 us before each reply so the
  *                                     parent (this pid) blocks on every read
  *   ks_workload [-w] odirect PATH N   N O_DIRECT 4 KiB reads at spread offsets of PATH
+ *   ks_workload [-w] rate R SEC       about R getppid()/s for SEC seconds: every 1 ms
+ *                                     (clock_nanosleep TIMER_ABSTIME) issue the calls
+ *                                     due so far; prints "done <ns> <calls>"
  *
  * -w: print "ready <pid>" and wait for a line on stdin before working.
  * Always prints "done <elapsed_ns>" at the end.
@@ -38,7 +41,7 @@ static uint64_t now_ns(void)
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: ks_workload [-w] getppid N | nanosleep MS | touch M | pingpong K | odirect PATH N\n");
+	fprintf(stderr, "usage: ks_workload [-w] getppid N | nanosleep MS | touch M | pingpong K | odirect PATH N | rate R SEC\n");
 	return 2;
 }
 
@@ -121,6 +124,38 @@ int main(int argc, char **argv)
 			if (pread(fd, buf, 4096, off) != 4096)
 				return 1;
 		}
+	} else if (strcmp(argv[ai], "rate") == 0) {
+		double rate, sec;
+		uint64_t end, issued = 0;
+		struct timespec next;
+
+		if (argc < ai + 3)
+			return usage();
+		rate = atof(argv[ai + 1]);
+		sec = atof(argv[ai + 2]);
+		end = t0 + (uint64_t)(sec * 1e9);
+		clock_gettime(CLOCK_MONOTONIC, &next);
+		for (;;) {
+			uint64_t now = now_ns(), due;
+
+			if (now >= end)
+				now = end;
+			due = (uint64_t)((double)(now - t0) * rate / 1e9);
+			while (issued < due) {
+				syscall(SYS_getppid);
+				issued++;
+			}
+			if (now >= end)
+				break;
+			next.tv_nsec += 1000000;
+			if (next.tv_nsec >= 1000000000L) {
+				next.tv_nsec -= 1000000000L;
+				next.tv_sec++;
+			}
+			clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
+		}
+		printf("done %llu %llu\n", (unsigned long long)(now_ns() - t0), (unsigned long long)issued);
+		return 0;
 	} else {
 		return usage();
 	}

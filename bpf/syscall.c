@@ -277,7 +277,8 @@ int main(int argc, char **argv)
 		goto cleanup;
 	}
 	snprintf(t.notes, sizeof(t.notes),
-		 "min_latency_ms=%g; histograms log2(ns), last bucket open-ended; percentiles linear within a log2 bucket",
+		 "min_latency_ms=%g; histograms log2(ns), last bucket open-ended; percentiles linear within a log2 bucket; "
+		 "start times in a per-CPU slot, parked in task storage when a task is switched out mid-call",
 		 min_latency_ms);
 	fprintf(stderr, "ks-syscall: attached (attach_mode=%s, min_latency_ms=%g, pid=%d)\n", t.attach_mode,
 		min_latency_ms, opts.pid);

@@ -96,7 +96,7 @@ def _figures(items: list) -> str:
             out.append(f"<p class='noplot'>{e(it.feature)}: {e(it.note)}</p>")
         else:
             out.append(f"<figure><img alt='{e(it.feature)}' src='data:image/png;base64,{it.b64}'>"
-                       f"<figcaption>{e(it.feature)}</figcaption></figure>")
+                       "</figure>")
     return "".join(out)
 
 

@@ -180,6 +180,21 @@ def test_syscall_slow_call_is_an_event(workload):
     assert 19_000_000 <= slow[0]["latency_ns"] < 2_000_000_000
 
 
+def test_syscall_blocking_calls_are_timed(workload):
+    # Blocking reads leave the CPU mid-syscall: their start is parked by the
+    # sched_switch hook (the per-CPU slot is handed over), so every one must
+    # still be counted and timed (the child waits 50 us before each reply).
+    k = 300
+    p, pid = start_wl(workload, "pingpong", str(k))
+    t = Tracer("ks-syscall", "--pid", str(pid), duration=3)
+    go(p)
+    ev = t.finish()
+    reads = [e for e in by_type(ev, "syscall_stats") if e["syscall"] == "read"]
+    assert sum(e["count"] for e in reads) >= k
+    assert max(e["max_ns"] for e in reads) >= 40_000
+    assert sum(e["map_full_errors"] for e in by_type(ev, "tracer_stats")) == 0
+
+
 def test_syscall_tracepoint_fallback(workload):
     if not Path("/sys/kernel/tracing/events/raw_syscalls").exists():
         pytest.skip("tracefs not mounted: the classic tracepoint fallback cannot attach")

@@ -19,8 +19,10 @@ from ._common import Stop, check_seconds, die_with_parent, disk_dir, log, onset,
 def main(argv=None) -> int:
     p = parser(__doc__, 40.0)
     p.add_argument("--size-mb", type=int, default=1024, help="size of the file read at random")
-    p.add_argument("--bs", default="1M", help="fio block size")
-    p.add_argument("--iodepth", type=int, default=32)
+    p.add_argument("--bs", default="4M", help="fio block size (4M: one request per read at max_sectors_kb 4096)")
+    p.add_argument("--iodepth", type=int, default=16)
+    p.add_argument("--rw", default="randread", choices=["randread", "randwrite", "randrw"],
+                   help="fio pattern; writes are O_DIRECT too, rewriting the same file")
     a = p.parse_args(argv)
     check_seconds(p, a.seconds)
     if not 64 <= a.size_mb <= 8192 or not 1 <= a.iodepth <= 256:
@@ -38,10 +40,10 @@ def main(argv=None) -> int:
                         "status=none"], check=True, timeout=120)
         if stop.now():
             return 0
-        log("iosat", f"random {a.bs} O_DIRECT reads, iodepth {a.iodepth}, over {a.size_mb} MiB for "
+        log("iosat", f"{a.rw} {a.bs} O_DIRECT, iodepth {a.iodepth}, over {a.size_mb} MiB for "
                      f"{stop.left():.0f} s")
-        onset(f"fio randread bs={a.bs} iodepth={a.iodepth}")
-        run_tool(["fio", "--name=ks-iosat", f"--filename={path}", f"--size={a.size_mb}M", "--rw=randread",
+        onset(f"fio {a.rw} bs={a.bs} iodepth={a.iodepth}")
+        run_tool(["fio", "--name=ks-iosat", f"--filename={path}", f"--size={a.size_mb}M", f"--rw={a.rw}",
                   f"--bs={a.bs}", "--direct=1", "--ioengine=libaio", f"--iodepth={a.iodepth}", "--time_based",
                   f"--runtime={max(1, int(stop.left()))}", "--output=/dev/null"], stop)
     finally:
