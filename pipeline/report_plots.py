@@ -6,7 +6,8 @@ conditions of rules.toml: Rule.features()).  Each is plotted from 2 min
 before first_seen to 2 min after it closed (or was last seen), with
 
 - the series: the stored `features` table when it covers the span densely
-  enough, else computed from the raw tables (features.engine.compute_range,
+  enough with a window no longer than twice the agent's (or than the plot's
+  step, for long spans), else computed from the raw tables (features.engine.compute_range,
   the agent's 15 s window at 5 s steps; the agent-only signals of
   agent/signals.py are computed the same way the agent does);
 - the baseline band mean +/- 2 std (and the mean) when a baseline exists
@@ -110,10 +111,13 @@ def series(conn: sqlite3.Connection, names: list[str], lo_s: float, hi_s: float)
     catalog = [n for n in names if n in C.BY_NAME]
     need_io = [n for n in names if n in IO_WORST]
     extra = [n for n in names if n in AGENT_SIGNALS]
-    # The stored features table, when it has at least one row per 2 steps across the span.
+    # The stored features table, when it has at least one row per 2 steps across the span and either its
+    # window is close to the agent's (a 60 s window would smear a 20 s incident) or the span is long.
     stored = read_matrix(conn, lo_ns, hi_ns, catalog) if catalog and not (need_io or extra) else None
     if stored is not None and len(stored) >= 0.5 * span / step and len(stored) >= 3 \
-            and stored.ts[0] <= lo_ns + 2 * step * NS and stored.ts[-1] >= hi_ns - 2 * step * NS:
+            and (stored.window_s <= 2 * WINDOW_S or stored.window_s <= step) \
+            and stored.ts[0] <= lo_ns + int((stored.window_s + 2 * step) * NS) \
+            and stored.ts[-1] >= hi_ns - int(2 * step * NS):
         vals = {n: stored.values[:, j] for j, n in enumerate(stored.names)}
         return stored.ts, vals, f"stored features ({stored.window_s:g} s window)"
     ends = np.arange(lo_ns + int(WINDOW_S * NS), hi_ns + 1, int(step * NS), dtype=np.int64)
@@ -149,19 +153,33 @@ def render_png(name: str, ts_ns: np.ndarray, y: np.ndarray, o: dict, band: dict 
 
     t0 = o["first_seen"]
     x = ts_ns / NS - t0
-    fig = Figure(figsize=(9.6, 2.5), dpi=100)
+    fig = Figure(figsize=(9.6, 2.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     end = (o["closed_at"] or o["last_seen"]) - t0
     sev_color = {"critical": "#bb0000", "high": "#ee6600", "medium": "#ddbb00"}.get(o["severity"], "#66aa66")
     ax.axvspan(0, max(end, 1), color=sev_color, alpha=0.15, lw=0,
-               label=f"observation ({o['status']})")
+               label=f"observation\n({o['status']})")
+    finite = y[np.isfinite(y)]
+    ylo, yhi = float(finite.min()), float(finite.max())
     if band is not None:
         mean, std = band["mean"], band.get("std") or 0.0
-        ax.axhspan(mean - 2 * std, mean + 2 * std, color="#3a7bd5", alpha=0.15, lw=0,
-                   label=f"baseline mean ± 2σ ({band['basis']})")
+        lo_b = mean - 2 * std
+        hi_b = mean + 2 * std
+        if band.get("min") is not None and band["min"] >= 0:
+            lo_b = max(lo_b, 0.0)  # a band below 0 for a feature that never is: clip, do not mislead
+        if name.endswith("_pct") and band.get("max") is not None and band["max"] <= 100:
+            hi_b = min(hi_b, 100.0)  # likewise above 100 %
+        ax.axhspan(lo_b, hi_b, color="#3a7bd5", alpha=0.15, lw=0,
+                   label=f"baseline mean ± 2σ\n({band['basis']})")
         ax.axhline(mean, color="#3a7bd5", lw=1, ls="--")
-    ax.plot(x, y, color="#222222", lw=1.6, marker=".", ms=3, label=name)
+        ylo, yhi = min(ylo, lo_b), max(yhi, hi_b)
+    flat = float(finite.max() - finite.min()) <= 1e-9 * max(1.0, abs(float(finite.max())))
+    ax.plot(x, y, color="#222222", lw=1.6, marker=".", ms=3,
+            label="value" + (f" (constant {finite[0]:g})" if flat else ""))
+    pad = (yhi - ylo) * 0.08 if yhi - ylo > 1e-9 * max(1.0, abs(yhi)) else max(1.0, abs(yhi) * 0.1)
+    ax.set_ylim(ylo - pad, yhi + pad)
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.set_xlim(x[0] if len(x) else -PAD_S, x[-1] if len(x) else end + PAD_S)
     unit = _unit(name)
     ax.set_ylabel(unit or "value", fontsize=8)
@@ -170,8 +188,7 @@ def render_png(name: str, ts_ns: np.ndarray, y: np.ndarray, o: dict, band: dict 
     ax.set_title(f"{name}   [{source}]", fontsize=9, loc="left")
     ax.tick_params(labelsize=8)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
-    fig.tight_layout()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -183,7 +200,7 @@ def _band(base, name: str, ts_ns: int) -> dict | None:
     s, basis = base.for_ts(name, ts_ns)
     if not s or not s.get("n") or s.get("mean") is None:
         return None
-    return {"mean": s["mean"], "std": s.get("std"), "basis": basis}
+    return {"mean": s["mean"], "std": s.get("std"), "min": s.get("min"), "max": s.get("max"), "basis": basis}
 
 
 def plot_observations(data_dir: Path, observations: list[dict], conn: sqlite3.Connection | None = None,

@@ -69,7 +69,8 @@ FIRES = {
     "network_degradation": ({"tcp_retransmit_pct": 3, "net_tx_packets_per_sec": 5000}, {}, set(), 0),
     "syn_flood": ({"tcp_syn_recv": 400}, {}, set(), 0),
     "nic_issue": ({"net_errors_per_sec": 5}, {}, set(), 0),
-    "oversubscription": ({"procs_running_avg": 9, "load_avg_1m": 3}, {}, set(), 0),
+    "oversubscription": ({"procs_running_avg": 9, "load_avg_1m": 3, "cpu_utilization_pct": 99,
+                          "psi_cpu_some_pct": 90}, {}, set(), 0),
     "process_explosion": ({"forks_per_sec": 2000}, {}, set(), 0),
     "io_wait_dominates": ({"procs_blocked_avg": 3, "io_p95_ms_max": 80}, {}, set(), 0),
     "steady_demand_growth": ({"load_per_cpu_ratio": 0.9}, {"load_avg_5m": 0.3}, set(), 0),
@@ -295,3 +296,24 @@ def test_agent_step_is_quiet_on_an_empty_database(tmp_path):
         assert agent.step(now + i * 5 * 10**9) == []
     agent.close()
     assert Path(tmp_path / "kernelsight.db").exists()
+
+
+def test_rules_tuned_on_the_scenario_suite():
+    """What the real-fault scenarios (make scenarios) showed, kept as rules."""
+    over = RULES.by_id("oversubscription")
+    # Load from tasks in I/O sleep, CPUs 60 % busy: I/O wait, not oversubscription.
+    assert not evaluate(over, ctx({"load_avg_1m": 6, "procs_running_avg": 3, "cpu_utilization_pct": 60,
+                                   "psi_cpu_some_pct": 15}), is_open=False)
+    # A make -j2: biased procs_running samples at 4.5, but nobody waits for CPU.
+    assert not evaluate(over, ctx({"load_avg_1m": 2, "procs_running_avg": 4.5, "cpu_utilization_pct": 94,
+                                   "psi_cpu_some_pct": 12}), is_open=False)
+    assert not evaluate(over, ctx({"cpu_utilization_pct": 50}), is_open=True)
+    # I/O bottleneck: reads blocked on pipes go on; it clears once block I/O is fast again.
+    io = RULES.by_id("io_bottleneck")
+    assert evaluate(io, ctx({"syscall_read_slow_calls": 4, "io_p95_ms_max": 30}), is_open=True)
+    assert not evaluate(io, ctx({"syscall_read_slow_calls": 4, "io_p95_ms_max": 1}), is_open=True)
+    # File-system issue: a busy machine's background of failing opens does not hold it open.
+    fs = RULES.by_id("file_system_issue")
+    assert not evaluate(fs, ctx({"syscall_openat_errors_per_sec": 300, "syscall_openat_error_pct": 25}),
+                        is_open=True)
+    assert evaluate(fs, ctx({"syscall_openat_errors_per_sec": 300, "syscall_openat_error_pct": 45}), is_open=True)

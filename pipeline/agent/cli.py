@@ -129,3 +129,60 @@ def t_report(fmt: str = typer.Argument("md"), data_dir: Optional[Path] = typer.O
         print("ks agent tool: format must be md, json or html", file=sys.stderr)
         raise typer.Exit(2)
     sys.stdout.write(_tools(data_dir).export_report(fmt) + "\n")
+
+
+@app.command(help="Explain an observation: with GEMINI_API_KEY set, a Gemini tool-calling loop over the read-only "
+             "tools writes a narrative and hypotheses (stored beside the observation); without a key, the offline "
+             "diagnosis.  Nothing the model writes is ever executed.\n\n"
+             "Exit status: 0 explained (or offline diagnosis without a key), 1 no such observation or database, "
+             "3 the model failed (API error or timeout: the error on stderr, the offline diagnosis on stdout).\n\n"
+             "Example: ks agent explain 12")
+def explain(observation_id: int = typer.Argument(..., help="id from `ks observations`"),
+            data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
+            model: Optional[str] = typer.Option(None, help="Gemini model (default $KS_GEMINI_MODEL or "
+                                                "gemini-2.5-flash)"),
+            max_turns: int = typer.Option(8, min=1, max=30, help="model calls at most"),
+            timeout: float = typer.Option(60.0, min=1, help="seconds per model request"),
+            deadline: float = typer.Option(180.0, min=1, help="seconds for the whole explanation"),
+            base_url: Optional[str] = typer.Option(None, hidden=True, help="API base URL (tests; or "
+                                                   "$KS_GEMINI_BASE_URL)")) -> None:
+    import os
+
+    from . import llm
+
+    d = _dir(data_dir)
+    try:
+        obs = llm.load_observation(d, observation_id)
+    except db.StoreError as e:
+        print(f"ks agent explain: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if obs is None:
+        print(f"ks agent explain: no observation {observation_id} (see `ks observations --all`)", file=sys.stderr)
+        raise typer.Exit(1)
+    key = (os.environ.get("GEMINI_API_KEY") or "").strip()
+    if not key:
+        print(llm.NO_KEY)
+        print(llm.offline_diagnosis(obs))
+        return
+    try:
+        import google.genai  # noqa: F401
+    except ImportError:
+        print(llm.NO_SDK)
+        print(llm.offline_diagnosis(obs))
+        return
+    name = model or os.environ.get("KS_GEMINI_MODEL") or llm.DEFAULT_MODEL
+    try:
+        ex = llm.explain(d, obs, key, model=name, base_url=base_url, request_timeout_s=timeout,
+                         deadline_s=deadline, max_turns=max_turns)
+    except llm.LLMError as e:
+        print(f"ks agent explain: {e}; showing the offline diagnosis", file=sys.stderr)
+        print(llm.offline_diagnosis(obs))
+        raise typer.Exit(3) from None
+    try:
+        llm.store(d, ex)
+        stored = "stored in observations.narrative and narratives.jsonl"
+    except (OSError, Exception) as e:  # noqa: BLE001 - the answer is still printed
+        stored = f"NOT stored: {type(e).__name__}: {e}"
+    print(f"Observation {obs['id']}: [{obs['severity'].upper()}] {obs['label']} ({obs['status']})")
+    print(f"Narrative by {name} ({ex.turns} turn(s), {len(ex.tool_calls)} tool call(s); {stored}):\n")
+    print(ex.text())

@@ -75,7 +75,7 @@ SCENARIOS = [
              fast=True, note="stress-ng --switch (pipe ping-pong), ~150k switches/s per worker"),
     Scenario("cpu_oversubscription", "cpuhog", ["--seconds", "45"], ("Oversubscription",), related=CPU_LABELS,
              note="stress-ng --cpu 3 x cores"),
-    Scenario("io_saturation", "iosat", ["--seconds", "45", "--rw", "randwrite", "--bs", "1M", "--iodepth", "32"], ("I/O Saturation", "I/O Tail Latency"),
+    Scenario("io_saturation", "iosat", ["--seconds", "45", "--rw", "write", "--bs", "4M", "--fsync", "32", "--jobs", "2", "--fresh", "--size-mb", "4096"], ("I/O Saturation", "I/O Tail Latency"),
              related=IO_LABELS + ("Scheduling Thrash",),
              note="fio random 4 MiB O_DIRECT reads, iodepth 16, on the real disk"),
     Scenario("write_buffer_saturation", "dirty", ["--seconds", "45"], ("Write Buffer Saturation",),
@@ -316,6 +316,9 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
             break
         if now - t0 > sc.max_inject_s:
             break
+        if not inj.running() and hit is None and inj.proc.returncode not in (0, -signal.SIGTERM):
+            res.error = f"the injector failed (exit {inj.proc.returncode}); see its log"
+            break
         if not inj.running() and (onset is None or hit is not None or now - onset > DETECT_WITHIN_S + 5):
             break
         time.sleep(POLL_S)
@@ -324,7 +327,7 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
     if onset is None:
         onset = memory_onset(p, t0) if sc.onset == "memory" else (inj.onset or t0)
     res.onset_unix = onset
-    if onset is None:
+    if onset is None and res.error is None:
         res.error = "the fault never reached its onset (memory never went under 10 % available)"
     if hit is not None:
         res.detected = True
