@@ -181,7 +181,7 @@ def explain(observation_id: int = typer.Argument(..., help="id from `ks observat
     try:
         llm.store(d, ex)
         stored = "stored in observations.narrative and narratives.jsonl"
-    except (OSError, Exception) as e:  # noqa: BLE001 - the answer is still printed
+    except Exception as e:  # noqa: BLE001 - the answer is still printed, with why it was not stored
         stored = f"NOT stored: {type(e).__name__}: {e}"
     print(f"Observation {obs['id']}: [{obs['severity'].upper()}] {obs['label']} ({obs['status']})")
     print(f"Narrative by {name} ({ex.turns} turn(s), {len(ex.tool_calls)} tool call(s); {stored}):\n")

@@ -360,7 +360,8 @@ class Agent:
                                                  obs["severity"], t.finding.processes)
                 else:
                     self.store.update(t.obs_id, obs, b, obs["severity"], "closed" if closed else "open",
-                                      int(t.closed_at) if closed else None, t.updates, t.finding.processes)
+                                      int(t.last_seen), int(t.closed_at) if closed else None, t.updates,
+                                      t.finding.processes)
                 sig = (obs["severity"], b)
                 if ch.kind in ("opened", "reopened", "closed") or self.last_streamed.get(t.key) != sig:
                     self.store.stream(ch.kind if ch.kind != "updated" else "changed", t.obs_id, obs)

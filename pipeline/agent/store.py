@@ -7,7 +7,8 @@ best effort, for `tail -f`.
 observations columns:
     id, rule, key, label, status (open|closed), severity (peak so far),
     signal_category, observation_type, persistence (band), first_seen,
-    last_seen, closed_at (Unix seconds), updates, summary,
+    last_seen (last interval the condition held), closed_at (when it cleared;
+    Unix seconds), updates, summary,
     observation (the JSON of schema/observation.schema.json), processes (JSON
     list of {pid, comm, ...} behind the symptom), narrative (LLM text, if any)
 """
@@ -78,12 +79,12 @@ class ObservationStore:
         )
         return cur.lastrowid
 
-    def update(self, obs_id: int, obs: dict, band: str, severity: str, status: str, closed_at: int | None,
-               updates: int, processes: list) -> None:
+    def update(self, obs_id: int, obs: dict, band: str, severity: str, status: str, last_seen: int,
+               closed_at: int | None, updates: int, processes: list) -> None:
         self.conn.execute(
             "UPDATE observations SET status=?, severity=?, persistence=?, last_seen=?, closed_at=?, updates=?, "
             "summary=?, observation=?, processes=? WHERE id=?",
-            (status, severity, band, obs["timestamp"], closed_at, updates, obs["summary"],
+            (status, severity, band, last_seen, closed_at, updates, obs["summary"],
              orjson.dumps(obs).decode(), orjson.dumps(processes).decode(), obs_id),
         )
 
