@@ -82,10 +82,9 @@ class Ingestor:
         for line in lines:
             if not line:
                 continue
-            if len(line) > LINE_MAX:
-                self.reject(line, f"line is {len(line)} bytes, over the {LINE_MAX}-byte limit", None)
-                continue
             try:
+                if len(line) > LINE_MAX:
+                    raise RejectedLine("oversize")  # reason worded by the schema, below
                 obj = loads(line)
                 t = obj["type"]
                 row = validators[t](obj)
