@@ -213,13 +213,28 @@ def snapshot(p: Pipeline) -> dict[int, tuple[str, int]]:
 def new_or_reopened(p: Pipeline, before: dict[int, tuple[str, int]], since: float) -> list[sqlite3.Row]:
     """Observations that opened after `before` was taken, or were closed then and came back."""
     rows = p.query("SELECT id, rule, label, status, severity, signal_category, first_seen, last_seen, closed_at, "
-                   "summary FROM observations WHERE last_seen >= ? ORDER BY id", (int(since) - 1,))
+                   "summary, processes FROM observations WHERE last_seen >= ? ORDER BY id", (int(since) - 1,))
     out = []
     for r in rows:
         old = before.get(r["id"])
         if old is None or (old[0] == "closed" and (r["status"] == "open" or r["last_seen"] > old[1])):
             out.append(r)
     return out
+
+
+def _item(r: sqlite3.Row, severity: str) -> dict:
+    """One observation for the report, with the processes the agent named behind it
+    (so a reader can tell the injected fault from another user's load)."""
+    try:
+        procs = json.loads(r["processes"] or "[]")
+    except ValueError:
+        procs = []
+    names = []
+    for pr in procs:
+        if pr.get("comm") and pr["comm"] not in names:
+            names.append(pr["comm"])
+    return {"id": r["id"], "label": r["label"], "severity": severity, "category": r["signal_category"],
+            "first_seen": r["first_seen"], "summary": r["summary"], "processes": names[:5]}
 
 
 def open_labels(p: Pipeline, labels) -> list[sqlite3.Row]:
@@ -275,6 +290,8 @@ class Injector:
             self.ended = time.time()
         _killpg(self.proc.pid, signal.SIGKILL)  # anything left in its group (nothing, normally)
         self.reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.log.close()
         return self.proc.returncode
 
@@ -355,8 +372,7 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
     for r in seen:
         sev = p.query("SELECT severity FROM observations WHERE id=?", (r["id"],))
         severity = sev[0][0] if sev else r["severity"]
-        item = {"id": r["id"], "label": r["label"], "severity": severity, "category": r["signal_category"],
-                "summary": r["summary"]}
+        item = _item(r, severity)
         res.labels_seen.append(item)
         if severity in SEVERE and r["label"] not in allowed:
             res.false_positives.append(item)
@@ -381,8 +397,7 @@ def run_normal(p: Pipeline, idle_s: float, build_s: float, log_path: Path) -> di
     seen = new_or_reopened(p, before, t0)
     labels, fps = [], []
     for r in seen:
-        item = {"id": r["id"], "label": r["label"], "severity": r["severity"], "category": r["signal_category"],
-                "summary": r["summary"]}
+        item = _item(r, r["severity"])
         labels.append(item)
         if r["severity"] in SEVERE:
             fps.append(item)
@@ -446,8 +461,7 @@ def run_suite(names: list[str], fast: bool = False, normal: bool = True, data_di
     finally:
         rc = p.stop()
         say(f"ks run stopped (rc {rc})")
-        if not keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # the FIFO (and logs, unless kept in data_dir)
     ok = all(r.ok for r in results) and (normal_out is None or normal_out["ok"])
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
