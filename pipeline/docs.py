@@ -6,6 +6,7 @@
 Sections live between `<!-- BEGIN name -->` and `<!-- END name -->`:
   schema  the event and table reference, from schema/events/*.json
   bench   the benchmark table, from bench/results.json
+  scenarios  the fault-injection table, from bench/scenarios.json
 """
 
 from __future__ import annotations
@@ -34,8 +35,20 @@ def bench_table(results_path: Path) -> str:
     return "\n".join(out)
 
 
+def scenario_table(path: Path) -> str:
+    try:
+        d = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return "No scenario results yet: run `make scenarios`."
+    verdict = "every scenario detected and cleared, no high/critical false positives" if d.get("ok") else \
+        "NOT all passed: see bench/scenarios.json"
+    return (f"Run of {d['date']} ({d.get('mode', 'full')}, {d.get('duration_s', 0):.0f} s, kernel "
+            f"{d.get('host', {}).get('kernel', '?')}): {verdict}.\n\n{d['table']}")
+
+
 def sections(repo: Path) -> dict[str, str]:
-    return {"schema": markdown(), "bench": bench_table(repo / "bench" / "results.json")}
+    return {"schema": markdown(), "bench": bench_table(repo / "bench" / "results.json"),
+            "scenarios": scenario_table(repo / "bench" / "scenarios.json")}
 
 
 def render(text: str, secs: dict[str, str]) -> str:

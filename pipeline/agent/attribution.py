@@ -30,6 +30,7 @@ class ProcSample:
     majflt: int
     ctxt: int
     nonvol_ctxt: int
+    start_ticks: int  # clock ticks after boot
 
 
 def _read_proc(proc: Path, pid: int) -> ProcSample | None:
@@ -41,7 +42,7 @@ def _read_proc(proc: Path, pid: int) -> ProcSample | None:
     lp, rp = stat.find("("), stat.rfind(")")
     comm = stat[lp + 1 : rp]
     f = stat[rp + 2 :].split()
-    # fields after comm: state(0) ... minflt(7) majflt(9) utime(11) stime(12) ... rss(21)
+    # fields after comm: state(0) ... minflt(7) majflt(9) utime(11) stime(12) ... starttime(19) rss(21)
     vol = nonvol = 0
     for line in status.splitlines():
         if line.startswith("voluntary_ctxt_switches:"):
@@ -49,7 +50,7 @@ def _read_proc(proc: Path, pid: int) -> ProcSample | None:
         elif line.startswith("nonvoluntary_ctxt_switches:"):
             nonvol = int(line.split()[1])
     return ProcSample(comm, f[0], int(f[21]) * PAGE_KB, int(f[11]) + int(f[12]), int(f[7]), int(f[9]),
-                      vol + nonvol, nonvol)
+                      vol + nonvol, nonvol, int(f[19]))
 
 
 class ProcessSampler:
@@ -71,12 +72,22 @@ class ProcessSampler:
         self.first = {pid: self.first.get(pid, s) for pid, s in cur.items()}
 
     def _top(self, key, label: str, unit: str) -> list[dict]:
+        """Rank by key(sample, previous sample, seconds between them).  A process born
+        since the last sample is rated over its own lifetime, so a short-lived storm
+        of new processes is not missed."""
         rows = []
+        hz = os.sysconf("SC_CLK_TCK")
+        uptime_ticks = self._uptime_s() * hz
         for pid, s in self.cur.items():
             p = self.prev.get(pid)
             if p is None or p.comm != s.comm:
-                continue
-            d = key(s, p)
+                age_s = max((uptime_ticks - s.start_ticks) / hz, 0.01)
+                if age_s > max(self.dt_s, 1.0) + 1:
+                    continue  # not new: it came into view otherwise (comm change); skip one round
+                p, dt = ProcSample(s.comm, s.state, 0, 0, 0, 0, 0, 0, s.start_ticks), age_s
+            else:
+                dt = max(self.dt_s, 1e-3)
+            d = key(s, p, dt)
             if d > 0:
                 rows.append({"pid": pid, "comm": s.comm, label: d, "unit": unit})
         rows.sort(key=lambda r: r[label], reverse=True)
@@ -96,19 +107,21 @@ class ProcessSampler:
         big = sorted(self.cur.items(), key=lambda kv: kv[1].rss_kb, reverse=True)[:TOP_N]
         return [{"pid": pid, "comm": s.comm, "rss_mb": round(s.rss_kb / 1024, 1)} for pid, s in big]
 
+    @staticmethod
+    def _uptime_s() -> float:
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0])
+
     def context_switchers(self) -> list[dict]:
-        per_s = max(self.dt_s, 1e-3)
-        return self._top(lambda s, p: round((s.ctxt - p.ctxt) / per_s), "ctx_switches_per_sec", "1/s")
+        return self._top(lambda s, p, dt: round((s.ctxt - p.ctxt) / dt), "ctx_switches_per_sec", "1/s")
 
     def cpu_users(self) -> list[dict]:
         hz = os.sysconf("SC_CLK_TCK")
-        per_s = max(self.dt_s, 1e-3)
-        return self._top(lambda s, p: round(100 * (s.cpu_ticks - p.cpu_ticks) / hz / per_s, 1), "cpu_pct", "%")
+        return self._top(lambda s, p, dt: round(100 * (s.cpu_ticks - p.cpu_ticks) / hz / dt, 1), "cpu_pct", "%")
 
     def faulters(self) -> list[dict]:
-        per_s = max(self.dt_s, 1e-3)
-        return self._top(lambda s, p: round((s.minflt - p.minflt + s.majflt - p.majflt) / per_s), "faults_per_sec",
-                         "1/s")
+        return self._top(lambda s, p, dt: round((s.minflt - p.minflt + s.majflt - p.majflt) / dt),
+                         "faults_per_sec", "1/s")
 
     def blocked_on_io(self) -> list[dict]:
         return [{"pid": pid, "comm": s.comm, "state": "D"} for pid, s in self.cur.items() if s.state == "D"][:TOP_N]
