@@ -39,13 +39,20 @@ def _tracer_specs(opts: RunOptions) -> list[ChildSpec]:
 
 
 def _collector_specs(opts: RunOptions) -> list[ChildSpec]:
-    """One process hosts every collector that attaches here; the others are listed
-    as unavailable with the probe's reason in words."""
+    """One process hosts every collector that attaches here; collectors that cannot,
+    and the other libbpf-tools that do not attach on this kernel, are listed as
+    unavailable with the probe's reason in words (never started)."""
     from .collectors import supervisor_specs
+    from .collectors.probe import probe_all
 
-    return [ChildSpec(e["name"], e["argv"], "producer",
-                      unavailable_reason=None if e["available"] else e["reason"], details=e["details"])
-            for e in supervisor_specs(opts.fifo, opts.interval_s)]
+    probe = probe_all(include_extra=True)
+    specs = [ChildSpec(e["name"], e["argv"], "producer",
+                       unavailable_reason=None if e["available"] else e["reason"], details=e["details"])
+             for e in supervisor_specs(opts.fifo, opts.interval_s, probe=probe)]
+    specs += [ChildSpec(f"libbpf-tool:{p['name']}", [], "producer", unavailable_reason=p["reason"],
+                        details={"tool": p.get("tool"), "attach": None})
+              for p in probe if p.get("kind") == "extra" and not p["available"]]
+    return specs
 
 
 def default_children(opts: RunOptions) -> list[ChildSpec]:

@@ -317,3 +317,28 @@ def test_rules_tuned_on_the_scenario_suite():
     assert not evaluate(fs, ctx({"syscall_openat_errors_per_sec": 300, "syscall_openat_error_pct": 25}),
                         is_open=True)
     assert evaluate(fs, ctx({"syscall_openat_errors_per_sec": 300, "syscall_openat_error_pct": 45}), is_open=True)
+
+
+def test_agent_learns_a_baseline_by_itself_and_uses_it(tmp_path):
+    """With no baseline, the agent learns one from a quiet stretch it watched, then
+    observations carry baseline_mean and z-scores."""
+    out = subprocess.run([tool("ks-ingest"), "--replay", str(CAPTURE), "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    conn = db.connect_readonly(db.db_path(tmp_path))
+    lo, hi = conn.execute("SELECT MIN(ts), MAX(ts) FROM memory_metrics").fetchone()
+    conn.close()
+    rules = load_rules()
+    rules.settings.auto_baseline_after_s = 10  # the capture's quiet lead-in is 15 s
+    agent = Agent(tmp_path, rules=rules, stream=False)
+    for t in range(lo + 5 * 10**9, hi + 1, 5 * 10**9):
+        agent.step(t)
+    agent.close()
+    conn = db.connect_readonly(db.db_path(tmp_path))
+    n = conn.execute("SELECT COUNT(*) FROM baselines WHERE hour = -1").fetchone()[0]
+    obs = json.loads(conn.execute("SELECT observation FROM observations WHERE rule='memory_pressure'").fetchone()[0])
+    conn.close()
+    assert n > 50
+    assert json.loads((tmp_path / "baseline.json").read_text())["meta"]["source"].startswith("learned automatically")
+    assert obs["details"]["baseline_mean"] > 90 and obs["details"]["zscore"] < -4
+    assert "baseline" in obs["summary"]

@@ -23,8 +23,8 @@ import numpy as np
 
 from .. import db
 from ..features import catalog as fcat
-from ..features.baseline import load_baseline
-from ..features.engine import compute_vector
+from ..features.baseline import learn_baseline, load_baseline, save_baseline
+from ..features.engine import compute_range, compute_vector
 from .attribution import ProcessSampler, connection_makers, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
 from .rules import Context, Rule, RuleSet, evaluate, load_rules
@@ -35,6 +35,8 @@ from .tracker import BAND_WORDS, Finding, Tracked, Tracker, band, escalate
 BASELINE_RELOAD_S = 300
 SLOPE_SPAN_S = 60.0
 BIG_RSS_KB = 64 * 1024
+EXEC_BURST = 100  # execs of one comm that count as a burst ...
+EXEC_BURST_SPAN_S = 120  # ... starting at most this long before the condition
 MIN_SLOPE_POINTS = 4
 DEPLOY_COMMS = re.compile(r"^(apt|apt-get|dpkg|pip\d*|systemctl|docker|kubectl|helm|ansible|git|make|rsync|yum|dnf)$")
 GROUP_CATEGORY = {"load": "load", "cpu": "scheduler", "scheduler": "scheduler", "memory": "memory", "disk": "io",
@@ -79,7 +81,8 @@ class Agent:
         self.tracker = Tracker(s.clear_after_s, s.reopen_within_s)
         self.history: deque[tuple[float, dict]] = deque()
         self.sampler = ProcessSampler(proc_root)
-        self.proc_first_seen: dict[int, tuple[float, str]] = {}
+        # pid -> (first seen, comm, peak RSS kB); kept a while after exit for recent_changes
+        self.proc_first_seen: dict[int, tuple[float, str, int]] = {}
         self.baseline = None
         self.baseline_loaded_at = -math.inf
         self.cores = os.cpu_count() or 1
@@ -96,7 +99,36 @@ class Agent:
             except (sqlite3.Error, OSError, ValueError):
                 self.baseline = None
             self.baseline_loaded_at = now_s
+        if self.baseline is None:
+            self._auto_learn(now_s)
         return self.baseline
+
+    def _auto_learn(self, now_s: float) -> None:
+        """Learn what is normal without being asked: once the agent has watched
+        auto_baseline_after_s with no observation open, learn a baseline from that
+        history with the agent's own window (so z-scores compare like with like).
+        Robust statistics (median/MAD) keep a short blip from skewing it; an
+        explicit `ks-features baseline learn` replaces it."""
+        s = self.rules.settings
+        if not s.auto_baseline_span_s or not self.history or self.tracker.open:
+            return
+        start = max(self.history[0][0], now_s - s.auto_baseline_span_s)
+        if now_s - start < s.auto_baseline_after_s:
+            return
+        ends = np.arange(int(start * 1e9), int(now_s * 1e9), int(s.interval_s * 1e9), dtype=np.int64)
+        try:
+            m = compute_range(self.ro, ends, window_s=s.window_s)
+            b = learn_baseline(m)
+            b.meta["source"] = "learned automatically by ks-agent"
+            save_baseline(self.rw, b, self.data_dir)
+        except (sqlite3.Error, OSError, ValueError) as e:
+            if self.log is not None:
+                self.log.warning("automatic baseline failed", error=str(e))
+            s.auto_baseline_span_s = 0  # don't retry every interval
+            return
+        self.baseline = b
+        if self.log is not None:
+            self.log.info("baseline learned automatically", vectors=len(m), span_s=round(now_s - start))
 
     def _baseline_stats(self, names, ts_ns: int) -> dict:
         b = self.baseline
@@ -149,8 +181,10 @@ class Agent:
             self.history.popleft()
         self.sampler.sample(dt)
         for pid, p in self.sampler.cur.items():
-            self.proc_first_seen.setdefault(pid, (now_s, p.comm))
-        for pid in [p for p in self.proc_first_seen if p not in self.sampler.cur]:
+            t0, comm, peak = self.proc_first_seen.get(pid, (now_s, p.comm, 0))
+            self.proc_first_seen[pid] = (t0, comm, max(peak, p.rss_kb))
+        for pid in [p for p, (t0, _, _) in self.proc_first_seen.items()
+                    if p not in self.sampler.cur and t0 < now_s - s.history_s]:
             del self.proc_first_seen[pid]
         self._baseline(now_s)
         fc = forecast(self.ro, now_ns)
@@ -269,10 +303,9 @@ class Agent:
         suspects = suspects or set()
         # A new process counts as a change when it is one the symptom points at, or
         # big enough to matter; shell plumbing (sleep, grep) that comes and goes does not.
-        newer = sorted(((t, pid, comm) for pid, (t, comm) in self.proc_first_seen.items()
+        newer = sorted(((t, pid, comm) for pid, (t, comm, peak) in self.proc_first_seen.items()
                         if first_seen_s - horizon <= t <= first_seen_s + self.rules.settings.interval_s
-                        and t > self._agent_start() and pid in self.sampler.cur
-                        and (comm in suspects or self.sampler.cur[pid].rss_kb >= BIG_RSS_KB)),
+                        and t > self._agent_start() and (comm in suspects or peak >= BIG_RSS_KB)),
                        key=lambda x: x[0])
         by_comm: dict[str, list] = {}
         for t, pid, comm in newer:
@@ -284,14 +317,16 @@ class Agent:
         try:
             rows = self.ro.execute(
                 "SELECT comm, COUNT(*), MIN(ts) FROM exec_events WHERE ts >= ? AND ts <= ? GROUP BY comm "
-                "ORDER BY COUNT(*) DESC LIMIT 20", (int((first_seen_s - horizon) * 1e9), now_ns)).fetchall()
+                "ORDER BY COUNT(*) DESC LIMIT 20",
+                (int((first_seen_s - horizon) * 1e9), int((first_seen_s + self.rules.settings.interval_s) * 1e9))
+            ).fetchall()
         except sqlite3.OperationalError:
             rows = []
         for comm, n, t0 in rows:
             rel = t0 / 1e9 - first_seen_s
             if DEPLOY_COMMS.match(comm or ""):
                 out.append(f"deployment_event: {comm} ran at T{rel:+.0f}s")
-            elif n >= 50:
+            elif n >= EXEC_BURST and rel >= -EXEC_BURST_SPAN_S:
                 out.append(f"exec burst: {comm} x{n} since T{rel:+.0f}s")
         try:
             oom = self.ro.execute("SELECT COUNT(*) FROM oom_kill_events WHERE ts >= ?",

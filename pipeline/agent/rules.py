@@ -124,6 +124,8 @@ class Settings:
     anomaly_z: float = 4.0
     anomaly_min_rel_change: float = 0.5
     anomaly_max_open: int = 5
+    auto_baseline_after_s: float = 600.0
+    auto_baseline_span_s: float = 86400.0
 
 
 @dataclass
