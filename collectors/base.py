@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,39 @@ def to_int(s: str) -> int:
 def clip(s: str, n: int) -> str:
     """Cut a string so the JSON line stays under the 4096-byte FIFO limit."""
     return s if len(s) <= n else s[: n - 3] + "..."
+
+
+class RegexRowParser(Parser):
+    """Snoop output with fixed-width rows: lines before the header (starting with
+    `header_prefix`) are banners; after it, each non-blank line must match
+    `row_re` and make_event() turns the match into an event (None: unparsable)."""
+
+    header_prefix = "PCOMM"
+    row_re: re.Pattern[str]
+
+    def __init__(self, interval_s: int = 1) -> None:
+        super().__init__(interval_s)
+        self.seen_header = False
+
+    def feed(self, line: str, now_ns: int) -> list[dict]:
+        if not self.seen_header:
+            if line.startswith(self.header_prefix):
+                self.seen_header = True
+            elif line.strip():
+                self.skipped += 1
+            return []
+        if not line.strip():
+            return []
+        m = self.row_re.match(line)
+        ev = self.make_event(m, now_ns) if m else None
+        if ev is None:
+            self.skipped += 1
+            self.warn(f"unparsable line: {line.strip()[:160]!r}")
+            return []
+        return [ev]
+
+    def make_event(self, m: re.Match[str], now_ns: int) -> dict | None:
+        raise NotImplementedError
 
 
 class TableParser(Parser):

@@ -9,33 +9,18 @@ from __future__ import annotations
 
 import re
 
-from .base import CollectorSpec, Parser, clip
+from .base import CollectorSpec, RegexRowParser, clip
 
 # printf("%-16s %-6d %-6d %3d ", comm, pid, ppid, ret) then the arguments.
 ROW_RE = re.compile(r"^(?P<comm>.{16}) (?P<pid>\d+)\s+(?P<ppid>\d+)\s+(?P<ret>-?\d+) ?(?P<args>.*)$")
 ARGS_MAX = 2048
 
 
-class ExecsnoopParser(Parser):
-    def __init__(self, interval_s: int = 1) -> None:
-        super().__init__(interval_s)
-        self.seen_header = False
+class ExecsnoopParser(RegexRowParser):
+    row_re = ROW_RE
 
-    def feed(self, line: str, now_ns: int) -> list[dict]:
-        if not self.seen_header:
-            if line.startswith("PCOMM"):
-                self.seen_header = True
-            elif line.strip():
-                self.skipped += 1
-            return []
-        if not line.strip():
-            return []
-        m = ROW_RE.match(line)
-        if not m:
-            self.skipped += 1
-            self.warn(f"unparsable line: {line.strip()[:160]!r}")
-            return []
-        return [{
+    def make_event(self, m: re.Match[str], now_ns: int) -> dict:
+        return {
             "type": "exec",
             "ts": now_ns,
             "comm": m["comm"].rstrip(),
@@ -43,7 +28,7 @@ class ExecsnoopParser(Parser):
             "ppid": int(m["ppid"]),
             "ret": int(m["ret"]),
             "args": clip(m["args"].rstrip(), ARGS_MAX),
-        }]
+        }
 
 
 SPEC = CollectorSpec(

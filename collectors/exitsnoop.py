@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .base import CollectorSpec, Parser
+from .base import CollectorSpec, RegexRowParser
 
 # printf("%-16s %-7d %-7d %-7d %-7.2f ", comm, pid, ppid, tid, age) then the status.
 ROW_RE = re.compile(
@@ -18,28 +18,15 @@ ROW_RE = re.compile(
 STATUS_RE = re.compile(r"^(?:(?P<zero>0)|code (?P<code>\d+)|signal (?P<sig>\d+)(?: \([^)]*\))?(?P<core>, core dumped)?)$")
 
 
-class ExitsnoopParser(Parser):
-    def __init__(self, interval_s: int = 1) -> None:
-        super().__init__(interval_s)
-        self.seen_header = False
+class ExitsnoopParser(RegexRowParser):
+    row_re = ROW_RE
 
-    def feed(self, line: str, now_ns: int) -> list[dict]:
-        if not self.seen_header:
-            if line.startswith("PCOMM"):
-                self.seen_header = True
-            elif line.strip():
-                self.skipped += 1
-            return []
-        if not line.strip():
-            return []
-        m = ROW_RE.match(line)
-        s = STATUS_RE.match(m["status"]) if m else None
-        if not m or not s:
-            self.skipped += 1
-            self.warn(f"unparsable line: {line.strip()[:160]!r}")
-            return []
+    def make_event(self, m: re.Match[str], now_ns: int) -> dict | None:
+        s = STATUS_RE.match(m["status"])
+        if not s:
+            return None
         code = 0 if s["zero"] else (int(s["code"]) if s["code"] else None)
-        return [{
+        return {
             "type": "process_exit",
             "ts": now_ns,
             "comm": m["comm"].rstrip(),
@@ -50,7 +37,7 @@ class ExitsnoopParser(Parser):
             "exit_code": code,
             "signal": int(s["sig"]) if s["sig"] else None,
             "core_dumped": int(bool(s["core"])),
-        }]
+        }
 
 
 SPEC = CollectorSpec(
