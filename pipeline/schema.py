@@ -252,10 +252,6 @@ def _load(directory: str) -> Schema:
     return Schema(events, h.hexdigest()[:16], Path(directory))
 
 
-# Convenience for producers' tests and tools.
-def validate_line(line: bytes) -> tuple[str, tuple]:
-    return load_schema().validate_line(line)
-
 
 _EXAMPLE_VALUES = {"int": 1, "float": 1.5, "str": "x", "int_array": [0, 1, 2]}
 

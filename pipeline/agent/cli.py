@@ -77,8 +77,8 @@ def _tools(data_dir: Optional[Path]):
 
     try:
         return Tools(_dir(data_dir))
-    except FileNotFoundError as e:
-        print(f"ks agent tool: {e}; start the pipeline first (make run)", file=sys.stderr)
+    except db.StoreError as e:
+        print(f"ks agent tool: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
 
 

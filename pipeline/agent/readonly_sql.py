@@ -13,6 +13,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from .. import db
+
 MAX_ROWS = 1000
 TIMEOUT_S = 5.0
 # PRAGMAs whose argument is only a table or index name: always reads.
@@ -45,9 +47,7 @@ def _refusal(sql: str) -> str:
 
 class ReadOnlyDB:
     def __init__(self, path: Path, timeout_s: float = TIMEOUT_S, max_rows: int = MAX_ROWS):
-        if not Path(path).exists():
-            raise FileNotFoundError(f"no database at {path}")
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=10)
+        self.conn = db.connect_readonly(Path(path))  # StoreError when there is no database
         self.conn.execute("PRAGMA query_only=1")
         self.conn.set_authorizer(_authorizer)
         self.timeout_s = timeout_s

@@ -65,10 +65,6 @@ class Ingestor:
             mirror_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     # -- the hot path -------------------------------------------------------
-    def feed(self, line: bytes) -> None:
-        """Take one line (without its newline)."""
-        self.feed_lines((line,))
-
     def feed_lines(self, lines) -> None:
         """Take many lines (without newlines; empty ones are skipped).
 
@@ -255,7 +251,7 @@ class LineSplitter:
     def finish(self) -> None:
         """End of input: a last line without a newline is still a line."""
         if self.buf and not self.discarding:
-            self.ing.feed(self.buf)
+            self.ing.feed_lines((self.buf,))
         self.buf = b""
 
 
