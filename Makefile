@@ -11,8 +11,10 @@ APT_PACKAGES := build-essential cmake pkg-config clang llvm libbpf-dev bpftool \
 	libelf-dev zlib1g-dev libbpf-tools python3-venv python3-dev stress-ng fio chromium
 PY_BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12"
 
-SOURCES := $(shell find native bpf collectors pipeline schema -type f \
-	-not -path '*/__pycache__/*' 2>/dev/null) CMakeLists.txt pyproject.toml
+# Python is installed editable (every .py is live); only native sources, the
+# build files and the package layout need a reinstall.
+NATIVE_SOURCES := $(shell find native bpf -type f 2>/dev/null) CMakeLists.txt pyproject.toml \
+	$(shell find pipeline collectors schema -name __init__.py 2>/dev/null)
 
 .PHONY: setup build run test test-native bench scenarios clean apt
 
@@ -36,8 +38,8 @@ $(VENV)/.deps-stamp: pyproject.toml | $(VENV)/bin/python
 
 build: setup $(VENV)/.install-stamp
 
-$(VENV)/.install-stamp: $(SOURCES) $(VENV)/.deps-stamp
-	$(PIP) install --no-build-isolation --no-deps .
+$(VENV)/.install-stamp: $(NATIVE_SOURCES) $(VENV)/.deps-stamp
+	$(PIP) install --no-build-isolation --no-deps -e .
 	touch $@
 
 run: build
@@ -46,14 +48,15 @@ run: build
 test: build test-native
 	$(PY) -m pytest -q tests
 
-# Native unit tests under AddressSanitizer + UBSan, and the threaded code under TSan.
+# Native unit tests under AddressSanitizer + UBSan.  No native code starts a
+# thread, so there is nothing for a TSan build (option KS_TSAN) to check.
 test-native: setup
 	cmake -S . -B build/asan -DKS_BUILD_TESTS=ON -DKS_SANITIZE=ON -DKS_BUILD_BPF=OFF -DKS_BUILD_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	cmake --build build/asan -j2 >/dev/null
 	cd build/asan && ctest --output-on-failure
 
 bench: build
-	$(PY) -m kernelsight.bench
+	$(PY) -m bench
 
 # Real faults injected with the whole pipeline up; table in bench/scenarios.json and README.
 scenarios: build

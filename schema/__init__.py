@@ -74,7 +74,7 @@ class EventSpec:
 
 def schema_dir() -> Path:
     env = os.environ.get("KS_SCHEMA_DIR")
-    return Path(env) if env else Path(__file__).with_name("_schema") / "events"
+    return Path(env) if env else Path(__file__).with_name("events")
 
 
 def _type_error(name: str, want: str, value: object) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from .. import db
+from kernelsight import db
 
 NS = 1_000_000_000
 T_START = 1_800_000_000 * NS
@@ -177,7 +177,7 @@ def run() -> list[dict]:
         t = time.perf_counter()
         rows = build_db(path)
         build_s = time.perf_counter() - t
-        r = subprocess.run([sys.executable, "-m", "kernelsight.bench.features", "--child", str(path), str(HOURS)],
+        r = subprocess.run([sys.executable, "-m", "bench.features", "--child", str(path), str(HOURS)],
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise RuntimeError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"child exit {r.returncode}")

@@ -1,4 +1,4 @@
-"""`python -m kernelsight.bench [NAME ...]`: run benchmarks, print a table, write bench/results.json.
+"""`python -m bench [NAME ...]`: run benchmarks, print a table, write bench/results.json.
 
 Each module here exposes run() -> list of {name, value, unit, ratio, notes}.
 Results are merged into results.json by name, so running one benchmark keeps
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     failed = 0
     for name in names:
         try:
-            mod = importlib.import_module(f"kernelsight.bench.{name}")
+            mod = importlib.import_module(f"bench.{name}")
         except ModuleNotFoundError:
             print(f"[bench] {name}: not present in this build, skipped", file=sys.stderr)
             continue

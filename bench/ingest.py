@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from .. import db
-from ..schema import load_schema
+from kernelsight import db
+from kernelsight.schema import load_schema
 
 N_LINES = int(os.environ.get("KS_BENCH_LINES", "1000000"))
 BATCH = 2000

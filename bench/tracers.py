@@ -48,7 +48,7 @@ CAP_MAX_STEPS = int(os.environ.get("KS_BENCH_CAP_STEPS", "8"))
 
 
 def _repo() -> Path:
-    for p in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for p in (Path.cwd(), Path(__file__).resolve().parents[1]):
         if (p / "bench/ks_workload.c").exists():
             return p
     raise RuntimeError("bench/ks_workload.c not found: run from the repository root")
