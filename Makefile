@@ -56,11 +56,11 @@ test-native: setup
 	cd build/asan && ctest --output-on-failure
 
 bench: build
-	$(PY) -m bench
+	$(PY) -m bench && $(PY) docs/generate.py
 
-# Real faults injected with the whole pipeline up; table in bench/scenarios.json and README.
+# Real faults injected with the whole pipeline up; table in bench/scenarios.json and docs/scenarios.md.
 scenarios: build
-	$(PY) -m kernelsight.scenarios --json bench/scenarios.json
+	$(PY) -m kernelsight.scenarios --json bench/scenarios.json && $(PY) docs/generate.py
 
 clean:
 	rm -rf build $(VENV) *.egg-info

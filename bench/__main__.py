@@ -50,13 +50,7 @@ def main(argv: list[str]) -> int:
     for r in results.values():
         ratio = f"{r['ratio']:.2f}" if isinstance(r.get("ratio"), (int, float)) else "-"
         print(f"{r['name']:<44} {r['value']:>14,.1f} {r['unit']:<10} {ratio:>7}  {r['date']}")
-    print(f"\nwritten to {out_path}")
-    readme = Path.cwd() / "README.md"
-    if readme.exists():
-        from ..docs import render, sections
-
-        readme.write_text(render(readme.read_text(), sections(Path.cwd())))
-        print("README.md benchmark table updated")
+    print(f"\nwritten to {out_path}; `python docs/generate.py` renders it into docs/benchmarks.md")
     return 1 if failed else 0
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-TOOL_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin", "/usr/local/bin")
+from ..procutil import find_executable
+
 
 
 class Parser:
@@ -70,13 +69,7 @@ class CollectorSpec:
 
 def find_tool(tool: str) -> str | None:
     """Absolute path of a libbpf-tools binary, or None.  KS_TOOLS_DIR overrides."""
-    override = os.environ.get("KS_TOOLS_DIR")
-    dirs = (override,) if override else TOOL_DIRS
-    for d in dirs:
-        p = os.path.join(d, tool)
-        if os.path.isfile(p) and os.access(p, os.X_OK):
-            return p
-    return None if override else shutil.which(tool)
+    return find_executable(tool, override_env="KS_TOOLS_DIR")
 
 
 def split_lr(line: str, left: int, right: int) -> tuple[list[str], str, list[str]] | None:

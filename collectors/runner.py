@@ -25,8 +25,6 @@ glibc's dynamic thresholds keep that heap mapped, so the histogram tools
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import os
 import selectors
 import shutil
@@ -34,35 +32,17 @@ import signal
 import subprocess
 import time
 
+from ..procutil import Backoff, die_with_parent_preexec, set_pipe_size
 from .base import CollectorSpec, Parser, find_tool
 from .reasons import classify
 
-PR_SET_PDEATHSIG = 1
 STDERR_KEEP = 32 * 1024
 STDERR_LOG_LINES = 40      # per child start; the rest is counted, not logged
 WARN_LOG_MAX = 100         # parser warnings logged per child start
 REAP_GRACE_S = 2.0         # a child that closed its output but does not exit is killed after this
 LOOP_MAX_WAIT_S = 0.1      # longest select(); bounds how late a stop request is seen
 CHILD_PIPE_SIZE = 1 << 20  # tool stdout pipe: a burst waits here, not in the tool's perf buffer
-F_SETPIPE_SZ = 1031
 CHILD_ENV = {"MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_MMAP_THRESHOLD_": "131072"}
-
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up once, before any fork
-except (OSError, AttributeError):  # pragma: no cover - non-glibc
-    _prctl = None
-
-
-def _pdeathsig_fn():
-    parent = os.getpid()
-
-    def _pdeathsig() -> None:  # runs in the child between fork and exec
-        if _prctl is not None:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
-        if os.getppid() != parent:  # we died before prctl took effect
-            os._exit(1)
-    return _pdeathsig
-
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -90,7 +70,7 @@ class Slot:
         self.events_total = 0
         self.state: str | None = None
         self.done = False             # unavailable here: never started again
-        self.backoff = host.backoff_initial_s
+        self.backoff = Backoff(host.backoff_initial_s, host.backoff_max_s, host.stable_s)
         self.next_start = 0.0         # monotonic; 0 = as soon as possible
         self._note = ""               # appended to the running reason (fallback in use)
         self._reset_child_state()
@@ -200,7 +180,7 @@ class Slot:
             p = subprocess.Popen(
                 full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True, close_fds=True, env=_child_env(),
-                preexec_fn=_pdeathsig_fn(),  # noqa: PLW1509 - single-threaded; only prctl + getppid
+                preexec_fn=die_with_parent_preexec(signal.SIGINT),  # noqa: PLW1509 - single-threaded
             )
         except OSError as e:
             self._unavailable(f"cannot start {argv[0]}: {e}")
@@ -210,10 +190,9 @@ class Slot:
         now = time.monotonic()
         self.started = self.last_out = now
         self.open_streams = 2
-        try:  # a tool blocked writing to a full 64 KiB pipe stops draining its perf buffer and loses events
-            fcntl.fcntl(p.stdout.fileno(), F_SETPIPE_SZ, CHILD_PIPE_SIZE)
-        except OSError:
-            pass  # above /proc/sys/fs/pipe-max-size: keep the default
+        # A tool blocked writing to a full 64 KiB pipe stops draining its perf
+        # buffer and loses events; above pipe-max-size the default stays.
+        set_pipe_size(p.stdout.fileno(), (CHILD_PIPE_SIZE,))
         os.set_blocking(p.stdout.fileno(), False)
         os.set_blocking(p.stderr.fileno(), False)
         self.host.sel.register(p.stdout, selectors.EVENT_READ, (self, "out"))
@@ -341,11 +320,9 @@ class Slot:
         if rc == 0:
             reason = "exited with code 0 (tool ended on its own)"
         self.restarts += 1
-        if ran_s >= self.host.stable_s:
-            self.backoff = self.host.backoff_initial_s
-        self.status("exited", f"{reason}; restart {self.restarts} in {self.backoff:.1f} s", None, spec)
-        self.next_start = time.monotonic() + self.backoff
-        self.backoff = min(self.host.backoff_max_s, self.backoff * 2)
+        delay_s = self.backoff.failed(ran_s)
+        self.status("exited", f"{reason}; restart {self.restarts} in {delay_s:.1f} s", None, spec)
+        self.next_start = time.monotonic() + delay_s
 
     # ---- shutdown ------------------------------------------------------
     def kill_and_reap(self) -> None:

@@ -186,10 +186,13 @@ def _build_validator(spec: EventSpec):
 
 
 class Schema:
-    def __init__(self, events: dict[str, EventSpec], digest: str, directory: Path):
+    def __init__(self, events: dict[str, EventSpec], digest: str, directory: Path, tracers: tuple[str, ...] = ()):
         self.events = events
         self.digest = digest
         self.directory = directory
+        # The eBPF tracer executables `ks run` starts: every schema file with a
+        # "tracer" key, so adding a tracer edits no list.
+        self.tracers = tracers
 
     def create_sql(self) -> str:
         return (self.directory.parent / BASE_SQL_NAME).read_text() + "\n".join(e.create_sql() for e in self.events.values())
@@ -224,11 +227,14 @@ def load_schema(directory: Path | None = None) -> Schema:
 def _load(directory: str) -> Schema:
     events: dict[str, EventSpec] = {}
     tables: dict[str, str] = {}
+    tracers: list[str] = []
     h = hashlib.sha256()
     for path in sorted(Path(directory).glob("*.json")):
         raw = path.read_bytes()
         h.update(path.name.encode() + b"\0" + raw)
         doc = orjson.loads(raw)
+        if doc.get("tracer"):
+            tracers.append(doc["tracer"])
         for etype, e in doc["events"].items():
             if etype in events:
                 raise ValueError(f"{path.name}: event type '{etype}' is defined twice")
@@ -249,7 +255,7 @@ def _load(directory: str) -> Schema:
             events[etype] = spec
     if not events:
         raise FileNotFoundError(f"no event schema found in {directory}")
-    return Schema(events, h.hexdigest()[:16], Path(directory))
+    return Schema(events, h.hexdigest()[:16], Path(directory), tuple(tracers))
 
 
 

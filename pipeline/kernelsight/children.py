@@ -1,4 +1,6 @@
-"""What `ks run` starts.  Adding a child to the pipeline is one entry here."""
+"""What `ks run` starts.  Tracers come from the event schema (each tracer's
+schema/events/NAME.json names its executable), collectors from the collectors
+registry; any other child is one entry in default_children."""
 
 from __future__ import annotations
 
@@ -6,7 +8,9 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .supervisor import ChildSpec, find_tool
+from .procutil import find_executable
+from .schema import load_schema
+from .supervisor import ChildSpec
 
 
 @dataclass
@@ -17,22 +21,13 @@ class RunOptions:
     collectors: bool = True
 
 
-# The eBPF tracers: executable name -> extra arguments.
-TRACERS = {
-    "ks-syscall": [],
-    "ks-io-latency": [],
-    "ks-page-fault": [],
-    "ks-sched": [],
-}
-
-
 def _tracer_specs(opts: RunOptions) -> list[ChildSpec]:
     specs = []
-    for exe, extra in TRACERS.items():
-        path = find_tool(exe)
+    for exe in load_schema().tracers:
+        path = find_executable(exe)
         # Tracers must not trace the pipeline itself: us, and ks-ingest (resolved at start).
         argv = [path or exe, "--output", opts.fifo, "--interval", str(opts.interval_s),
-                "--exclude-pid", str(os.getpid()), "--exclude-pid", "@pid:ks-ingest", *extra]
+                "--exclude-pid", str(os.getpid()), "--exclude-pid", "@pid:ks-ingest"]
         reason = None if path else f"{exe} is not built (run make build; it needs clang, bpftool and kernel BTF)"
         specs.append(ChildSpec(exe, argv, "producer", unavailable_reason=reason))
     return specs
@@ -57,7 +52,7 @@ def _collector_specs(opts: RunOptions) -> list[ChildSpec]:
 
 def default_children(opts: RunOptions) -> list[ChildSpec]:
     py = sys.executable
-    scraper = find_tool("ks-scraper")
+    scraper = find_executable("ks-scraper")
     specs = [
         ChildSpec("ks-ingest", [py, "-m", "kernelsight.ingest", "--fifo", opts.fifo], "consumer"),
         ChildSpec("ks-scraper", [scraper or "ks-scraper", "--output", opts.fifo, "--interval", str(opts.interval_s)],
@@ -68,7 +63,6 @@ def default_children(opts: RunOptions) -> list[ChildSpec]:
     if opts.collectors:
         specs += _collector_specs(opts)
     specs += [
-        ChildSpec("ks-features", [py, "-m", "kernelsight.features", "watch", "--interval", "5"], "consumer"),
         ChildSpec("ks-agent", [py, "-m", "kernelsight.cli", "agent", "run"], "consumer"),
     ]
     return specs

@@ -10,8 +10,6 @@ and counted, and the FIFO is reopened later.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import select
 import stat
@@ -20,12 +18,13 @@ from dataclasses import asdict, dataclass
 
 import orjson
 
+from .procutil import set_pipe_size
+
 LINE_MAX = 4096  # PIPE_BUF on Linux: writes up to this size are atomic
 DEFAULT_FIFO = "/tmp/kernelsight"
 REOPEN_INTERVAL_S = 0.5
 # Group may be given write access (0620); nothing else beyond the owner.
 _ALLOWED_MODE_BITS = 0o620
-F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ exists only from Python 3.10 on some builds
 
 
 class FifoError(Exception):
@@ -198,11 +197,5 @@ def open_reader(path: str, pipe_size: int = 1 << 20) -> tuple[int, int]:
     rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     _check_fd(path, rfd)
     wfd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    for size in (pipe_size, 1 << 18):
-        try:
-            fcntl.fcntl(rfd, F_SETPIPE_SZ, size)
-            break
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EBUSY, errno.EINVAL):
-                raise
+    set_pipe_size(rfd, (pipe_size, 1 << 18))
     return rfd, wfd

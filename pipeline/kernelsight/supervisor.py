@@ -10,12 +10,9 @@ State goes to DATA_DIR/status.json every second for `ks status`.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +20,13 @@ from pathlib import Path
 import orjson
 
 from .fifo import ensure_fifo
+from .procutil import Backoff, die_with_parent_preexec
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 30.0
 STOP_TIMEOUT_S = 10.0
 STATUS_FILE = "status.json"
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -50,16 +47,8 @@ class Child:
     restarts: int = 0
     started_at: float = 0.0
     next_start: float = 0.0
-    backoff_s: float = BACKOFF_START_S
+    backoff: Backoff = field(default_factory=lambda: Backoff(BACKOFF_START_S, BACKOFF_MAX_S, STABLE_AFTER_S))
     last_exit: int | None = None
-
-
-def _die_with_parent() -> None:
-    # If the supervisor is killed outright, its children must not outlive it.
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # pragma: no cover - non-glibc
-        pass
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -118,14 +107,14 @@ class Supervisor:
                 stdout=subprocess.DEVNULL,
                 stderr=logf,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - we are single-threaded
+                # If the supervisor is killed outright, its children must not outlive it.
+                preexec_fn=die_with_parent_preexec(signal.SIGTERM),  # noqa: PLW1509 - single-threaded
                 env={**os.environ, "KS_DATA_DIR": str(self.data_dir), "KS_FIFO": self.fifo},
             )
         except OSError as e:
             c.state = "failed"
             c.last_exit = None
-            c.next_start = time.monotonic() + c.backoff_s
-            c.backoff_s = min(c.backoff_s * 2, BACKOFF_MAX_S)
+            c.next_start = time.monotonic() + c.backoff.failed()
             self.log.error("cannot start child", child=c.spec.name, error=str(e))
             return
         finally:
@@ -139,15 +128,13 @@ class Supervisor:
             return
         rc = c.proc.poll()
         if rc is None:
-            if time.monotonic() - c.started_at >= STABLE_AFTER_S:
-                c.backoff_s = BACKOFF_START_S
             return
         c.last_exit = rc
         c.state = "restarting"
-        c.next_start = time.monotonic() + c.backoff_s
+        delay_s = c.backoff.failed(ran_s=time.monotonic() - c.started_at)
+        c.next_start = time.monotonic() + delay_s
         self.log.warning("child exited", child=c.spec.name, child_pid=c.proc.pid, returncode=rc,
-                         restart_in_s=c.backoff_s)
-        c.backoff_s = min(c.backoff_s * 2, BACKOFF_MAX_S)
+                         restart_in_s=delay_s)
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -235,11 +222,3 @@ class Supervisor:
         self.write_status()
         self.log.info("stopped")
         return 0
-
-
-def find_tool(name: str) -> str | None:
-    """Our executables live next to the interpreter (the venv's bin/)."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    return shutil.which(name)

@@ -5,7 +5,6 @@ fault really begins (a line `ONSET <unix time>` on stdout)."""
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import subprocess
@@ -13,15 +12,7 @@ import sys
 import tempfile
 import time
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Never outlive the process that started us (the runner or a shell)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
+from ..procutil import die_with_parent_preexec
 
 
 class Stop:
@@ -73,7 +64,7 @@ def run_tool(argv: list[str], stop: Stop, grace: float = 5.0) -> int:
     """Run an external load generator (stress-ng, fio) in its own process group,
     bounded by `stop`; SIGTERM then SIGKILL its group when time is up."""
     proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL,
-                            preexec_fn=die_with_parent)
+                            preexec_fn=die_with_parent_preexec())
     try:
         while proc.poll() is None and not stop.now():
             time.sleep(0.1)

@@ -8,14 +8,13 @@ no source tree at hand it generates a small C project and builds that instead.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from ._common import Stop, check_seconds, die_with_parent, disk_dir, log, onset, parser, run_tool
+from ..procutil import die_with_parent
+from ._common import Stop, check_seconds, disk_dir, log, onset, parser, run_tool
 
 
 def find_src(start: Path) -> Path | None:

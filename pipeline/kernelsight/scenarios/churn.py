@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 
-from ._common import Stop, check_seconds, die_with_parent, log, onset, parser
+from ..procutil import die_with_parent
+from ._common import Stop, check_seconds, log, onset, parser
 
 LOOPBACK = "127.0.0.1"
 

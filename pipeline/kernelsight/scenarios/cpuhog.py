@@ -10,7 +10,8 @@ import os
 import shutil
 import sys
 
-from ._common import Stop, check_seconds, die_with_parent, log, onset, parser, run_tool
+from ..procutil import die_with_parent
+from ._common import Stop, check_seconds, log, onset, parser, run_tool
 
 
 def main(argv=None) -> int:

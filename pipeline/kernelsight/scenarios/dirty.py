@@ -14,7 +14,8 @@ import shutil
 import sys
 import time
 
-from ._common import Stop, check_seconds, die_with_parent, disk_dir, log, onset, parser
+from ..procutil import die_with_parent
+from ._common import Stop, check_seconds, disk_dir, log, onset, parser
 
 CHUNK = 16 << 20
 

@@ -12,7 +12,8 @@ import os
 import sys
 import time
 
-from ._common import Stop, check_seconds, die_with_parent, log, onset, parser
+from ..procutil import die_with_parent
+from ._common import Stop, check_seconds, log, onset, parser
 
 BATCH = 50
 

@@ -20,7 +20,8 @@ import shutil
 import subprocess
 import sys
 
-from ._common import Stop, check_seconds, die_with_parent, disk_dir, log, onset, parser, run_tool
+from ..procutil import die_with_parent
+from ._common import Stop, check_seconds, disk_dir, log, onset, parser, run_tool
 
 
 def main(argv=None) -> int:

@@ -11,12 +11,13 @@ memory back when the hold ends, on SIGTERM/SIGINT, or if its parent dies.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import mmap
 import os
 import signal
 import sys
 import time
+
+from ..procutil import die_with_parent
 
 HUGE = 2 << 20
 CHUNK = 256 << 20
@@ -31,7 +32,7 @@ def meminfo_kb(key: str) -> int:
 
 
 def worker(nbytes: int, hold_s: float, deadline: float) -> None:
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: never outlive the parent
+    die_with_parent(signal.SIGTERM)  # never outlive the parent
     maps = []
     done = 0
     while done < nbytes and time.monotonic() < deadline:
