@@ -131,11 +131,12 @@ class TableParser(Parser):
 
     Rows are split on whitespace; the column named `comm_col` (a command name,
     which may contain spaces) takes whatever is left between the columns
-    before and after it.  Lines before the header (banners) are skipped.
+    before and after it.  With no `comm_col` a row must have exactly as many
+    fields as the header.  Lines before the header (banners) are skipped.
     """
 
     header_first: tuple[str, ...] = ()   # first header token(s) that mark the header
-    comm_col = "COMM"
+    comm_col: str | None = "COMM"
 
     def __init__(self, interval_s: int = 1) -> None:
         super().__init__(interval_s)
@@ -145,22 +146,26 @@ class TableParser(Parser):
         toks = line.split()
         if not toks:
             return []
-        if toks[0] in self.header_first and self.comm_col in toks:
+        if toks[0] in self.header_first and (self.comm_col is None or self.comm_col in toks):
             self.cols = toks
             return []
         if self.cols is None:
             if not line.startswith(("Tracing", "Hit Ctrl-C")):
                 self.skipped += 1
             return []
-        i = self.cols.index(self.comm_col)
-        right = len(self.cols) - i - 1
-        parts = split_lr(line, i, right)
-        if parts is None:
-            return self._bad(line, "too few columns")
-        head, comm, tail = parts
-        row = dict(zip(self.cols[:i], head))
-        row[self.comm_col] = comm
-        row.update(zip(self.cols[i + 1:], tail))
+        if self.comm_col is None:
+            if len(toks) != len(self.cols):
+                return self._bad(line, f"{len(toks)} columns, header has {len(self.cols)}")
+            row = dict(zip(self.cols, toks))
+        else:
+            i = self.cols.index(self.comm_col)
+            parts = split_lr(line, i, len(self.cols) - i - 1)
+            if parts is None:
+                return self._bad(line, "too few columns")
+            head, comm, tail = parts
+            row = dict(zip(self.cols[:i], head))
+            row[self.comm_col] = comm
+            row.update(zip(self.cols[i + 1:], tail))
         try:
             ev = self.make_event(row, now_ns)
         except (ValueError, KeyError) as e:

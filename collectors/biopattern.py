@@ -8,42 +8,24 @@ print, so each event covers one interval; disks with no I/O print nothing.
 
 from __future__ import annotations
 
-from .base import CollectorSpec, Parser
+from .base import CollectorSpec, TableParser
 
 
-class BiopatternParser(Parser):
-    def __init__(self, interval_s: int = 1) -> None:
-        super().__init__(interval_s)
-        self.cols: list[str] | None = None
+class BiopatternParser(TableParser):
+    header_first = ("DISK", "TIME")
+    comm_col = None
 
-    def feed(self, line: str, now_ns: int) -> list[dict]:
-        toks = line.split()
-        if not toks:
-            return []
-        if "DISK" in toks and "%RND" in toks:
-            self.cols = toks
-            return []
-        if self.cols is None or len(toks) != len(self.cols):
-            if not line.startswith("Tracing"):
-                self.skipped += 1
-                self.warn(f"unparsable line: {line.strip()[:160]!r}")
-            return []
-        r = dict(zip(self.cols, toks))
-        try:
-            return [{
-                "type": "bio_pattern",
-                "ts": now_ns,
-                "interval_s": self.interval_s,
-                "disk": r["DISK"],
-                "random_pct": int(r["%RND"]),
-                "sequential_pct": int(r["%SEQ"]),
-                "requests": int(r["COUNT"]),
-                "kbytes": int(r["KBYTES"]),
-            }]
-        except (KeyError, ValueError):
-            self.skipped += 1
-            self.warn(f"unparsable line: {line.strip()[:160]!r}")
-            return []
+    def make_event(self, row: dict[str, str], now_ns: int) -> dict:
+        return {
+            "type": "bio_pattern",
+            "ts": now_ns,
+            "interval_s": self.interval_s,
+            "disk": row["DISK"],
+            "random_pct": int(row["%RND"]),
+            "sequential_pct": int(row["%SEQ"]),
+            "requests": int(row["COUNT"]),
+            "kbytes": int(row["KBYTES"]),
+        }
 
 
 SPEC = CollectorSpec(
