@@ -1,4 +1,4 @@
-"""The fast scenarios of the suite (issue 7) through the real pipeline: real
+"""The fast scenarios of the suite through the real pipeline: real
 faults on this machine, `ks run` up, and ks-agent must open the right
 observation within 30 s of onset and close it after the fault ends.
 

@@ -1,5 +1,5 @@
 """The scenario suite: real faults on this machine, with the whole pipeline up,
-checked against what ks-agent says (`make scenarios`, issue 7).
+checked against what ks-agent says (`make scenarios`).
 
     python -m kernelsight.scenarios [--fast] [--only NAME,...] [--json OUT] [--data-dir DIR]
 
