@@ -76,7 +76,7 @@ static __always_inline int on_issue(struct request *rq)
 	struct ks_io_stat *s;
 	__u32 opf;
 
-	if (targ_tgid || n_excl) {
+	if (ks_filter.targ_tgid || ks_filter.n_excl) {
 		/* issue often runs in another task's context: the pid filter applies to the issuing task */
 		if (ks_filtered(bpf_get_current_pid_tgid() >> 32))
 			return 0;

@@ -20,35 +20,9 @@
 #include "io_latency.skel.h"
 #include "ks_tracer.h"
 
-static struct ks_tracer_opts opts;
-
-static error_t parse(int key, char *arg, struct argp_state *st)
-{
-	switch (key) {
-	case ARGP_KEY_INIT:
-		st->child_inputs[0] = &opts;
-		break;
-	case ARGP_KEY_ARG:
-		fprintf(stderr, "ks-io-latency: unexpected argument '%s'\n", arg);
-		exit(2);
-	default:
-		return ARGP_ERR_UNKNOWN;
-	}
-	return 0;
-}
-
-static const struct argp_child children[] = { { &ks_common_argp, 0, NULL, 0 }, { 0 } };
-static const struct argp argp = {
-	NULL, parse, NULL,
-	"ks-io-latency: block I/O latency per disk and op (block_rq_issue/complete), JSON lines.",
-	children, NULL, NULL,
-};
-
-struct ctx {
-	struct io_latency_bpf *skel;
-	int stats_fd, depth_fd, ncpu;
-	struct ks_io_stat *percpu;
-};
+static struct io_latency_bpf *skel;
+static int stats_fd, depth_fd;
+static struct ks_io_stat *percpu;   /* ncpu values */
 
 static const char *op_name[KS_IO_OPS] = { "read", "write", "other" };
 
@@ -73,19 +47,18 @@ static void dev_name(uint32_t dev, char *out, size_t len)
 	fclose(f);
 }
 
-static void tick(struct ks_tracer *t, void *vctx, double interval_s)
+static void tick(struct ks_tracer *t, double interval_s)
 {
-	struct ctx *c = vctx;
-	unsigned old = c->skel->bss->cur_slot & 1;
+	unsigned old = skel->bss->cur_slot & 1;
 	struct ks_io_key keys[KS_IO_KEYS], k, nk;
 	int nkeys = 0;
 	uint64_t now = ks_now_epoch_ns();
 
-	c->skel->bss->cur_slot = old ^ 1;
+	skel->bss->cur_slot = old ^ 1;
 	usleep(2000);
-	if (bpf_map_get_next_key(c->stats_fd, NULL, &k) == 0) {
+	if (bpf_map_get_next_key(stats_fd, NULL, &k) == 0) {
 		for (;;) {
-			int more = bpf_map_get_next_key(c->stats_fd, &k, &nk) == 0;
+			int more = bpf_map_get_next_key(stats_fd, &k, &nk) == 0;
 
 			if (k.slot == old && nkeys < KS_IO_KEYS)
 				keys[nkeys++] = k;
@@ -98,15 +71,15 @@ static void tick(struct ks_tracer *t, void *vctx, double interval_s)
 		struct ks_io_stat s;
 		struct ks_json j;
 		char name[64];
-		int64_t inflight[c->ncpu > 0 ? 1 : 1];
+		int64_t inflight;
 		uint32_t dev = keys[i].dev;
 
-		if (bpf_map_lookup_elem(c->stats_fd, &keys[i], c->percpu) != 0)
+		if (bpf_map_lookup_elem(stats_fd, &keys[i], percpu) != 0)
 			continue;
-		bpf_map_delete_elem(c->stats_fd, &keys[i]);
+		bpf_map_delete_elem(stats_fd, &keys[i]);
 		memset(&s, 0, sizeof(s));
-		for (int p = 0; p < c->ncpu; p++) {
-			const struct ks_io_stat *q = &c->percpu[p];
+		for (int p = 0; p < t->ncpu; p++) {
+			const struct ks_io_stat *q = &percpu[p];
 
 			s.count += q->count;
 			s.bytes += q->bytes;
@@ -120,8 +93,8 @@ static void tick(struct ks_tracer *t, void *vctx, double interval_s)
 		}
 		if (!s.count && !s.depth_samples)
 			continue;
-		if (bpf_map_lookup_elem(c->depth_fd, &dev, inflight) != 0)
-			inflight[0] = 0;
+		if (bpf_map_lookup_elem(depth_fd, &dev, &inflight) != 0)
+			inflight = 0;
 		dev_name(dev, name, sizeof(name));
 		ks_json_begin(&j, "io_latency", now);
 		ks_json_str(&j, "device", name);
@@ -140,67 +113,51 @@ static void tick(struct ks_tracer *t, void *vctx, double interval_s)
 		ks_json_f64(&j, "p99_ms", ks_hist_percentile((const uint64_t *)s.hist, KS_HIST_SLOTS, 0.99) / 1000.0);
 		ks_json_f64(&j, "queue_depth_avg", s.depth_samples ? (double)s.depth_sum / s.depth_samples : NAN);
 		ks_json_u64(&j, "queue_depth_max", s.depth_max);
-		ks_json_i64(&j, "inflight", inflight[0] > 0 ? inflight[0] : 0);
+		ks_json_i64(&j, "inflight", inflight > 0 ? inflight : 0);
 		ks_json_u64_array(&j, "hist_log2_us", (const uint64_t *)s.hist, KS_HIST_SLOTS);
 		ks_emit(t, &j, false);
 	}
 }
 
-int main(int argc, char **argv)
+static struct bpf_object_skeleton *open_skel(void)
 {
-	static const char *const tps[] = { "block_rq_issue", "block_rq_complete" };
-	struct ks_tracer t;
-	struct ctx c = { 0 };
-	struct io_latency_bpf *skel = NULL;
-	int err = 1, mode;
-
-	ks_argp_parse(&argp, argc, argv, NULL);
-	if (ks_tracer_init(&t, "io_latency", &opts) != 0)
-		return 1;
-	mode = ks_choose_mode(&t, "block", tps, 2, "raw_tp");
-	if (mode < 0)
-		goto cleanup;
-	snprintf(t.attach_mode, sizeof(t.attach_mode), "%s", mode ? "tp_btf" : "raw_tp");
 	skel = io_latency_bpf__open();
-	if (!skel) {
-		fprintf(stderr, "ks-io-latency: cannot open BPF object: %s\n", strerror(errno));
-		goto cleanup;
-	}
-	ks_fill_filter(&opts, &skel->rodata->self_tgid, &skel->rodata->targ_tgid, &skel->rodata->n_excl,
-		       skel->rodata->excl_tgid);
-	bpf_program__set_autoload(skel->progs.rq_issue_btf, mode == 1);
-	bpf_program__set_autoload(skel->progs.rq_complete_btf, mode == 1);
-	bpf_program__set_autoload(skel->progs.rq_issue_raw, mode == 0);
-	bpf_program__set_autoload(skel->progs.rq_complete_raw, mode == 0);
-	if ((err = io_latency_bpf__load(skel)) != 0) {
-		fprintf(stderr, "ks-io-latency: cannot load BPF programs: %s (run with -v for the verifier log)\n", strerror(-err));
-		err = 1;
-		goto cleanup;
-	}
-	if ((err = io_latency_bpf__attach(skel)) != 0) {
-		fprintf(stderr, "ks-io-latency: cannot attach to block tracepoints: %s\n", strerror(-err));
-		err = 1;
-		goto cleanup;
-	}
-	err = 1;
-	c.skel = skel;
-	c.ncpu = libbpf_num_possible_cpus();
-	c.percpu = calloc(c.ncpu, sizeof(*c.percpu));
-	c.stats_fd = bpf_map__fd(skel->maps.io_stats);
-	c.depth_fd = bpf_map__fd(skel->maps.depth);
-	t.counters_fd = bpf_map__fd(skel->maps.ks_counters);
-	if (!c.percpu)
-		goto cleanup;
-	snprintf(t.notes, sizeof(t.notes),
+	return skel ? skel->skeleton : NULL;
+}
+
+static int start(struct ks_tracer *t)
+{
+	percpu = ks_calloc_percpu(t, sizeof(*percpu));
+	if (!percpu)
+		return -1;
+	stats_fd = bpf_map__fd(skel->maps.io_stats);
+	depth_fd = bpf_map__fd(skel->maps.depth);
+	snprintf(t->notes, sizeof(t->notes),
 		 "latency = block_rq_issue -> block_rq_complete; hist log2(us); p50/p95/p99 linear within the log2 bucket; "
 		 "queue depth = in-flight requests per disk sampled at each issue%s",
-		 mode ? "" : "; raw_tp fallback (classic block tracepoints lack the request pointer)");
-	fprintf(stderr, "ks-io-latency: attached (attach_mode=%s, pid=%d)\n", t.attach_mode, opts.pid);
-	err = ks_run(&t, NULL, tick, &c) ? 1 : 0;
+		 t->tp_btf ? "" : "; raw_tp fallback (classic block tracepoints lack the request pointer)");
+	return 0;
+}
 
-cleanup:
+static void close_skel(void)
+{
 	io_latency_bpf__destroy(skel);
-	free(c.percpu);
-	ks_tracer_close(&t);
-	return err;
+	free(percpu);
+}
+
+static const struct ks_tracer_desc desc = {
+	.name = "io_latency",
+	.doc = "ks-io-latency: block I/O latency per disk and op (block_rq_issue/complete), JSON lines.",
+	.tp_category = "block",
+	.tps = { "block_rq_issue", "block_rq_complete" },
+	.fallback = "raw_tp",
+	.open = open_skel,
+	.start = start,
+	.tick = tick,
+	.close = close_skel,
+};
+
+int main(int argc, char **argv)
+{
+	return ks_tracer_main(&desc, argc, argv);
 }

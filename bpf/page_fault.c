@@ -22,7 +22,6 @@
 #include "page_fault.h"
 #include "page_fault.skel.h"
 
-static struct ks_tracer_opts opts;
 static int top_n = 10;
 
 enum { OPT_TOP = 0x2000 };
@@ -33,52 +32,36 @@ static const struct argp_option options[] = {
 
 static error_t parse(int key, char *arg, struct argp_state *st)
 {
-	switch (key) {
-	case ARGP_KEY_INIT:
-		st->child_inputs[0] = &opts;
-		break;
-	case OPT_TOP:
-		top_n = (int)ks_parse_long("ks-page-fault", "--top", arg, 0, 100);
-		break;
-	case ARGP_KEY_ARG:
-		fprintf(stderr, "ks-page-fault: unexpected argument '%s'\n", arg);
-		exit(2);
-	default:
+	(void)st;
+	if (key != OPT_TOP)
 		return ARGP_ERR_UNKNOWN;
-	}
+	top_n = (int)ks_parse_long(program_invocation_short_name, "--top", arg, 0, 100);
 	return 0;
 }
 
-static const struct argp_child children[] = { { &ks_common_argp, 0, NULL, 0 }, { 0 } };
-static const struct argp argp = {
-	options, parse, NULL,
-	"ks-page-fault: page faults by type and top faulting processes (exceptions tracepoints), JSON lines.",
-	children, NULL, NULL,
-};
-
 struct proc { uint32_t tgid; struct ks_pf_proc v; };
 
-struct ctx {
-	struct page_fault_bpf *skel;
-	int types_fd, procs_fd, ncpu;
+static struct page_fault_bpf *skel;
+static struct {
+	int types_fd, procs_fd;
 	uint64_t prev_types[KS_PF_TYPES];
 	int64_t prev_min, prev_maj;  /* -1 = unknown */
 	struct proc procs[KS_PF_PROCS];
 	struct ks_pf_key dels[KS_PF_PROCS];
-};
+} pf;
 
 /* minor/major fault counters: vmstat (system) or /proc/PID/stat (--pid) */
-static int read_minmaj(int64_t *min, int64_t *maj)
+static int read_minmaj(int pid, int64_t *min, int64_t *maj)
 {
 	char buf[4096];
 	FILE *f;
 
-	if (opts.pid) {
+	if (pid) {
 		char path[64], *p;
 		size_t n;
 		unsigned long mn = 0, mj = 0;
 
-		snprintf(path, sizeof(path), "/proc/%d/stat", opts.pid);
+		snprintf(path, sizeof(path), "/proc/%d/stat", pid);
 		f = fopen(path, "r");
 		if (!f)
 			return -1;
@@ -120,28 +103,27 @@ static int cmp_proc(const void *a, const void *b)
 	return x->v.faults < y->v.faults ? 1 : x->v.faults > y->v.faults ? -1 : 0;
 }
 
-static void tick(struct ks_tracer *t, void *vctx, double iv)
+static void tick(struct ks_tracer *t, double iv)
 {
-	struct ctx *c = vctx;
-	uint32_t old = c->skel->bss->cur_slot & 1;
-	uint64_t d[KS_PF_TYPES], vals[c->ncpu];
+	struct ks_pf_key k, nk;
+	uint32_t old = skel->bss->cur_slot & 1;
+	uint64_t d[KS_PF_TYPES], vals[t->ncpu];
 	uint64_t now = ks_now_epoch_ns(), total = 0;
 	uint64_t user_tp = 0, kernel_tp = 0, writes = 0, prot = 0, umode = 0;
-	struct ks_pf_key k, nk;
 	int np = 0, nd = 0;
 	int64_t mn, mj;
 	struct ks_json j;
 
-	c->skel->bss->cur_slot = old ^ 1;
+	skel->bss->cur_slot = old ^ 1;
 	usleep(2000);
 	for (uint32_t i = 0; i < KS_PF_TYPES; i++) {
 		uint64_t s = 0;
 
-		if (bpf_map_lookup_elem(c->types_fd, &i, vals) == 0)
-			for (int p = 0; p < c->ncpu; p++)
+		if (bpf_map_lookup_elem(pf.types_fd, &i, vals) == 0)
+			for (int p = 0; p < t->ncpu; p++)
 				s += vals[p];
-		d[i] = s - c->prev_types[i];
-		c->prev_types[i] = s;
+		d[i] = s - pf.prev_types[i];
+		pf.prev_types[i] = s;
 		total += d[i];
 		if (i & 8)
 			kernel_tp += d[i];
@@ -154,14 +136,14 @@ static void tick(struct ks_tracer *t, void *vctx, double iv)
 		if (i & 4)
 			umode += d[i];
 	}
-	if (bpf_map_get_next_key(c->procs_fd, NULL, &k) == 0) {
+	if (bpf_map_get_next_key(pf.procs_fd, NULL, &k) == 0) {
 		for (;;) {
-			int more = bpf_map_get_next_key(c->procs_fd, &k, &nk) == 0;
+			int more = bpf_map_get_next_key(pf.procs_fd, &k, &nk) == 0;
 
 			if (k.slot == old && nd < KS_PF_PROCS) {
-				c->dels[nd++] = k;
-				if (bpf_map_lookup_elem(c->procs_fd, &k, &c->procs[np].v) == 0)
-					c->procs[np++].tgid = k.tgid;
+				pf.dels[nd++] = k;
+				if (bpf_map_lookup_elem(pf.procs_fd, &k, &pf.procs[np].v) == 0)
+					pf.procs[np++].tgid = k.tgid;
 			}
 			if (!more)
 				break;
@@ -169,14 +151,11 @@ static void tick(struct ks_tracer *t, void *vctx, double iv)
 		}
 	}
 	for (int i = 0; i < nd; i++)
-		bpf_map_delete_elem(c->procs_fd, &c->dels[i]);
-	qsort(c->procs, np, sizeof(c->procs[0]), cmp_proc);
+		bpf_map_delete_elem(pf.procs_fd, &pf.dels[i]);
+	qsort(pf.procs, np, sizeof(pf.procs[0]), cmp_proc);
 
 	ks_json_begin(&j, "page_fault_stats", now);
-	if (opts.pid)
-		ks_json_u64(&j, "pid", (uint64_t)opts.pid);
-	else
-		ks_json_null(&j, "pid");
+	ks_json_pid_filter(t, &j);
 	ks_json_f64(&j, "interval_s", iv);
 	ks_json_u64(&j, "faults", total);
 	ks_json_f64(&j, "faults_per_sec", iv > 0 ? total / iv : NAN);
@@ -188,17 +167,17 @@ static void tick(struct ks_tracer *t, void *vctx, double iv)
 	ks_json_u64(&j, "protection_faults", prot);
 	ks_json_u64(&j, "user_mode_faults", umode);
 	ks_json_u64(&j, "kernel_mode_faults", total - umode);
-	if (read_minmaj(&mn, &mj) == 0 && c->prev_min >= 0 && mn >= c->prev_min && mj >= c->prev_maj) {
-		ks_json_u64(&j, "minor_faults", (uint64_t)(mn - c->prev_min));
-		ks_json_u64(&j, "major_faults", (uint64_t)(mj - c->prev_maj));
-		c->prev_min = mn;
-		c->prev_maj = mj;
+	if (read_minmaj(t->opts->pid, &mn, &mj) == 0 && pf.prev_min >= 0 && mn >= pf.prev_min && mj >= pf.prev_maj) {
+		ks_json_u64(&j, "minor_faults", (uint64_t)(mn - pf.prev_min));
+		ks_json_u64(&j, "major_faults", (uint64_t)(mj - pf.prev_maj));
+		pf.prev_min = mn;
+		pf.prev_maj = mj;
 	} else {
 		ks_json_null(&j, "minor_faults");
 		ks_json_null(&j, "major_faults");
-		if (read_minmaj(&mn, &mj) == 0) {
-			c->prev_min = mn;
-			c->prev_maj = mj;
+		if (read_minmaj(t->opts->pid, &mn, &mj) == 0) {
+			pf.prev_min = mn;
+			pf.prev_maj = mj;
 		}
 	}
 	ks_json_u64(&j, "processes", (uint64_t)np);
@@ -211,10 +190,10 @@ static void tick(struct ks_tracer *t, void *vctx, double iv)
 		char path[64];
 		FILE *f;
 
-		memcpy(comm, c->procs[i].v.comm, 16);
+		memcpy(comm, pf.procs[i].v.comm, 16);
 		comm[16] = 0;
 		/* the comm seen at the first fault may predate an exec: prefer the current one */
-		snprintf(path, sizeof(path), "/proc/%u/comm", c->procs[i].tgid);
+		snprintf(path, sizeof(path), "/proc/%u/comm", pf.procs[i].tgid);
 		f = fopen(path, "r");
 		if (f) {
 			if (fgets(comm, sizeof(comm), f))
@@ -223,81 +202,72 @@ static void tick(struct ks_tracer *t, void *vctx, double iv)
 		}
 		ks_json_begin(&j, "page_fault", now);
 		ks_json_u64(&j, "rank", (uint64_t)i + 1);
-		ks_json_u64(&j, "pid", c->procs[i].tgid);
+		ks_json_u64(&j, "pid", pf.procs[i].tgid);
 		ks_json_str(&j, "comm", comm);
 		ks_json_f64(&j, "interval_s", iv);
-		ks_json_u64(&j, "faults", c->procs[i].v.faults);
-		ks_json_u64(&j, "write_faults", c->procs[i].v.writes);
-		ks_json_u64(&j, "kernel_tp_faults", c->procs[i].v.kernel);
+		ks_json_u64(&j, "faults", pf.procs[i].v.faults);
+		ks_json_u64(&j, "write_faults", pf.procs[i].v.writes);
+		ks_json_u64(&j, "kernel_tp_faults", pf.procs[i].v.kernel);
 		ks_emit(t, &j, false);
 	}
 }
 
-int main(int argc, char **argv)
+static struct bpf_object_skeleton *open_skel(void)
 {
-	static const char *const tps[] = { "page_fault_user", "page_fault_kernel" };
-	static struct ctx c;
-	struct ks_tracer t;
-	struct page_fault_bpf *skel = NULL;
-	int err = 1, mode, ferr = 0;
-	int64_t mn, mj;
+	skel = page_fault_bpf__open();
+	return skel ? skel->skeleton : NULL;
+}
 
-	ks_argp_parse(&argp, argc, argv, NULL);
-	if (ks_tracer_init(&t, "page_fault", &opts) != 0)
-		return 1;
-	mode = ks_choose_mode(&t, "exceptions", tps, 2, "tracepoint");
-	if (mode < 0)
-		goto cleanup;
-	snprintf(t.attach_mode, sizeof(t.attach_mode), "%s", mode ? "tp_btf" : "tracepoint");
+static int configure(struct ks_tracer *t)
+{
+	int ferr = 0;
+
 	/* A latency needs an exit hook: only fexit on handle_mm_fault would give one. */
 	if (ks_probe_fexit("handle_mm_fault", &ferr)) {
-		snprintf(t.notes, sizeof(t.notes),
+		snprintf(t->notes, sizeof(t->notes),
 			 "latency_avg_ns null: fexit on handle_mm_fault is permitted but not implemented; ");
 	} else {
-		snprintf(t.notes, sizeof(t.notes),
+		snprintf(t->notes, sizeof(t->notes),
 			 "latency_avg_ns null: the exceptions tracepoints have no exit event and fexit on handle_mm_fault "
 			 "is refused here (%s); ", strerror(-ferr));
 	}
-	snprintf(t.notes + strlen(t.notes), sizeof(t.notes) - strlen(t.notes),
+	snprintf(t->notes + strlen(t->notes), sizeof(t->notes) - strlen(t->notes),
 		 "major/minor from %s deltas; types from the x86 error code (bit0 protection, bit1 write, bit2 user mode)",
-		 opts.pid ? "/proc/PID/stat majflt/minflt" : "/proc/vmstat pgmajfault/pgfault");
-	skel = page_fault_bpf__open();
-	if (!skel) {
-		fprintf(stderr, "ks-page-fault: cannot open BPF object: %s\n", strerror(errno));
-		goto cleanup;
-	}
-	ks_fill_filter(&opts, &skel->rodata->self_tgid, &skel->rodata->targ_tgid, &skel->rodata->n_excl,
-		       skel->rodata->excl_tgid);
-	bpf_program__set_autoload(skel->progs.pf_user_btf, mode == 1);
-	bpf_program__set_autoload(skel->progs.pf_kernel_btf, mode == 1);
-	bpf_program__set_autoload(skel->progs.pf_user_tp, mode == 0);
-	bpf_program__set_autoload(skel->progs.pf_kernel_tp, mode == 0);
-	if ((err = page_fault_bpf__load(skel)) != 0) {
-		fprintf(stderr, "ks-page-fault: cannot load BPF programs: %s (run with -v for the verifier log)\n", strerror(-err));
-		err = 1;
-		goto cleanup;
-	}
-	if ((err = page_fault_bpf__attach(skel)) != 0) {
-		fprintf(stderr, "ks-page-fault: cannot attach to exceptions tracepoints: %s\n", strerror(-err));
-		err = 1;
-		goto cleanup;
-	}
-	err = 1;
-	c.skel = skel;
-	c.ncpu = libbpf_num_possible_cpus();
-	c.types_fd = bpf_map__fd(skel->maps.pf_types);
-	c.procs_fd = bpf_map__fd(skel->maps.pf_procs);
-	c.prev_min = c.prev_maj = -1;
-	if (read_minmaj(&mn, &mj) == 0) {
-		c.prev_min = mn;
-		c.prev_maj = mj;
-	}
-	t.counters_fd = bpf_map__fd(skel->maps.ks_counters);
-	fprintf(stderr, "ks-page-fault: attached (attach_mode=%s, pid=%d; %s)\n", t.attach_mode, opts.pid, t.notes);
-	err = ks_run(&t, NULL, tick, &c) ? 1 : 0;
+		 t->opts->pid ? "/proc/PID/stat majflt/minflt" : "/proc/vmstat pgmajfault/pgfault");
+	return 0;
+}
 
-cleanup:
+static int start(struct ks_tracer *t)
+{
+	pf.types_fd = bpf_map__fd(skel->maps.pf_types);
+	pf.procs_fd = bpf_map__fd(skel->maps.pf_procs);
+	if (read_minmaj(t->opts->pid, &pf.prev_min, &pf.prev_maj) != 0)
+		pf.prev_min = pf.prev_maj = -1;
+	snprintf(t->detail, sizeof(t->detail), "pid=%d; %s", t->opts->pid, t->notes);
+	return 0;
+}
+
+static void close_skel(void)
+{
 	page_fault_bpf__destroy(skel);
-	ks_tracer_close(&t);
-	return err;
+}
+
+static const struct ks_tracer_desc desc = {
+	.name = "page_fault",
+	.doc = "ks-page-fault: page faults by type and top faulting processes (exceptions tracepoints), JSON lines.",
+	.options = options,
+	.parse = parse,
+	.tp_category = "exceptions",
+	.tps = { "page_fault_user", "page_fault_kernel" },
+	.fallback = "tracepoint",
+	.open = open_skel,
+	.configure = configure,
+	.start = start,
+	.tick = tick,
+	.close = close_skel,
+};
+
+int main(int argc, char **argv)
+{
+	return ks_tracer_main(&desc, argc, argv);
 }

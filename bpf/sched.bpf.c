@@ -109,7 +109,7 @@ static __always_inline int on_switch(bool preempt, struct task_struct *prev, str
 				mark_enqueued(prev, now);
 		}
 	}
-	if (!targ_tgid) {
+	if (!ks_filter.targ_tgid) {
 		struct task_struct *t = prev_pid ? prev : next;
 
 		rq = BPF_CORE_READ(t, se.cfs_rq, rq);

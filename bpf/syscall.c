@@ -23,7 +23,6 @@
 
 #define TOP_ERRNOS 4
 
-static struct ks_tracer_opts opts;
 static double min_latency_ms = 10.0;
 
 enum { OPT_MINLAT = 0x2000 };
@@ -35,35 +34,16 @@ static const struct argp_option options[] = {
 
 static error_t parse(int key, char *arg, struct argp_state *st)
 {
-	switch (key) {
-	case ARGP_KEY_INIT:
-		st->child_inputs[0] = &opts;
-		break;
-	case OPT_MINLAT:
-		min_latency_ms = ks_parse_double("ks-syscall", "--min-latency", arg, 0, 1e7);
-		break;
-	case ARGP_KEY_ARG:
-		fprintf(stderr, "ks-syscall: unexpected argument '%s'\n", arg);
-		exit(2);
-	default:
+	(void)st;
+	if (key != OPT_MINLAT)
 		return ARGP_ERR_UNKNOWN;
-	}
+	min_latency_ms = ks_parse_double(program_invocation_short_name, "--min-latency", arg, 0, 1e7);
 	return 0;
 }
 
-static const struct argp_child children[] = { { &ks_common_argp, 0, NULL, 0 }, { 0 } };
-static const struct argp argp = {
-	options, parse, NULL,
-	"ks-syscall: syscall latency and errors (raw_syscalls tracepoints), JSON lines.",
-	children, NULL, NULL,
-};
-
-struct ctx {
-	struct syscall_bpf *skel;
-	int stats_fd, errno_fd, ncpu;
-	struct ks_sc_stat *percpu;   /* ncpu values */
-	struct ks_tracer *t;
-};
+static struct syscall_bpf *skel;
+static int stats_fd, errno_fd;
+static struct ks_sc_stat *percpu;   /* ncpu values */
 
 static const char *sc_name(unsigned nr, char *buf, size_t len)
 {
@@ -73,9 +53,9 @@ static const char *sc_name(unsigned nr, char *buf, size_t len)
 	return buf;
 }
 
-static int on_event(void *vctx, void *data, size_t size)
+static int on_event(void *ctx, void *data, size_t size)
 {
-	struct ctx *c = vctx;
+	struct ks_tracer *t = ctx;
 	const struct ks_sc_event *e = data;
 	struct ks_json j;
 	char nb[32], comm[17];
@@ -84,7 +64,7 @@ static int on_event(void *vctx, void *data, size_t size)
 		return 0;
 	memcpy(comm, e->comm, 16);
 	comm[16] = 0;
-	ks_json_begin(&j, "syscall", e->ts_ns + c->t->epoch_off_ns);
+	ks_json_begin(&j, "syscall", e->ts_ns + t->epoch_off_ns);
 	ks_json_u64(&j, "pid", e->pid);
 	ks_json_u64(&j, "tid", e->tid);
 	ks_json_str(&j, "comm", comm);
@@ -93,39 +73,38 @@ static int on_event(void *vctx, void *data, size_t size)
 	ks_json_u64(&j, "latency_ns", e->latency_ns);
 	ks_json_i64(&j, "ret", e->ret);
 	ks_json_i64(&j, "arg0", e->arg0);
-	ks_emit(c->t, &j, false);
+	ks_emit(t, &j, false);
 	return 0;
 }
 
 struct errsum { unsigned err; uint64_t n; };
 
-static void tick(struct ks_tracer *t, void *vctx, double interval_s)
+static void tick(struct ks_tracer *t, double interval_s)
 {
-	struct ctx *c = vctx;
-	unsigned old = c->skel->bss->cur_slot & 1;
+	unsigned old = skel->bss->cur_slot & 1;
 	static struct errsum errs[KS_SC_MAX][TOP_ERRNOS];
 	static struct ks_sc_errkey dels[KS_SC_ERRNO_ENTRIES];
-	uint64_t ev[c->ncpu];
+	uint64_t ev[t->ncpu];
 	struct ks_sc_errkey k, nk;
 	int ndel = 0;
 	uint64_t now = ks_now_epoch_ns();
 
 	/* Flip the slot; programs already past the slot read finish within
 	 * microseconds, so a short pause makes the old slot quiescent. */
-	c->skel->bss->cur_slot = old ^ 1;
+	skel->bss->cur_slot = old ^ 1;
 	usleep(2000);
 
 	/* errno counts of the old slot: keep the top TOP_ERRNOS per syscall */
 	memset(errs, 0, sizeof(errs));
-	if (bpf_map_get_next_key(c->errno_fd, NULL, &k) == 0) {
+	if (bpf_map_get_next_key(errno_fd, NULL, &k) == 0) {
 		for (;;) {
-			int more = bpf_map_get_next_key(c->errno_fd, &k, &nk) == 0;
+			int more = bpf_map_get_next_key(errno_fd, &k, &nk) == 0;
 
-			if (k.idx / KS_SC_MAX == old && bpf_map_lookup_elem(c->errno_fd, &k, ev) == 0) {
+			if (k.idx / KS_SC_MAX == old && bpf_map_lookup_elem(errno_fd, &k, ev) == 0) {
 				uint64_t n = 0;
 				unsigned nr = k.idx % KS_SC_MAX;
 
-				for (int i = 0; i < c->ncpu; i++)
+				for (int i = 0; i < t->ncpu; i++)
 					n += ev[i];
 				for (int i = 0; i < TOP_ERRNOS; i++) {
 					if (n > errs[nr][i].n) {
@@ -144,7 +123,7 @@ static void tick(struct ks_tracer *t, void *vctx, double interval_s)
 		}
 	}
 	for (int i = 0; i < ndel; i++)
-		bpf_map_delete_elem(c->errno_fd, &dels[i]);
+		bpf_map_delete_elem(errno_fd, &dels[i]);
 
 	for (unsigned nr = 0; nr < KS_SC_MAX; nr++) {
 		uint32_t idx = nr + old * KS_SC_MAX;
@@ -155,11 +134,11 @@ static void tick(struct ks_tracer *t, void *vctx, double interval_s)
 		int ntop = 0;
 		size_t nl = 0;
 
-		if (bpf_map_lookup_elem(c->stats_fd, &idx, c->percpu) != 0)
+		if (bpf_map_lookup_elem(stats_fd, &idx, percpu) != 0)
 			continue;
 		memset(&s, 0, sizeof(s));
-		for (int i = 0; i < c->ncpu; i++) {
-			const struct ks_sc_stat *p = &c->percpu[i];
+		for (int i = 0; i < t->ncpu; i++) {
+			const struct ks_sc_stat *p = &percpu[i];
 
 			s.count += p->count;
 			s.errors += p->errors;
@@ -171,8 +150,8 @@ static void tick(struct ks_tracer *t, void *vctx, double interval_s)
 		}
 		if (!s.count)
 			continue;
-		memset(c->percpu, 0, sizeof(*c->percpu) * c->ncpu);
-		bpf_map_update_elem(c->stats_fd, &idx, c->percpu, BPF_ANY);
+		memset(percpu, 0, sizeof(*percpu) * t->ncpu);
+		bpf_map_update_elem(stats_fd, &idx, percpu, BPF_ANY);
 
 		names[0] = 0;
 		for (int i = 0; i < TOP_ERRNOS && errs[nr][i].n; i++) {
@@ -191,10 +170,7 @@ static void tick(struct ks_tracer *t, void *vctx, double interval_s)
 			ntop++;
 		}
 		ks_json_begin(&j, "syscall_stats", now);
-		if (opts.pid)
-			ks_json_u64(&j, "pid", (uint64_t)opts.pid);
-		else
-			ks_json_null(&j, "pid");
+		ks_json_pid_filter(t, &j);
 		ks_json_u64(&j, "syscall_nr", nr);
 		ks_json_str(&j, "syscall", sc_name(nr, nb, sizeof(nb)));
 		ks_json_f64(&j, "interval_s", interval_s);
@@ -215,79 +191,63 @@ static void tick(struct ks_tracer *t, void *vctx, double interval_s)
 	}
 }
 
-int main(int argc, char **argv)
+static struct bpf_object_skeleton *open_skel(void)
 {
-	static const char *const tps[] = { "sys_enter", "sys_exit" };
-	struct ks_tracer t;
-	struct ctx c = { 0 };
-	struct syscall_bpf *skel = NULL;
-	struct ring_buffer *rb = NULL;
-	int err = 1, mode;
-
-	ks_argp_parse(&argp, argc, argv, NULL);
-	if (ks_tracer_init(&t, "syscall", &opts) != 0)
-		return 1;
-	mode = ks_choose_mode(&t, "raw_syscalls", tps, 2, "tracepoint");
-	if (mode < 0)
-		goto cleanup;
-	snprintf(t.attach_mode, sizeof(t.attach_mode), "%s", mode ? "tp_btf" : "tracepoint");
-	/* sched_switch parks the in-flight syscall of a task leaving its CPU
-	 * (see syscall.bpf.c); same attach mechanism as the syscall hooks. */
-	if (!ks_tp_exists("sched", "sched_switch") || (mode == 1 && !ks_probe_tp_btf("sched_switch"))) {
-		fprintf(stderr, "ks-syscall: tracepoint sched:sched_switch is missing or cannot be attached as %s\n",
-			t.attach_mode);
-		goto cleanup;
-	}
-
 	skel = syscall_bpf__open();
-	if (!skel) {
-		fprintf(stderr, "ks-syscall: cannot open BPF object: %s\n", strerror(errno));
-		goto cleanup;
+	return skel ? skel->skeleton : NULL;
+}
+
+static int configure(struct ks_tracer *t)
+{
+	/* sched_switch parks the in-flight syscall of a thread leaving its CPU
+	 * (see syscall.bpf.c); same attach mechanism as the syscall hooks. */
+	if (!ks_tp_exists("sched", "sched_switch") || (t->tp_btf && !ks_probe_tp_btf("sched_switch"))) {
+		fprintf(stderr, "%s: tracepoint sched:sched_switch is missing or cannot be attached as %s\n", t->producer,
+			t->attach_mode);
+		return -1;
 	}
-	ks_fill_filter(&opts, &skel->rodata->self_tgid, &skel->rodata->targ_tgid, &skel->rodata->n_excl,
-		       skel->rodata->excl_tgid);
 	skel->rodata->min_lat_ns = (uint64_t)(min_latency_ms * 1e6);
-	bpf_program__set_autoload(skel->progs.sched_switch_btf, mode == 1);
-	bpf_program__set_autoload(skel->progs.sched_switch_tp, mode == 0);
-	bpf_program__set_autoload(skel->progs.sys_enter_btf, mode == 1);
-	bpf_program__set_autoload(skel->progs.sys_exit_btf, mode == 1);
-	bpf_program__set_autoload(skel->progs.sys_enter_tp, mode == 0);
-	bpf_program__set_autoload(skel->progs.sys_exit_tp, mode == 0);
-	if ((err = syscall_bpf__load(skel)) != 0) {
-		fprintf(stderr, "ks-syscall: cannot load BPF programs: %s (run with -v for the verifier log)\n", strerror(-err));
-		err = 1;
-		goto cleanup;
-	}
-	if ((err = syscall_bpf__attach(skel)) != 0) {
-		fprintf(stderr, "ks-syscall: cannot attach to raw_syscalls tracepoints: %s\n", strerror(-err));
-		err = 1;
-		goto cleanup;
-	}
-	err = 1;
-	c.skel = skel;
-	c.t = &t;
-	c.ncpu = libbpf_num_possible_cpus();
-	c.percpu = calloc(c.ncpu, sizeof(*c.percpu));
-	c.stats_fd = bpf_map__fd(skel->maps.sc_stats);
-	c.errno_fd = bpf_map__fd(skel->maps.sc_errnos);
-	t.counters_fd = bpf_map__fd(skel->maps.ks_counters);
-	rb = ring_buffer__new(bpf_map__fd(skel->maps.events), on_event, &c, NULL);
-	if (!rb || !c.percpu) {
-		fprintf(stderr, "ks-syscall: cannot set up the ring buffer: %s\n", strerror(errno));
-		goto cleanup;
-	}
-	snprintf(t.notes, sizeof(t.notes),
+	return 0;
+}
+
+static int start(struct ks_tracer *t)
+{
+	percpu = ks_calloc_percpu(t, sizeof(*percpu));
+	if (!percpu)
+		return -1;
+	stats_fd = bpf_map__fd(skel->maps.sc_stats);
+	errno_fd = bpf_map__fd(skel->maps.sc_errnos);
+	snprintf(t->notes, sizeof(t->notes),
 		 "min_latency_ms=%g; histograms log2(ns), last bucket open-ended; percentiles linear within a log2 bucket; "
 		 "start times in a per-CPU slot, parked in task storage when a task is switched out mid-call",
 		 min_latency_ms);
-	fprintf(stderr, "ks-syscall: attached (attach_mode=%s, min_latency_ms=%g, pid=%d)\n", t.attach_mode,
-		min_latency_ms, opts.pid);
-	err = ks_run(&t, rb, tick, &c) ? 1 : 0;
+	snprintf(t->detail, sizeof(t->detail), "min_latency_ms=%g, pid=%d", min_latency_ms, t->opts->pid);
+	return 0;
+}
 
-cleanup:
-	ring_buffer__free(rb);
+static void close_skel(void)
+{
 	syscall_bpf__destroy(skel);
-	free(c.percpu);
-	ks_tracer_close(&t);
-	return err;
+	free(percpu);
+}
+
+static const struct ks_tracer_desc desc = {
+	.name = "syscall",
+	.doc = "ks-syscall: syscall latency and errors (raw_syscalls tracepoints), JSON lines.",
+	.options = options,
+	.parse = parse,
+	.tp_category = "raw_syscalls",
+	.tps = { "sys_enter", "sys_exit" },
+	.fallback = "tracepoint",
+	.open = open_skel,
+	.configure = configure,
+	.start = start,
+	.tick = tick,
+	.on_event = on_event,
+	.close = close_skel,
+};
+
+int main(int argc, char **argv)
+{
+	return ks_tracer_main(&desc, argc, argv);
 }

@@ -10,10 +10,7 @@
 #include <bpf/bpf_core_read.h>
 #include "ks_shared.h"
 
-const volatile __u32 self_tgid = 0;        /* the loader itself: never traced */
-const volatile __u32 targ_tgid = 0;        /* --pid: 0 = all */
-const volatile __u32 n_excl = 0;           /* --exclude-pid count */
-const volatile __u32 excl_tgid[KS_MAX_EXCL] = {};
+const volatile struct ks_filter ks_filter SEC(".rodata.ks_filter") = {};
 
 /* Per-CPU health counters, indexed by enum ks_counter. */
 struct {
@@ -34,15 +31,15 @@ static __always_inline void ks_count(__u32 which)
 /* true when tgid must not be traced */
 static __always_inline bool ks_filtered(__u32 tgid)
 {
-	if (tgid == self_tgid)
+	if (tgid == ks_filter.self_tgid)
 		return true;
-	if (targ_tgid && tgid != targ_tgid)
+	if (ks_filter.targ_tgid && tgid != ks_filter.targ_tgid)
 		return true;
 #pragma unroll
 	for (int i = 0; i < KS_MAX_EXCL; i++) {
-		if (i >= n_excl)
+		if (i >= ks_filter.n_excl)
 			break;
-		if (excl_tgid[i] == tgid)
+		if (ks_filter.excl_tgid[i] == tgid)
 			return true;
 	}
 	return false;

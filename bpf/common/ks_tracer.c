@@ -18,8 +18,10 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 
-volatile int ks_stop;
+static volatile int ks_stop;
 static int ks_verbose;
+static struct ks_tracer_opts ks_opts;
+static char ks_producer[64];
 
 enum { OPT_INTERVAL = 0x1000, OPT_DURATION, OPT_OUTPUT, OPT_PID, OPT_EXCL, OPT_ATTACH };
 
@@ -115,12 +117,34 @@ static error_t common_parse(int key, char *arg, struct argp_state *st)
 	return 0;
 }
 
-const struct argp ks_common_argp = { common_options, common_parse, NULL, NULL, NULL, NULL, NULL };
+static const struct argp common_argp = { common_options, common_parse, NULL, NULL, NULL, NULL, NULL };
 
-void ks_argp_parse(const struct argp *argp, int argc, char **argv, void *input)
+/* The tracer's own options at the top level (as its --help lists them), the
+ * common ones as a child; st->input is the tracer's description. */
+static error_t tracer_parse(int key, char *arg, struct argp_state *st)
 {
+	const struct ks_tracer_desc *d = st->input;
+
+	switch (key) {
+	case ARGP_KEY_INIT:
+		st->child_inputs[0] = &ks_opts;
+		return 0;
+	case ARGP_KEY_ARG:
+		fprintf(stderr, "%s: unexpected argument '%s'\n", ks_producer, arg);
+		exit(2);
+	default:
+		return d->parse ? d->parse(key, arg, st) : ARGP_ERR_UNKNOWN;
+	}
+}
+
+/* exits 2 (not argp's 64) on usage errors */
+static void parse_args(const struct ks_tracer_desc *d, int argc, char **argv)
+{
+	static const struct argp_child children[] = { { &common_argp, 0, NULL, 0 }, { 0 } };
+	const struct argp argp = { d->options, tracer_parse, NULL, d->doc, children, NULL, NULL };
+
 	argp_err_exit_status = 2;
-	if (argp_parse(argp, argc, argv, 0, NULL, input) != 0)
+	if (argp_parse(&argp, argc, argv, 0, NULL, (void *)d) != 0)
 		exit(2);
 }
 
@@ -167,21 +191,29 @@ static bool have_bpf_caps(void)
 #undef HAS
 }
 
-int ks_tracer_init(struct ks_tracer *t, const char *name, struct ks_tracer_opts *opts)
+/* "io_latency" -> "ks-io-latency", the executable's name */
+static void set_producer(const char *name)
 {
-	static char producer[64];
+	snprintf(ks_producer, sizeof(ks_producer), "ks-%s", name);
+	for (char *p = ks_producer; *p; p++)
+		if (*p == '_')
+			*p = '-';
+}
+
+/* Checks root/CAP_BPF and BTF, opens the output, sets up signals and libbpf
+ * logging.  Returns 0, or -1 after printing one line to stderr. */
+static int tracer_init(struct ks_tracer *t, const char *name, struct ks_tracer_opts *opts)
+{
+	const char *producer = ks_producer;
 	char err[256];
 	struct sigaction sa;
 
 	memset(t, 0, sizeof(*t));
-	snprintf(producer, sizeof(producer), "ks-%s", name);
-	for (char *p = producer; *p; p++)
-		if (*p == '_')
-			*p = '-';
 	t->name = name;
 	t->producer = producer;
 	t->opts = opts;
 	t->counters_fd = -1;
+	t->ncpu = libbpf_num_possible_cpus();
 	ks_verbose = opts->verbose;
 	libbpf_set_print(libbpf_print);
 
@@ -205,7 +237,7 @@ int ks_tracer_init(struct ks_tracer *t, const char *name, struct ks_tracer_opts 
 	return 0;
 }
 
-bool ks_tracefs_ok(void)
+static bool tracefs_ok(void)
 {
 	return access("/sys/kernel/tracing/events", R_OK) == 0 ||
 	       access("/sys/kernel/debug/tracing/events", R_OK) == 0;
@@ -278,14 +310,20 @@ bool ks_probe_fexit(const char *func, int *err)
 	return r == 0;
 }
 
-void ks_fill_filter(const struct ks_tracer_opts *o, volatile uint32_t *self, volatile uint32_t *targ,
-		    volatile uint32_t *n_excl, volatile uint32_t *excl)
+/* The pid filter of ks_common.bpf.h, before load. */
+static int fill_filter(struct ks_tracer *t, struct bpf_object *obj)
 {
-	*self = (uint32_t)getpid();
-	*targ = (uint32_t)o->pid;
-	*n_excl = (uint32_t)o->n_excl;
-	for (int i = 0; i < o->n_excl && i < KS_MAX_EXCL; i++)
-		excl[i] = (uint32_t)o->excl[i];
+	struct bpf_map *map = bpf_object__find_map_by_name(obj, ".rodata.ks_filter");
+	struct ks_filter f = { .self_tgid = (uint32_t)getpid(), .targ_tgid = (uint32_t)t->opts->pid };
+
+	f.n_excl = (uint32_t)t->opts->n_excl;
+	for (int i = 0; i < t->opts->n_excl && i < KS_MAX_EXCL; i++)
+		f.excl_tgid[i] = (uint32_t)t->opts->excl[i];
+	if (!map || bpf_map__set_initial_value(map, &f, sizeof(f)) != 0) {
+		fprintf(stderr, "%s: BPF object has no pid filter (.rodata.ks_filter from ks_common.bpf.h)\n", t->producer);
+		return -1;
+	}
+	return 0;
 }
 
 int ks_emit(struct ks_tracer *t, struct ks_json *j, bool is_stats)
@@ -321,7 +359,8 @@ static void read_counters(struct ks_tracer *t, uint64_t *sum)
 	}
 }
 
-void ks_emit_stats(struct ks_tracer *t, double interval_s)
+/* Per-interval health lines (tracer_stats then producer_stats). */
+static void emit_stats(struct ks_tracer *t, double interval_s)
 {
 	uint64_t now = ks_now_epoch_ns();
 	uint64_t cur[KS_CNT_MAX];
@@ -356,7 +395,9 @@ void ks_emit_stats(struct ks_tracer *t, double interval_s)
 	ks_emit(t, &j, true);
 }
 
-int ks_run(struct ks_tracer *t, struct ring_buffer *rb, ks_tick_fn tick, void *ctx)
+/* Run until --duration or a signal: poll rb (may be NULL) and call tick()
+ * every --interval with the interval's length; tick() also runs once at exit. */
+static int run(struct ks_tracer *t, struct ring_buffer *rb, void (*tick)(struct ks_tracer *, double))
 {
 	uint64_t start = ks_now_mono_ns();
 	uint64_t ival = (uint64_t)(t->opts->interval_s * 1e9);
@@ -374,8 +415,8 @@ int ks_run(struct ks_tracer *t, struct ring_buffer *rb, ks_tick_fn tick, void *c
 		if (now >= wake) {
 			if (end && now >= end)
 				break;
-			tick(t, ctx, (now - last) / 1e9);
-			ks_emit_stats(t, (now - last) / 1e9);
+			tick(t, (now - last) / 1e9);
+			emit_stats(t, (now - last) / 1e9);
 			last = now;
 			while (next <= now)
 				next += ival;
@@ -404,15 +445,10 @@ int ks_run(struct ks_tracer *t, struct ring_buffer *rb, ks_tick_fn tick, void *c
 	if (!t->stopped_by_epipe) {
 		uint64_t now = ks_now_mono_ns();
 
-		tick(t, ctx, (now - last) / 1e9);
-		ks_emit_stats(t, (now - last) / 1e9);
+		tick(t, (now - last) / 1e9);
+		emit_stats(t, (now - last) / 1e9);
 	}
 	return err;
-}
-
-void ks_tracer_close(struct ks_tracer *t)
-{
-	ks_out_close(&t->out);
 }
 
 double ks_hist_percentile(const uint64_t *h, int n, double p)
@@ -442,20 +478,25 @@ double ks_hist_percentile(const uint64_t *h, int n, double p)
 	return ldexp(1.0, n);
 }
 
-int ks_choose_mode(struct ks_tracer *t, const char *cat, const char *const *names, int n,
-		   const char *fallback_label)
+/*
+ * Pick the attach mode for tracepoints cat:names[] (NULL-terminated): tp_btf
+ * when every one loads+attaches as tp_btf, else the classic tracepoint
+ * (fallback_label) when tracefs has them all.  Honours --attach.  Returns
+ * 1 = tp_btf, 0 = fallback, -1 = error (one line printed).
+ */
+static int choose_mode(struct ks_tracer *t, const char *cat, const char *const *names, const char *fallback_label)
 {
 	const char *want = t->opts->attach ? t->opts->attach : "auto";
-	bool btf_ok = true, tp_ok = ks_tracefs_ok();
+	bool btf_ok = true, tp_ok = tracefs_ok();
 
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; names[i]; i++) {
 		if (!ks_tp_exists(cat, names[i])) {
 			fprintf(stderr, "%s: tracepoint %s:%s is missing on this kernel\n", t->producer, cat, names[i]);
 			return -1;
 		}
 	}
 	if (strcmp(want, "tracepoint") != 0)
-		for (int i = 0; i < n && btf_ok; i++)
+		for (int i = 0; names[i] && btf_ok; i++)
 			btf_ok = ks_probe_tp_btf(names[i]);
 	else
 		btf_ok = false;
@@ -471,4 +512,114 @@ int ks_choose_mode(struct ks_tracer *t, const char *cat, const char *const *name
 		return -1;
 	}
 	return 0;
+}
+
+void *ks_calloc_percpu(struct ks_tracer *t, size_t value_size)
+{
+	void *p = calloc(t->ncpu > 0 ? t->ncpu : 1, value_size);
+
+	if (!p)
+		fprintf(stderr, "%s: out of memory\n", t->producer);
+	return p;
+}
+
+void ks_json_pid_filter(struct ks_tracer *t, struct ks_json *j)
+{
+	if (t->opts->pid)
+		ks_json_u64(j, "pid", (uint64_t)t->opts->pid);
+	else
+		ks_json_null(j, "pid");
+}
+
+/* Autoload only the chosen mode's programs: tp_btf ones, or their tracepoint /
+ * raw_tp twins.  Other kinds (fentry, kprobe...) keep their own setting. */
+static void select_programs(struct bpf_object *obj, bool tp_btf)
+{
+	struct bpf_program *prog;
+
+	bpf_object__for_each_program(prog, obj) {
+		switch (bpf_program__type(prog)) {
+		case BPF_PROG_TYPE_TRACING:
+			if (bpf_program__expected_attach_type(prog) == BPF_TRACE_RAW_TP)
+				bpf_program__set_autoload(prog, tp_btf);
+			break;
+		case BPF_PROG_TYPE_TRACEPOINT:
+		case BPF_PROG_TYPE_RAW_TRACEPOINT:
+			bpf_program__set_autoload(prog, !tp_btf);
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+static int load_and_attach(struct ks_tracer *t, struct bpf_object_skeleton *s, const char *cat)
+{
+	int err;
+
+	err = bpf_object__load_skeleton(s);
+	if (err) {
+		fprintf(stderr, "%s: cannot load BPF programs: %s (run with -v for the verifier log)\n", t->producer,
+			strerror(-err));
+		return -1;
+	}
+	err = bpf_object__attach_skeleton(s);
+	if (err) {
+		fprintf(stderr, "%s: cannot attach to %s tracepoints: %s\n", t->producer, cat, strerror(-err));
+		return -1;
+	}
+	return 0;
+}
+
+int ks_tracer_main(const struct ks_tracer_desc *d, int argc, char **argv)
+{
+	struct ks_tracer t;
+	struct bpf_object_skeleton *s = NULL;
+	struct bpf_object *obj;
+	struct ring_buffer *rb = NULL;
+	int err = 1, mode;
+
+	set_producer(d->name);
+	parse_args(d, argc, argv);
+	if (tracer_init(&t, d->name, &ks_opts) != 0)
+		return 1;
+	mode = choose_mode(&t, d->tp_category, d->tps, d->fallback);
+	if (mode < 0)
+		goto cleanup;
+	t.tp_btf = mode == 1;
+	snprintf(t.attach_mode, sizeof(t.attach_mode), "%s", t.tp_btf ? "tp_btf" : d->fallback);
+
+	s = d->open();
+	if (!s) {
+		fprintf(stderr, "%s: cannot open BPF object: %s\n", t.producer, strerror(errno));
+		goto cleanup;
+	}
+	obj = *s->obj;
+	select_programs(obj, t.tp_btf);
+	if (fill_filter(&t, obj) != 0)
+		goto cleanup;
+	if (d->configure && d->configure(&t) != 0)
+		goto cleanup;
+	if (load_and_attach(&t, s, d->tp_category) != 0)
+		goto cleanup;
+	t.counters_fd = bpf_object__find_map_fd_by_name(obj, "ks_counters");
+	if (d->on_event) {
+		rb = ring_buffer__new(bpf_object__find_map_fd_by_name(obj, "events"), d->on_event, &t, NULL);
+		if (!rb) {
+			fprintf(stderr, "%s: cannot set up the ring buffer: %s\n", t.producer, strerror(errno));
+			goto cleanup;
+		}
+	}
+	snprintf(t.detail, sizeof(t.detail), "pid=%d", ks_opts.pid);
+	if (d->start && d->start(&t) != 0)
+		goto cleanup;
+	fprintf(stderr, "%s: attached (attach_mode=%s, %s)\n", t.producer, t.attach_mode, t.detail);
+	err = run(&t, rb, d->tick) ? 1 : 0;
+
+cleanup:
+	ring_buffer__free(rb);
+	if (d->close)
+		d->close();
+	ks_out_close(&t.out);
+	return err;
 }
