@@ -82,9 +82,10 @@ def test_fixture_exact_values():
     s = fixture_scraper()
     ev = s.collect(now_ns=T0)
     assert s.warnings == []
+    # Sources run in the order of their names: block loadavg meminfo netdev psi stat tcp tcp_retrans vmstat.
     assert [e["type"] for e in ev] == [
-        "memory", "load", "cpu", "vmstat", "block", "block",
-        "net_dev", "net_dev", "net_dev", "net_dev", "tcp", "tcp_retrans", "psi", "psi", "psi",
+        "block", "block", "load", "memory", "net_dev", "net_dev", "net_dev", "net_dev",
+        "psi", "psi", "psi", "cpu", "tcp", "tcp_retrans", "vmstat",
     ]
     assert all(e["ts"] == T0 for e in ev)
     for e in ev:

@@ -3,6 +3,8 @@
 #include "sources.h"
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "ks_json.h"
 #include "ks_out.h"
@@ -79,18 +81,29 @@ std::string event_to_line(const Event &e)
 	return std::string(j.buf, j.len);
 }
 
+// A function-local static: the registrars run during static initialisation
+// of other translation units, in an order the language leaves open.
+static SourceRegistry &registry()
+{
+	static SourceRegistry r;
+	return r;
+}
+
+RegisterSource::RegisterSource(const char *name, SourceFactory make)
+{
+	if (!registry().emplace(name, make).second) {
+		fprintf(stderr, "ks scraper: source '%s' registered twice\n", name);
+		abort();
+	}
+}
+
+const SourceRegistry &registered_sources() { return registry(); }
+
 Scraper::Scraper(std::string proc_root, std::string sys_root)
 	: proc_root_(std::move(proc_root)), sys_root_(std::move(sys_root))
 {
-	sources_.push_back(make_meminfo_source());
-	sources_.push_back(make_loadavg_source());
-	sources_.push_back(make_stat_source());
-	sources_.push_back(make_vmstat_source());
-	sources_.push_back(make_block_source());
-	sources_.push_back(make_netdev_source());
-	sources_.push_back(make_tcp_source());
-	sources_.push_back(make_tcp_retrans_source());
-	sources_.push_back(make_psi_source());
+	for (const auto &src : registered_sources())
+		sources_.push_back(src.second());
 }
 
 Scraper::~Scraper() = default;

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 //
-// One small unit per kernel source: a pure parser over the file's text (unit
-// tested on fixtures) and a Source that reads the file, keeps the previous
-// counters and emits one event type.
+// One small unit per kernel source, src_<name>.cpp: a pure parser over the
+// file's text (unit tested on fixtures) and a Source that reads the file,
+// keeps the previous counters and emits one event type.  The unit registers
+// its Source itself (RegisterSource below); the build compiles every
+// src_*.cpp, so nothing else lists sources.
 #pragma once
 
 #include "ks_scraper.h"
@@ -91,15 +93,19 @@ struct Psi {
 };
 Psi parse_psi(std::string_view text);
 
-// ---- sources, in emit order ----
-std::unique_ptr<Source> make_meminfo_source();
-std::unique_ptr<Source> make_loadavg_source();
-std::unique_ptr<Source> make_stat_source();
-std::unique_ptr<Source> make_vmstat_source();
-std::unique_ptr<Source> make_block_source();
-std::unique_ptr<Source> make_netdev_source();
-std::unique_ptr<Source> make_tcp_source();
-std::unique_ptr<Source> make_tcp_retrans_source();
-std::unique_ptr<Source> make_psi_source();
+// ---- the source registry (scraper.cpp) ----
+using SourceFactory = std::unique_ptr<Source> (*)();
+using SourceRegistry = std::map<std::string, SourceFactory, std::less<>>;
+
+// One namespace-scope object per src_<name>.cpp:
+//   const RegisterSource kRegister("name", make_source<NameSource>);
+// Every Scraper gets one instance of each registered Source and collects
+// them in name order, so the order of events does not depend on link order.
+// A name registered twice aborts at start-up.
+struct RegisterSource {
+	RegisterSource(const char *name, SourceFactory make);
+};
+template <class S> std::unique_ptr<Source> make_source() { return std::make_unique<S>(); }
+const SourceRegistry &registered_sources();
 
 } // namespace ks

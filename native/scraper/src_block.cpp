@@ -122,8 +122,8 @@ private:
 	std::map<std::string, Cols> prev_;
 };
 
-} // namespace
+const RegisterSource kRegister("block", make_source<BlockSource>);
 
-std::unique_ptr<Source> make_block_source() { return std::make_unique<BlockSource>(); }
+} // namespace
 
 } // namespace ks

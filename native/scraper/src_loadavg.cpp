@@ -44,8 +44,8 @@ public:
 	}
 };
 
-} // namespace
+const RegisterSource kRegister("loadavg", make_source<LoadavgSource>);
 
-std::unique_ptr<Source> make_loadavg_source() { return std::make_unique<LoadavgSource>(); }
+} // namespace
 
 } // namespace ks

@@ -55,8 +55,8 @@ public:
 	}
 };
 
-} // namespace
+const RegisterSource kRegister("meminfo", make_source<MeminfoSource>);
 
-std::unique_ptr<Source> make_meminfo_source() { return std::make_unique<MeminfoSource>(); }
+} // namespace
 
 } // namespace ks

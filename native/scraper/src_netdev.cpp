@@ -85,8 +85,8 @@ private:
 	std::map<std::string, Cols> prev_;
 };
 
-} // namespace
+const RegisterSource kRegister("netdev", make_source<NetDevSource>);
 
-std::unique_ptr<Source> make_netdev_source() { return std::make_unique<NetDevSource>(); }
+} // namespace
 
 } // namespace ks

@@ -91,8 +91,8 @@ private:
 	std::optional<uint64_t> prev_some_[3], prev_full_[3];
 };
 
-} // namespace
+const RegisterSource kRegister("psi", make_source<PsiSource>);
 
-std::unique_ptr<Source> make_psi_source() { return std::make_unique<PsiSource>(); }
+} // namespace
 
 } // namespace ks

@@ -125,8 +125,8 @@ private:
 	std::optional<uint64_t> prev_ctxt_, prev_forks_, prev_intr_;
 };
 
-} // namespace
+const RegisterSource kRegister("stat", make_source<StatSource>);
 
-std::unique_ptr<Source> make_stat_source() { return std::make_unique<StatSource>(); }
+} // namespace
 
 } // namespace ks

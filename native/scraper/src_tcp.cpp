@@ -74,8 +74,8 @@ public:
 	}
 };
 
-} // namespace
+const RegisterSource kRegister("tcp", make_source<TcpSource>);
 
-std::unique_ptr<Source> make_tcp_source() { return std::make_unique<TcpSource>(); }
+} // namespace
 
 } // namespace ks

@@ -106,8 +106,8 @@ private:
 	std::array<std::optional<uint64_t>, kN> prev_;
 };
 
-} // namespace
+const RegisterSource kRegister("tcp_retrans", make_source<TcpRetransSource>);
 
-std::unique_ptr<Source> make_tcp_retrans_source() { return std::make_unique<TcpRetransSource>(); }
+} // namespace
 
 } // namespace ks

@@ -85,8 +85,8 @@ private:
 	} prev_;
 };
 
-} // namespace
+const RegisterSource kRegister("vmstat", make_source<VmstatSource>);
 
-std::unique_ptr<Source> make_vmstat_source() { return std::make_unique<VmstatSource>(); }
+} // namespace
 
 } // namespace ks

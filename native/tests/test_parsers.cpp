@@ -24,6 +24,19 @@ static bool is_null(const Event &e, const char *k)
 	return f && f->kind == Field::Null;
 }
 
+// The first event of a type (with key == name when given); a failed CHECK
+// and an empty event when there is none.
+static Event find(const std::vector<Event> &ev, const std::string &type, const char *key = nullptr,
+		  const std::string &name = "")
+{
+	for (const Event &e : ev)
+		if (e.type == type && (!key || (e.find(key) && e.find(key)->s == name)))
+			return e;
+	fprintf(stderr, "no %s event %s\n", type.c_str(), name.c_str());
+	CHECK(false);
+	return Event("", 0);
+}
+
 static void test_pure_parsers()
 {
 	U64Map mem = parse_meminfo(slurp(kT0 + "/proc/meminfo"));
@@ -90,10 +103,17 @@ static void test_scraper_on_fixture()
 	std::vector<std::string> types;
 	for (auto &e : ev)
 		types.push_back(e.type);
-	std::vector<std::string> want = {"memory", "load", "cpu", "vmstat", "block", "block",
-					 "net_dev", "net_dev", "net_dev", "net_dev", "tcp",
-					 "tcp_retrans", "psi", "psi", "psi"};
+	// Sources run in the order of their registered names: block loadavg
+	// meminfo netdev psi stat tcp tcp_retrans vmstat.
+	std::vector<std::string> want = {"block", "block", "load", "memory", "net_dev", "net_dev",
+					 "net_dev", "net_dev", "psi", "psi", "psi", "cpu",
+					 "tcp", "tcp_retrans", "vmstat"};
 	CHECK(types == want);
+	std::vector<std::string> names;
+	for (const auto &src : registered_sources())
+		names.push_back(src.first);
+	CHECK((names == std::vector<std::string>{"block", "loadavg", "meminfo", "netdev", "psi", "stat",
+						 "tcp", "tcp_retrans", "vmstat"}));
 	CHECK(s.warnings().count() == 0);
 	for (auto &w : s.warnings().list())
 		fprintf(stderr, "unexpected warning: %s\n", w.c_str());
@@ -103,14 +123,16 @@ static void test_scraper_on_fixture()
 		CHECK(!line.empty() && line.size() < 2048 && line.back() == '\n');
 	}
 	// loop* skipped, zram0 kept, sorted.
-	CHECK(ev[4].find("device")->s == "vda" && ev[5].find("device")->s == "zram0");
-	CHECK(u(ev[0], "mem_total_kb") == 24684084u && u(ev[0], "hugepages_total") == 0u);
-	CHECK(u(ev[2], "cpu_count") == 2u && is_null(ev[2], "user_pct") && is_null(ev[2], "ctxt_per_sec"));
-	CHECK(u(ev[10], "time_wait") == 7u && u(ev[10], "listen") == 2u && u(ev[10], "total") == 11u);
-	CHECK(u(ev[11], "active_opens_total") == 25u && is_null(ev[11], "retransmit_pct"));
-	CHECK(ev[12].find("resource")->s == "cpu" && u(ev[12], "some_total_us") == 3787840u);
-	// First read: every rate is null.
-	CHECK(is_null(ev[4], "read_iops") && is_null(ev[4], "util_pct") && is_null(ev[3], "oom_kill_delta"));
+	CHECK(ev[0].find("device")->s == "vda" && ev[1].find("device")->s == "zram0");
+	Event mem = find(ev, "memory"), cpu = find(ev, "cpu"), tcp = find(ev, "tcp");
+	CHECK(u(mem, "mem_total_kb") == 24684084u && u(mem, "hugepages_total") == 0u);
+	CHECK(u(cpu, "cpu_count") == 2u && u(cpu, "ctxt_total") == 305957u);
+	CHECK(u(tcp, "time_wait") == 7u && u(tcp, "listen") == 2u && u(tcp, "total") == 11u);
+	CHECK(u(find(ev, "tcp_retrans"), "active_opens_total") == 25u);
+	CHECK(u(find(ev, "psi", "resource", "cpu"), "some_total_us") == 3787840u);
+	CHECK(u(find(ev, "vmstat"), "oom_kill_total") == 0u);
+	// First read: no interval, so the per-interval values are null.
+	CHECK(is_null(cpu, "user_pct") && is_null(cpu, "ctxt_per_sec") && is_null(ev[0], "util_pct"));
 }
 
 static void test_missing_field_and_file()
@@ -126,14 +148,11 @@ static void test_missing_field_and_file()
 	Scraper s(root + "/proc", root + "/sys");
 	for (int i = 0; i < 3; i++) {
 		auto ev = s.collect_at(1000 + i, 1000 + i * 1000000000ULL);
-		CHECK(ev.size() == 9); // memory load cpu vmstat tcp tcp_retrans psi*3
-		CHECK(ev[0].type == "memory" && is_null(ev[0], "mem_available_kb"));
-		CHECK(u(ev[0], "mem_total_kb") == 24684084u);
-		CHECK(ev[1].type == "load" && is_null(ev[1], "load_1min"));
-		if (ev.size() != 9)
-			continue;
-		auto psi_cpu = ev[6];
-		CHECK(psi_cpu.type == "psi" && psi_cpu.find("resource")->s == "cpu");
+		CHECK(ev.size() == 9); // load memory psi*3 cpu tcp tcp_retrans vmstat
+		Event mem = find(ev, "memory");
+		CHECK(is_null(mem, "mem_available_kb") && u(mem, "mem_total_kb") == 24684084u);
+		CHECK(is_null(find(ev, "load"), "load_1min"));
+		Event psi_cpu = find(ev, "psi", "resource", "cpu");
 		CHECK(u(psi_cpu, "some_total_us") == 1234u && is_null(psi_cpu, "full_avg10") &&
 		      is_null(psi_cpu, "full_total_us"));
 	}
