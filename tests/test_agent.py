@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,13 +13,15 @@ import pytest
 
 from conftest import REPO, tool
 from kernelsight import db
+from kernelsight.agent import engine
 from kernelsight.agent.engine import Agent
 from kernelsight.agent.forecast import classify, fit
 from kernelsight.agent.readonly_sql import QueryRefused, ReadOnlyDB
 from kernelsight.agent.rules import Context, RuleError, evaluate, load_rules, parse_condition
-from kernelsight.agent.signals import AGENT_SIGNALS
+from kernelsight.agent.signals import AGENT_SIGNALS, io_worst
 from kernelsight.agent.tracker import Finding, Tracker, band, escalate
-from kernelsight.features.catalog import BY_NAME
+from kernelsight.features.catalog import BY_NAME, FEATURE_STEP_S, FEATURE_WINDOW_S, NAMES
+from kernelsight.features.store import read_matrix
 
 RULES = load_rules()
 OBS_SCHEMA = json.loads((REPO / "schema" / "observation.schema.json").read_text())
@@ -342,3 +345,65 @@ def test_agent_learns_a_baseline_by_itself_and_uses_it(tmp_path):
     assert json.loads((tmp_path / "baseline.json").read_text())["meta"]["source"].startswith("learned automatically")
     assert obs["details"]["baseline_mean"] > 90 and obs["details"]["zscore"] < -4
     assert "baseline" in obs["summary"]
+
+
+def test_agent_signals_add_to_the_catalog_never_shadow_it():
+    """The agent evaluates the stored vector as it is: its own signals only add names."""
+    own = set(AGENT_SIGNALS) | set(io_worst({}, FEATURE_WINDOW_S))
+    assert not own & set(NAMES)
+
+
+def test_rules_have_no_window_or_step_of_their_own(tmp_path):
+    assert not hasattr(RULES.settings, "window_s") and not hasattr(RULES.settings, "interval_s")
+    text = (REPO / "pipeline" / "kernelsight" / "agent" / "rules.toml").read_text()
+    for key, const in (("window_s", "FEATURE_WINDOW_S"), ("interval_s", "FEATURE_STEP_S")):
+        path = tmp_path / f"{key}.toml"
+        path.write_text(text.replace("[settings]\n", f"[settings]\n{key} = 60.0\n"))
+        with pytest.raises(RuleError, match=const):
+            load_rules(path)
+
+
+def test_agent_stores_the_vector_it_evaluates_and_ks_features_computes_the_same(tmp_path, monkeypatch):
+    """Each step's vector lands in the features table with the one window, and the rules see exactly
+    those values; `ks-features compute` at the same end, with its default window, agrees."""
+    out = subprocess.run([tool("ks-ingest"), "--replay", str(CAPTURE), "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    conn = db.connect_readonly(db.db_path(tmp_path))
+    lo, hi = conn.execute("SELECT MIN(ts), MAX(ts) FROM memory_metrics").fetchone()
+    conn.close()
+    seen: dict[int, dict] = {}  # step end -> the values the rules were evaluated on
+    real_context = engine.Context
+
+    def spy(values, *args):
+        seen[agent.last_vector.ts] = dict(values)
+        return real_context(values, *args)
+
+    monkeypatch.setattr(engine, "Context", spy)
+    agent = Agent(tmp_path, stream=False)
+    step_ns = int(FEATURE_STEP_S * 1e9)
+    ends = list(range(lo + step_ns, hi + 1, step_ns))
+    for t in ends:
+        agent.step(t)
+        assert agent.last_vector.ts == t and agent.last_vector.window_s == FEATURE_WINDOW_S
+    agent.close()
+
+    conn = db.connect_readonly(db.db_path(tmp_path))
+    stored = read_matrix(conn, lo, hi)
+    conn.close()
+    assert list(stored.ts) == ends and stored.window_s == FEATURE_WINDOW_S  # warm-up steps are stored too
+    # Past the warm-up every step was judged, on the stored row itself.
+    assert len(seen) >= len(ends) - FEATURE_WINDOW_S / FEATURE_STEP_S - 1
+    rows = {int(t): stored.vector(i) for i, t in enumerate(stored.ts)}
+    for t, values in seen.items():
+        row = rows[t]
+        assert {n: values[n] for n in NAMES} == row.values, t
+    assert any(v is not None and v < 10 for v in (vals["memory_available_pct"] for vals in seen.values()))
+
+    t = ends[len(ends) // 2]
+    cli = subprocess.run([sys.executable, "-m", "kernelsight.features", "compute", "--at", str(t), "--json",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
+    assert cli.returncode == 0, cli.stderr
+    doc = json.loads(cli.stdout)
+    assert doc["ts"] == t and doc["window_s"] == FEATURE_WINDOW_S
+    assert doc["values"] == rows[t].values and doc["reasons"] == rows[t].reasons

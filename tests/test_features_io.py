@@ -16,10 +16,12 @@ import pytest
 
 from kernelsight import db
 from kernelsight.features import compute_vector, learn_baseline, load_baseline, zscores
-from kernelsight.features.baseline import save_baseline
+from kernelsight.features.baseline import MIN_PER_HOUR, save_baseline
+from kernelsight.features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
 from kernelsight.features.engine import FeatureMatrix, FeatureVector
 from kernelsight.features.export import export
-from kernelsight.features.timeparse import parse_time
+from kernelsight.features.store import read_matrix, write_matrix
+from kernelsight.features.timeparse import parse_duration, parse_time
 
 FIX = Path(__file__).parent / "fixtures" / "features"
 NS = 1_000_000_000
@@ -69,6 +71,26 @@ def test_baseline_by_hour():
     assert means[0] < 50 < means[-1]
 
 
+def test_hour_baseline_needs_ten_minutes_of_vectors_at_the_feature_step():
+    assert MIN_PER_HOUR * FEATURE_STEP_S == 600
+
+
+def test_stored_vectors_are_read_at_one_window(tmp_path):
+    conn = db.connect(tmp_path / "kernelsight.db")
+    m = matrix(10)
+    agent_rows = FeatureMatrix(m.ts, FEATURE_WINDOW_S, m.names, m.values, m.reasons)
+    other = FeatureMatrix(m.ts[-1] + NS * (1 + np.arange(3)), 60.0, m.names, m.values[:3], [r[:3] for r in m.reasons])
+    write_matrix(conn, agent_rows)
+    write_matrix(conn, other)
+    assert len(read_matrix(conn, T0, T0 + 3600 * NS, m.names)) == 13
+    got = read_matrix(conn, T0, T0 + 3600 * NS, m.names, window_s=FEATURE_WINDOW_S)
+    assert got.window_s == FEATURE_WINDOW_S and np.array_equal(got.ts, m.ts)
+    _same(got.values, m.values)
+    assert list(got.reasons[2]) == list(m.reasons[2])
+    none = read_matrix(conn, T0, T0 + 3600 * NS, m.names, window_s=30.0)
+    assert len(none) == 0 and none.window_s == 30.0
+
+
 def _same(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     assert a.shape == b.shape
@@ -108,6 +130,7 @@ def test_time_parsing():
     assert parse_time("-10m", now) == now - 600 * NS
     assert parse_time("now", now) == now
     assert parse_time("1800000000", now) == T0
+    assert parse_time(str(T0 + 123), now) == T0 + 123  # ns kept to the last digit
     assert parse_time("2027-01-15T08:00:00Z", now) == 1_800_000_000 * NS
     with pytest.raises(ValueError):
         parse_time("yesterday-ish", now)
@@ -168,6 +191,7 @@ def test_cli_compute_baseline_zscores_export(cli_env, tmp_path):
     exp = orjson.loads((FIX / "expected.json").read_bytes())
     at = str(exp["ts"] / 1e9)
     out = json.loads(ks(["compute", "--at", at, "--json"], cli_env).stdout)
+    assert out["window_s"] == FEATURE_WINDOW_S  # the agent's window unless --window says otherwise
     assert set(out["values"]) == set(exp["values"])
     assert all(out["values"][n] is not None or out["reasons"][n] for n in out["values"])
     since = str(exp["ts"] / 1e9 - 30)
@@ -182,6 +206,23 @@ def test_cli_compute_baseline_zscores_export(cli_env, tmp_path):
     assert np.load(tmp_path / "x.npz")["X"].shape[0] == 31
     assert len(pd.read_parquet(tmp_path / "x.parquet")) == 31
     assert "catalog" in ks(["--help"], cli_env).stdout and "Examples" in ks(["export", "--help"], cli_env).stdout
+
+
+def test_cli_defaults_are_the_feature_window_and_step():
+    """compute, backfill, export and baseline learn default to the window and step the agent stores."""
+    import typer
+    from kernelsight.features.cli import app
+
+    root = typer.main.get_command(app)
+    cmds = dict(root.commands)
+    assert "watch" not in cmds  # ks-agent stores the live vectors
+    learn = cmds["baseline"].commands["learn"]
+    for cmd in (cmds["compute"], cmds["backfill"], cmds["export"], learn):
+        params = {p.name: p.default for p in cmd.params}
+        assert parse_duration(params["window"]) == FEATURE_WINDOW_S, cmd.name
+        if "step" in params:
+            assert parse_duration(params["step"]) == FEATURE_STEP_S, cmd.name
+    assert {p.name: p.default for p in learn.params}["min_per_hour"] == MIN_PER_HOUR
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -18,12 +18,15 @@ from conftest import REPO, tool
 from kernelsight import db
 from kernelsight.agent.engine import Agent
 from kernelsight.features.baseline import learn_baseline, save_baseline
+from kernelsight.features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
 from kernelsight.features.engine import compute_range
 from kernelsight.report import render_report
 from kernelsight.report_plots import implicated_features, plot_observations
 
 CAPTURE = REPO / "tests" / "fixtures" / "agent" / "memory_pressure.jsonl"
 NS = 10**9
+WINDOW_NS = int(FEATURE_WINDOW_S * NS)
+STORED = f"stored features ({FEATURE_WINDOW_S:g} s window)"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -49,8 +52,8 @@ def replay_incident(d: Path, baseline_s: float | None = None) -> None:
     agent.close()
     if baseline_s:
         conn = sqlite3.connect(db.db_path(d))
-        ends = np.arange(lo + 15 * NS, lo + int(baseline_s * NS), NS)
-        save_baseline(conn, learn_baseline(compute_range(conn, ends, 15.0)), d)
+        ends = np.arange(lo + WINDOW_NS, lo + int(baseline_s * NS), NS)
+        save_baseline(conn, learn_baseline(compute_range(conn, ends, FEATURE_WINDOW_S)), d)
         conn.close()
 
 
@@ -87,10 +90,11 @@ def test_html_report_inlines_a_plot_per_implicated_feature(incident):
         im = Image.open(io.BytesIO(p))
         assert im.size[0] >= 600 and im.size[1] >= 150
     assert "src='http" not in text and 'src="http' not in text  # one self-contained file
-    # The memory-pressure plot has the baseline band (learned above) and the observation window.
+    # The memory-pressure plot has the baseline band (learned above) and the observation window,
+    # drawn from the vectors the agent stored while it judged the incident.
     mem = next(o for o in plot_observations(incident, [o | {"rule": r} for o, r in _obs_rules(incident)]).values()
                if o.features and o.features[0] == "memory_available_pct")
-    assert mem.plots[0].png and mem.source.startswith("computed from raw tables")
+    assert mem.plots[0].png and mem.source == STORED
 
 
 def _obs_rules(d: Path):
@@ -185,11 +189,14 @@ def test_stored_features_are_used_when_they_cover_the_span(incident, tmp_path):
     src.close()
     lo, hi = conn.execute("SELECT MIN(ts), MAX(ts) FROM memory_metrics").fetchone()
     lo_s, hi_s = lo / NS, hi / NS
+    assert series(conn, ["memory_available_pct"], lo_s, hi_s)[2] == STORED  # the agent's vectors
+    conn.execute("DROP TABLE features")
     _, computed, source = series(conn, ["memory_available_pct"], lo_s, hi_s)
     assert source.startswith("computed from raw tables")
-    write_matrix(conn, compute_range(conn, np.arange(lo + 15 * NS, hi + 1, 5 * NS), 15.0))
+    write_matrix(conn, compute_range(conn, np.arange(lo + WINDOW_NS, hi + 1, int(FEATURE_STEP_S * NS)),
+                                     FEATURE_WINDOW_S))
     ts, stored, source = series(conn, ["memory_available_pct"], lo_s, hi_s)
-    assert source == "stored features (15 s window)"
+    assert source == STORED
     assert np.allclose(stored["memory_available_pct"], computed["memory_available_pct"], equal_nan=True)
     assert np.nanmin(stored["memory_available_pct"]) < 10  # the incident is in it
     conn.close()

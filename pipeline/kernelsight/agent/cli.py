@@ -12,6 +12,7 @@ import orjson
 import typer
 
 from .. import db, log as klog
+from ..features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="The diagnosis agent: observations from features, offline.")
@@ -32,7 +33,8 @@ def _out(obj) -> None:
 @app.command(help="Evaluate the rules every interval and keep observations up to date (run by `ks run`).\n\n"
              "Example: ks agent run --interval 5")
 def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
-        interval: Optional[float] = typer.Option(None, min=0.5, help="seconds between evaluations (rules.toml)"),
+        interval: Optional[float] = typer.Option(None, min=0.5, help="seconds between evaluations (default: "
+                                                 "FEATURE_STEP_S, the step of the stored feature vectors)"),
         once: bool = typer.Option(False, help="evaluate once and exit")) -> None:
     from .engine import Agent
 
@@ -42,7 +44,7 @@ def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (defa
     except db.StoreError as e:
         print(f"ks agent: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
-    step = interval or agent.rules.settings.interval_s
+    step = interval or FEATURE_STEP_S
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
@@ -98,9 +100,10 @@ def t_query(sql: str, data_dir: Optional[Path] = typer.Option(None)) -> None:
     _call(_tools(data_dir).query_database, sql)
 
 
-@tool_app.command("get_current_features", help="The latest feature vector.\n\nExample: ks agent tool "
-                  "get_current_features")
-def t_features(data_dir: Optional[Path] = typer.Option(None), window: float = typer.Option(60.0, min=1)) -> None:
+@tool_app.command("get_current_features", help="The latest feature vector (the one the agent stored, when fresh)."
+                  "\n\nExample: ks agent tool get_current_features")
+def t_features(data_dir: Optional[Path] = typer.Option(None),
+               window: float = typer.Option(FEATURE_WINDOW_S, min=1, help="window in seconds")) -> None:
     _call(_tools(data_dir).get_current_features, window)
 
 

@@ -1,5 +1,10 @@
 """ks-agent: each interval, features + baseline -> findings -> observations.
 
+Each step computes one feature vector over FEATURE_WINDOW_S (features/catalog.py),
+stores it in the `features` table and evaluates the rules on that same vector
+(plus the agent-only signals of signals.py): exports, baselines and reports
+read what the agent judged, not a second derivation.
+
 Two kinds of evidence (architecture.md, "Agent Perception Layer"):
   - the absolute patterns of the interpretation tables and the multi-signal
     correlations, as rules (rules.toml);
@@ -24,7 +29,9 @@ import numpy as np
 from .. import db
 from ..features import catalog as fcat
 from ..features.baseline import learn_baseline, load_baseline, save_baseline
-from ..features.engine import compute_range, compute_vector
+from ..features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
+from ..features.engine import FeatureVector, compute_range
+from ..features.store import read_matrix, write_matrix
 from .attribution import ProcessSampler, connection_makers, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
 from .rules import Context, Rule, RuleSet, evaluate, load_rules
@@ -90,6 +97,7 @@ class Agent:
         self.last_streamed: dict[str, tuple[str, str]] = {}
         self.last_step_s: float | None = None
         self.last_forecast = None
+        self.last_vector: FeatureVector | None = None  # the stored vector the last step evaluated
 
     # -- inputs ---------------------------------------------------------------
     def _baseline(self, now_s: float):
@@ -105,19 +113,18 @@ class Agent:
 
     def _auto_learn(self, now_s: float) -> None:
         """Learn what is normal without being asked: once the agent has watched
-        auto_baseline_after_s with no observation open, learn a baseline from that
-        history with the agent's own window (so z-scores compare like with like).
-        Robust statistics (median/MAD) keep a short blip from skewing it; an
-        explicit `ks-features baseline learn` replaces it."""
+        auto_baseline_after_s with no observation open, learn a baseline from the
+        vectors it stored over that history (its own window, so z-scores compare
+        like with like).  Robust statistics (median/MAD) keep a short blip from
+        skewing it; an explicit `ks-features baseline learn` replaces it."""
         s = self.rules.settings
         if not s.auto_baseline_span_s or not self.history or self.tracker.open:
             return
         start = max(self.history[0][0], now_s - s.auto_baseline_span_s)
         if now_s - start < s.auto_baseline_after_s:
             return
-        ends = np.arange(int(start * 1e9), int(now_s * 1e9), int(s.interval_s * 1e9), dtype=np.int64)
         try:
-            m = compute_range(self.ro, ends, window_s=s.window_s)
+            m = read_matrix(self.ro, int(start * 1e9), int(now_s * 1e9), window_s=FEATURE_WINDOW_S)
             b = learn_baseline(m)
             b.meta["source"] = "learned automatically by ks-agent"
             save_baseline(self.rw, b, self.data_dir)
@@ -149,7 +156,7 @@ class Agent:
         span = span_s or SLOPE_SPAN_S
         t_end = self.history[-1][0]
         pts = [(t, v[name]) for t, v in self.history if t >= t_end - span and v.get(name) is not None]
-        if len(pts) < MIN_SLOPE_POINTS or t_end - pts[0][0] < 0.8 * span - self.rules.settings.interval_s:
+        if len(pts) < MIN_SLOPE_POINTS or t_end - pts[0][0] < 0.8 * span - FEATURE_STEP_S:
             return None
         a = np.array(pts, dtype=float)
         if np.ptp(a[:, 0]) <= 0:
@@ -170,12 +177,13 @@ class Agent:
         now_ns = now_ns or time.time_ns()
         now_s = now_ns / 1e9
         s = self.rules.settings
-        dt = now_s - self.last_step_s if self.last_step_s else s.interval_s
+        dt = now_s - self.last_step_s if self.last_step_s else FEATURE_STEP_S
         self.last_step_s = now_s
-        vec = compute_vector(self.ro, now_ns, window_s=s.window_s)
+        vec = self._vector(now_ns)
         values = dict(vec.values)
-        values.update(agent_signals(self.ro, now_ns, s.window_s))
-        values.update(io_worst(values, s.window_s))
+        # None of these is a catalog feature (a test holds that): they add to the vector, never replace it.
+        values.update(agent_signals(self.ro, now_ns, FEATURE_WINDOW_S))
+        values.update(io_worst(values, FEATURE_WINDOW_S))
         self.history.append((now_s, values))
         while self.history and self.history[0][0] < now_s - s.history_s:
             self.history.popleft()
@@ -189,7 +197,7 @@ class Agent:
         self._baseline(now_s)
         fc = forecast(self.ro, now_ns)
         self.last_forecast = fc
-        if now_s - self.history[0][0] < s.window_s:
+        if now_s - self.history[0][0] < FEATURE_WINDOW_S:
             # Warming up: the window does not yet hold a full span of data, and the
             # pipeline's own start-up burst is in it.  Judge nothing yet.
             return []
@@ -204,6 +212,18 @@ class Agent:
         changes = self.tracker.update(now_s, findings)
         self._persist(changes, now_s, now_ns, fc)
         return changes
+
+    def _vector(self, now_ns: int) -> FeatureVector:
+        """This step's vector, computed once and stored before anything reads it."""
+        m = compute_range(self.ro, [now_ns], FEATURE_WINDOW_S)
+        try:
+            write_matrix(self.rw, m)
+        except sqlite3.Error as e:
+            # A busy or full database costs this row of history, not this interval's evaluation.
+            if self.log is not None:
+                self.log.warning("feature vector not stored", error=str(e))
+        self.last_vector = m.vector(0)
+        return self.last_vector
 
     def _finding(self, rule: Rule, ctx: Context, values: dict, window_s: float, fc, now_ns: int) -> Finding:
         v = values.get(rule.metric)
@@ -279,7 +299,7 @@ class Agent:
         return out
 
     def _attribute(self, kinds: list[str], now_ns: int) -> list[dict]:
-        since = now_ns - int(max(self.rules.settings.window_s, 60) * 1e9)
+        since = now_ns - int(max(FEATURE_WINDOW_S, 60) * 1e9)
         out = []
         for kind in kinds:
             if kind == "slow_syscalls":
@@ -304,7 +324,7 @@ class Agent:
         # A new process counts as a change when it is one the symptom points at, or
         # big enough to matter; shell plumbing (sleep, grep) that comes and goes does not.
         newer = sorted(((t, pid, comm) for pid, (t, comm, peak) in self.proc_first_seen.items()
-                        if first_seen_s - horizon <= t <= first_seen_s + self.rules.settings.interval_s
+                        if first_seen_s - horizon <= t <= first_seen_s + FEATURE_STEP_S
                         and t > self._agent_start() and (comm in suspects or peak >= BIG_RSS_KB)),
                        key=lambda x: x[0])
         by_comm: dict[str, list] = {}
@@ -318,7 +338,7 @@ class Agent:
             rows = self.ro.execute(
                 "SELECT comm, COUNT(*), MIN(ts) FROM exec_events WHERE ts >= ? AND ts <= ? GROUP BY comm "
                 "ORDER BY COUNT(*) DESC LIMIT 20",
-                (int((first_seen_s - horizon) * 1e9), int((first_seen_s + self.rules.settings.interval_s) * 1e9))
+                (int((first_seen_s - horizon) * 1e9), int((first_seen_s + FEATURE_STEP_S) * 1e9))
             ).fetchall()
         except sqlite3.OperationalError:
             rows = []

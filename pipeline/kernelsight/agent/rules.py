@@ -116,8 +116,8 @@ class Rule:
 
 @dataclass
 class Settings:
-    interval_s: float = 5.0
-    window_s: float = 15.0
+    # No window or interval here: they are FEATURE_WINDOW_S and FEATURE_STEP_S
+    # (features/catalog.py), shared with the stored vectors and baselines.
     clear_after_s: float = 10.0
     reopen_within_s: float = 60.0
     history_s: float = 900.0
@@ -137,10 +137,24 @@ class RuleSet:
         return next(r for r in self.rules if r.id == rid)
 
 
+_MOVED = {"window_s": "FEATURE_WINDOW_S", "interval_s": "FEATURE_STEP_S"}
+
+
+def _settings(raw: dict, where: str) -> Settings:
+    known = set(Settings.__dataclass_fields__)
+    for key in raw:
+        if key in _MOVED:
+            raise RuleError(f"{where} [settings]: {key} is not a rules setting; it is {_MOVED[key]} in "
+                            "kernelsight/features/catalog.py, shared with the stored vectors and baselines")
+        if key not in known:
+            raise RuleError(f"{where} [settings]: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+    return Settings(**raw)
+
+
 def load_rules(path: Path | None = None) -> RuleSet:
     path = path or RULES_FILE
     doc = tomllib.loads(Path(path).read_text())
-    settings = Settings(**doc.get("settings", {}))
+    settings = _settings(doc.get("settings", {}), Path(path).name)
     rules = []
     ids = set()
     for i, r in enumerate(doc.get("rule", [])):

@@ -3,7 +3,7 @@ scripts and an optional LLM alike.  Every tool only reads: SQL goes through
 ReadOnlyDB, and nothing a tool returns is ever executed.
 
     query_database(sql)          read-only SQL (SELECT / WITH / read-only PRAGMA)
-    get_current_features()       the latest feature vector with reasons for nulls
+    get_current_features()       the latest feature vector with reasons for nulls (the agent's stored one)
     compare_baseline(window)     z-scores of the window's features vs the baseline, worst first
     correlate_events(window)     observations, events and co-moving features in the window
     analyze_logs(pattern)        a regex over the pipeline's logs and rejected lines
@@ -21,7 +21,9 @@ import numpy as np
 
 from .. import db
 from ..features.baseline import load_baseline, zscores
+from ..features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
 from ..features.engine import compute_range, compute_vector
+from ..features.store import read_matrix
 from .readonly_sql import QueryRefused, ReadOnlyDB
 from .store import list_observations
 
@@ -58,8 +60,15 @@ class Tools:
     def query_database(self, sql: str) -> dict:
         return self.sql.query(sql)
 
-    def get_current_features(self, window_s: float = 60.0) -> dict:
-        return compute_vector(self.sql.connection(), time.time_ns(), window_s).to_dict()
+    def get_current_features(self, window_s: float = FEATURE_WINDOW_S) -> dict:
+        """The vector the agent stored last (what its rules saw) when it is at most two steps old
+        and over window_s; else one computed now."""
+        conn = self.sql.connection()
+        now = time.time_ns()
+        fresh = read_matrix(conn, now - int(2 * FEATURE_STEP_S * 1e9), now, window_s=window_s)
+        if len(fresh):
+            return fresh.vector(len(fresh) - 1).to_dict()
+        return compute_vector(conn, now, window_s).to_dict()
 
     def compare_baseline(self, window: str | float = "5m", top: int = 20) -> dict:
         secs = parse_window(window)
@@ -74,13 +83,16 @@ class Tools:
                         key=lambda nr: -abs(nr[1].get("robust_z") or nr[1].get("z") or 0))
         return {"window_s": secs, "baseline": base.meta, "deviations": [{"feature": n, **r} for n, r in ranked[:top]]}
 
-    def correlate_events(self, window: str | float = "10m", step_s: float = 5.0) -> dict:
+    def correlate_events(self, window: str | float = "10m") -> dict:
         secs = parse_window(window)
         now = time.time_ns()
         conn = self.sql.connection()
         obs = [o for o in list_observations(conn, since_s=int(now / 1e9 - secs), limit=200)]
-        ends = np.arange(now - int(secs * 1e9), now + 1, int(step_s * 1e9))
-        m = compute_range(conn, ends, window_s=max(step_s, 5.0))
+        # The agent's stored vectors when they cover the range at its step, else the same grid computed now.
+        ends = np.arange(now - int(secs * 1e9), now + 1, int(FEATURE_STEP_S * 1e9))
+        m = read_matrix(conn, int(ends[0]), now, window_s=FEATURE_WINDOW_S)
+        if len(m) < 0.5 * len(ends):
+            m = compute_range(conn, ends, FEATURE_WINDOW_S)
         pairs = []
         vals = m.values
         ok = [j for j in range(vals.shape[1]) if np.isfinite(vals[:, j]).sum() >= 5 and np.nanstd(vals[:, j]) > 0]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from .catalog import FEATURE_STEP_S
 from .engine import FeatureMatrix, FeatureVector
 
 TABLE = "baselines"
@@ -34,6 +35,8 @@ QUANTILES = (0.01, 0.05, 0.25, 0.75, 0.95, 0.99)
 QNAMES = tuple(f"q{int(round(q * 100)):02d}" for q in QUANTILES)
 STATS = ("n", "mean", "std", "median", "mad", "min", "max") + QNAMES
 ROBUST_K = 0.6745
+# An hour of day gets its own statistics once it has 10 min of vectors at the feature step.
+MIN_PER_HOUR = int(600 / FEATURE_STEP_S)
 
 
 @dataclass
@@ -69,7 +72,7 @@ def column_stats(x: np.ndarray) -> dict:
     return out
 
 
-def learn_baseline(m: FeatureMatrix, min_per_hour: int = 600) -> Baseline:
+def learn_baseline(m: FeatureMatrix, min_per_hour: int = MIN_PER_HOUR) -> Baseline:
     if len(m) == 0:
         raise ValueError("no feature vectors to learn from")
     stats = {n: column_stats(m.values[:, j]) for j, n in enumerate(m.names)}

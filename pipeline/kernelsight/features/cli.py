@@ -1,4 +1,8 @@
-"""`ks-features`: the feature catalog, vectors, the feature daemon, baselines and exports.
+"""`ks-features`: the feature catalog, vectors, baselines and exports.
+
+ks-agent computes and stores the live vectors (one per FEATURE_STEP_S over
+FEATURE_WINDOW_S, catalog.py); these commands default to the same window and
+step, so what they compute matches what the agent stored and evaluated.
 
 Times: ISO-8601 (2025-01-05T12:00:00Z; naive = local time), Unix seconds
 (1736078400) or relative to now (-10m, -2h, -1d, now).  Durations: 60, 60s, 5m, 1h.
@@ -6,9 +10,7 @@ Times: ISO-8601 (2025-01-05T12:00:00Z; naive = local time), Unix seconds
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,20 +21,23 @@ import typer
 
 from .. import db
 from . import catalog as C
-from .baseline import JSON_NAME, learn_baseline, load_baseline, save_baseline, zscores
+from .baseline import JSON_NAME, MIN_PER_HOUR, learn_baseline, load_baseline, save_baseline, zscores
 from .engine import FeatureMatrix, compute_range, compute_vector, select_features
 from .export import FORMATS, export
 from .store import read_matrix, write_matrix
 from .timeparse import TimeError, iso, parse_duration, parse_time
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  rich_markup_mode=None, help="KernelSight feature engine: catalog, vectors, daemon, baselines, exports.")
+                  rich_markup_mode=None, help="KernelSight feature engine: catalog, vectors, baselines, exports.")
 baseline_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Learn and show per-feature baselines.")
 app.add_typer(baseline_app, name="baseline")
 
 CHUNK_S = 3600.0  # backfill/export compute this much at a time (memory bound, progress granularity)
 
 DATA_DIR_OPT = typer.Option(None, "--data-dir", help="data directory (default $KS_DATA_DIR or ./data)")
+# Defaults are the agent's window and step (catalog.py), written as durations for --help.
+WINDOW_DEFAULT = f"{C.FEATURE_WINDOW_S:g}s"
+STEP_DEFAULT = f"{C.FEATURE_STEP_S:g}s"
 
 
 class CliError(Exception):
@@ -94,7 +99,13 @@ def _range(since: str, until: str) -> tuple[int, int]:
 
 def _progress():
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
@@ -130,16 +141,17 @@ def compute_chunks(conn, since: int, until: int, step_s: float, window_s: float,
 def _matrix_for(conn, since, until, step, window, names, source: str) -> FeatureMatrix:
     if source not in ("auto", "stored", "raw"):
         raise CliError(f"unknown --source '{source}' (choose from auto, stored, raw)")
+    w = _dur(window, "window")
     m = None
     if source in ("auto", "stored"):
-        m = read_matrix(conn, since, until, names)
+        m = read_matrix(conn, since, until, names, window_s=w)
         if len(m) == 0:
             if source == "stored":
-                raise CliError(f"empty range: no stored feature vectors between {iso(since)} and {iso(until)} "
+                raise CliError(f"empty range: no stored {w:g} s feature vectors between {iso(since)} and {iso(until)} "
                                "(run ks-features backfill, or use --source raw)")
             m = None
     if m is None:
-        m = compute_chunks(conn, since, until, _dur(step, "step"), _dur(window, "window"), names, "computing")
+        m = compute_chunks(conn, since, until, _dur(step, "step"), w, names, "computing")
         if m is None or len(m) == 0 or np.isnan(m.values).all():
             raise CliError(f"empty range: no telemetry between {iso(since)} and {iso(until)}")
     return m
@@ -185,7 +197,7 @@ def catalog(
 @app.command()
 def compute(
     at: str = typer.Option("now", help="window end: ISO-8601, Unix seconds or relative (-5m)"),
-    window: str = typer.Option("60s", help="window length (60, 60s, 5m)"),
+    window: str = typer.Option(WINDOW_DEFAULT, help="window length (15, 15s, 5m); default: the agent's window"),
     features: Optional[str] = typer.Option(None, help="comma-separated feature names (default: all)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     with_z: bool = typer.Option(False, "--zscores", help="add plain and robust z-scores against the learned baseline"),
@@ -239,57 +251,11 @@ def compute(
 
 
 @app.command()
-def watch(
-    interval: str = typer.Option("1s", help="seconds between vectors"),
-    window: str = typer.Option("60s", help="window length"),
-    count: int = typer.Option(0, min=0, help="stop after this many vectors (0 = until SIGTERM/SIGINT)"),
-    data_dir: Optional[Path] = DATA_DIR_OPT,
-) -> None:
-    """Feature daemon: compute one vector per interval and store it in the `features` table.
-
-    Run by the supervisor (`make run`); logs JSON lines to stderr.
-
-    Examples:
-      ks-features watch
-      ks-features watch --interval 5s --window 5m
-      ks-features watch --count 3
-    """
-    from ..log import configure
-
-    iv, w = _dur(interval, "interval"), _dur(window, "window")
-    log = configure("ks-features")
-    conn = _rw(data_dir)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    log.info("watch_start", interval_s=iv, window_s=w, features=len(C.FEATURES))
-    n = 0
-    next_t = time.monotonic()
-    while not stop.is_set():
-        t0 = time.perf_counter()
-        try:
-            m = compute_range(conn, [time.time_ns()], w)
-            write_matrix(conn, m)
-        except Exception as e:  # keep the daemon alive through a transient DB error
-            log.error("vector_failed", error=repr(e))
-        else:
-            n += 1
-            nulls = int(np.isnan(m.values).sum())
-            if n == 1 or n % 60 == 0:
-                log.info("vector", n=n, ms=round((time.perf_counter() - t0) * 1e3, 2), null=nulls)
-        if count and n >= count:
-            break
-        next_t += iv
-        stop.wait(max(0.0, next_t - time.monotonic()))
-    log.info("watch_stop", vectors=n)
-
-
-@app.command()
 def backfill(
     since: str = typer.Option(..., help="first window end"),
     until: str = typer.Option("now", help="last window end"),
-    step: str = typer.Option("1s", help="distance between window ends"),
-    window: str = typer.Option("60s", help="window length"),
+    step: str = typer.Option(STEP_DEFAULT, help="distance between window ends; default: the agent's step"),
+    window: str = typer.Option(WINDOW_DEFAULT, help="window length; default: the agent's window"),
     data_dir: Optional[Path] = DATA_DIR_OPT,
 ) -> None:
     """Compute and store vectors for a past range (replacing stored rows at the same ts), with a progress bar.
@@ -317,10 +283,10 @@ def backfill(
 def baseline_learn(
     since: str = typer.Option(..., help="start of the learning range"),
     until: str = typer.Option("now", help="end of the learning range"),
-    step: str = typer.Option("1s", help="step when vectors must be computed from raw data"),
-    window: str = typer.Option("60s", help="window when vectors must be computed from raw data"),
+    step: str = typer.Option(STEP_DEFAULT, help="step when vectors must be computed from raw data"),
+    window: str = typer.Option(WINDOW_DEFAULT, help="window of the vectors (stored ones are read only at this window)"),
     source: str = typer.Option("auto", help="stored (features table), raw (compute now) or auto (stored if any)"),
-    min_per_hour: int = typer.Option(600, min=1, help="vectors an hour of day needs for its own baseline"),
+    min_per_hour: int = typer.Option(MIN_PER_HOUR, min=1, help="vectors an hour of day needs for its own baseline"),
     data_dir: Optional[Path] = DATA_DIR_OPT,
 ) -> None:
     """Learn per-feature mean, std, median, MAD and quantiles over a range of normal operation.
@@ -381,8 +347,8 @@ def export_cmd(
     out: Path = typer.Option(..., help="output file"),
     features: Optional[str] = typer.Option(None, help="comma-separated feature names (default: all)"),
     source: str = typer.Option("auto", help="stored (features table), raw (compute now) or auto (stored if any)"),
-    step: str = typer.Option("1s", help="step when computing from raw data"),
-    window: str = typer.Option("60s", help="window when computing from raw data"),
+    step: str = typer.Option(STEP_DEFAULT, help="step when computing from raw data"),
+    window: str = typer.Option(WINDOW_DEFAULT, help="window of the vectors (stored ones are read only at this window)"),
     data_dir: Optional[Path] = DATA_DIR_OPT,
 ) -> None:
     """Export the feature matrix of a range: CSV, NumPy .npz, JSON (with per-feature statistics) or Parquet.

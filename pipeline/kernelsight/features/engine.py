@@ -547,7 +547,8 @@ def select_features(names: list[str] | None) -> list[C.Feature]:
     return [C.BY_NAME[n] for n in names]
 
 
-def compute_range(conn: sqlite3.Connection, ends_ns, window_s: float = 60.0, names: list[str] | None = None) -> FeatureMatrix:
+def compute_range(conn: sqlite3.Connection, ends_ns, window_s: float = C.FEATURE_WINDOW_S,
+                  names: list[str] | None = None) -> FeatureMatrix:
     """Feature vectors for every window end in ends_ns (sorted or not), all at once."""
     if window_s <= 0:
         raise ValueError("window must be positive")
@@ -556,6 +557,7 @@ def compute_range(conn: sqlite3.Connection, ends_ns, window_s: float = 60.0, nam
     return _Engine(conn, ends, window_s, feats).run()
 
 
-def compute_vector(conn: sqlite3.Connection, end_ns: int, window_s: float = 60.0, names: list[str] | None = None) -> FeatureVector:
+def compute_vector(conn: sqlite3.Connection, end_ns: int, window_s: float = C.FEATURE_WINDOW_S,
+                   names: list[str] | None = None) -> FeatureVector:
     """The feature vector for the window (end_ns - window_s, end_ns]."""
     return compute_range(conn, [int(end_ns)], window_s, names).vector(0)

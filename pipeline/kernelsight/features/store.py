@@ -15,6 +15,10 @@ day at 1 s is 86,400 rows wide versus 8.6 million rows long, which would cost
 an order of magnitude in disk, insert time and index size.  A feature added to
 the catalog becomes a new nullable column (ALTER TABLE ADD COLUMN), as the
 event tables do.  Re-computing a ts replaces its row (INSERT OR REPLACE).
+
+ks-agent writes the row it evaluates every FEATURE_STEP_S (catalog.py);
+`ks-features backfill` fills past ranges.  Readers that must not mix window
+lengths (baselines, exports) pass window_s to read_matrix.
 """
 
 from __future__ import annotations
@@ -76,17 +80,26 @@ def has_table(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (TABLE,)).fetchone() is not None
 
 
-def read_matrix(conn: sqlite3.Connection, since_ns: int, until_ns: int, names: list[str] | None = None) -> FeatureMatrix:
-    """Stored vectors with since <= ts <= until (names absent from the table come back NULL)."""
+def read_matrix(conn: sqlite3.Connection, since_ns: int, until_ns: int, names: list[str] | None = None,
+                window_s: float | None = None) -> FeatureMatrix:
+    """Stored vectors with since <= ts <= until (names absent from the table come back NULL).
+
+    With window_s, only rows over that window: a backfill with another --window
+    must not blend into a baseline or an export of the agent's vectors."""
     names = names or NAMES
+    empty_window = 0.0 if window_s is None else float(window_s)
     if not has_table(conn):
-        return FeatureMatrix(np.zeros(0, np.int64), 0.0, names, np.zeros((0, len(names))), [np.zeros(0, object) for _ in names])
+        return FeatureMatrix(np.zeros(0, np.int64), empty_window, names, np.zeros((0, len(names))),
+                             [np.zeros(0, object) for _ in names])
     have = {r[1] for r in conn.execute(f"PRAGMA table_info({TABLE})")}
     sel = ", ".join(f'"{n}"' if n in have else "NULL" for n in names)
-    rows = conn.execute(f"SELECT ts, window_s, reasons, {sel} FROM {TABLE} WHERE ts >= ? AND ts <= ? ORDER BY ts",
-                        (since_ns, until_ns)).fetchall()
+    where, args = "ts >= ? AND ts <= ?", [since_ns, until_ns]
+    if window_s is not None:
+        where += " AND window_s = ?"
+        args.append(float(window_s))
+    rows = conn.execute(f"SELECT ts, window_s, reasons, {sel} FROM {TABLE} WHERE {where} ORDER BY ts", args).fetchall()
     ts = np.array([r[0] for r in rows], dtype=np.int64)
-    window = float(rows[-1][1]) if rows else 0.0
+    window = float(rows[-1][1]) if rows else empty_window
     values = np.array([r[3:] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
     rs = [orjson.loads(r[2]) for r in rows]
     reasons = []

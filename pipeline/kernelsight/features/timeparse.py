@@ -29,8 +29,8 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
     except ValueError:
         pass
     else:
-        if v > 1e17:  # already ns
-            return int(v)
+        if v > 1e17:  # already ns: parsed as an int, since a float keeps only ~16 of its 19 digits
+            return int(s) if s.isdigit() else int(v)
         return int(round(v * 1e9))
     try:
         d = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
