@@ -37,8 +37,8 @@ from .features.engine import compute_range
 from .features.store import read_matrix
 
 PAD_S = 120.0
-STEP_S = 5.0
-WINDOW_S = 15.0
+STEP_S = C.FEATURE_STEP_S
+WINDOW_S = C.FEATURE_WINDOW_S  # the agent's window: plots show what it judged
 MAX_POINTS = 400  # a longer span gets a coarser step, not a slower report
 MAX_FEATURES = 6  # per observation
 MAX_PLOTTED_OBSERVATIONS = 40

@@ -36,6 +36,7 @@ from pathlib import Path
 import orjson
 
 from .. import db
+from ..features.catalog import FEATURE_WINDOW_S
 from .readonly_sql import QueryRefused
 from .tools import ToolError, Tools
 
@@ -60,7 +61,7 @@ TOOL_SPECS: dict[str, tuple[str, dict]] = {
         "The latest feature vector (all catalog features over the last window_s seconds, now), with the "
         "reason for every null.",
         {"type": "OBJECT", "properties": {"window_s": {"type": "NUMBER", "description": "window in seconds "
-                                                       "(default 60)"}}}),
+                                                       f"(default {FEATURE_WINDOW_S:g}, the stored vectors' window)"}}}),
     "compare_baseline": (
         "Features of the last window (ending now) against the learned baseline, worst z-score first; says "
         "so when no baseline has been learned.",
@@ -196,7 +197,7 @@ def call_tool(tools: Tools, name: str, args: dict | None) -> tuple[dict, bool]:
         if name == "query_database":
             res = tools.query_database(_str_arg(args, "sql"))
         elif name == "get_current_features":
-            w = args.get("window_s", 60.0)
+            w = args.get("window_s", FEATURE_WINDOW_S)
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not 1 <= w <= 86400:
                 raise ToolError("argument 'window_s' must be a number of seconds between 1 and 86400")
             res = tools.get_current_features(float(w))
