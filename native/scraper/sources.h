@@ -1,10 +1,15 @@
 // SPDX-License-Identifier: MIT
 //
 // One small unit per kernel source, src_<name>.cpp: a pure parser over the
-// file's text (unit tested on fixtures) and a Source that reads the file,
-// keeps the previous counters and emits one event type.  The unit registers
-// its Source itself (RegisterSource below); the build compiles every
-// src_*.cpp, so nothing else lists sources.
+// file's text (unit tested on fixtures) and a Source that reads the file and
+// emits one event type.  The unit registers its Source itself (RegisterSource
+// below); the build compiles every src_*.cpp, so nothing else lists sources.
+//
+// Events carry what the kernel reports: counters (*_total) and gauges.  Rates
+// over a window are derived once, in the feature catalog
+// (pipeline/kernelsight/features/catalog.py).  The per-interval values still
+// made here each have a reader: cpu *_pct and block util_pct (the catalog,
+// per row) and cpu ctxt_per_sec (a cross-check in tests/test_features_io.py).
 #pragma once
 
 #include "ks_scraper.h"
@@ -32,11 +37,10 @@ int read_file(const std::string &path, std::string &out);
 // Reads path, or warns once "cannot read" and returns false.
 bool read_or_warn(Ctx &c, const std::string &path, std::string &out);
 
-// ---- rates (util.cpp) ----
-// Counters only grow.  One lower than last time was reset (driver reload,
-// device re-created) or wrapped (some NIC drivers keep 32-bit counters): the
-// true delta is unknown, so the interval's delta and rate are null rather
-// than negative or ~2^64/dt.
+// ---- interval deltas (util.cpp), for the few shares computed per read ----
+// Counters only grow.  One lower than last time was reset (device
+// re-created, a restored tree) or wrapped: the true delta is unknown, so the
+// interval's delta and rate are null rather than negative or ~2^64/dt.
 std::optional<uint64_t> counter_delta(std::optional<uint64_t> prev, std::optional<uint64_t> cur);
 std::optional<double> counter_rate(std::optional<uint64_t> prev, std::optional<uint64_t> cur,
 				   double dt_s);

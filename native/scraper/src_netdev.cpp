@@ -37,12 +37,8 @@ public:
 	void collect(Ctx &c) override
 	{
 		std::string path = c.proc_root + "/net/dev", text;
-		std::map<std::string, Cols> now;
-		if (!read_or_warn(c, path, text)) {
-			prev_.clear();
+		if (!read_or_warn(c, path, text))
 			return;
-		}
-		double dt = c.dt_s;
 		for (const NetDevRow &r : parse_net_dev(text)) {
 			Cols cur;
 			for (size_t i = 0; i < NCOLS; i++) {
@@ -52,10 +48,6 @@ public:
 					c.warn.warn(path, kColName[i],
 						    std::string("column ") + kColName[i] + " missing for " + r.name);
 			}
-			auto it = prev_.find(r.name);
-			Cols prev = it != prev_.end() ? it->second : Cols{};
-			auto rate = [&](int i) { return counter_rate(prev[i], cur[i], dt); };
-
 			Event e("net_dev", c.ts_ns);
 			e.str("interface", r.name);
 			e.u64("rx_bytes_total", cur[RX_BYTES]);
@@ -66,23 +58,9 @@ public:
 			e.u64("tx_packets_total", cur[TX_PACKETS]);
 			e.u64("tx_errors_total", cur[TX_ERRS]);
 			e.u64("tx_drops_total", cur[TX_DROP]);
-			e.f64("rx_bytes_per_sec", rate(RX_BYTES));
-			e.f64("tx_bytes_per_sec", rate(TX_BYTES));
-			e.f64("rx_packets_per_sec", rate(RX_PACKETS));
-			e.f64("tx_packets_per_sec", rate(TX_PACKETS));
-			e.f64("rx_errors_per_sec", rate(RX_ERRS));
-			e.f64("tx_errors_per_sec", rate(TX_ERRS));
-			e.f64("rx_drops_per_sec", rate(RX_DROP));
-			e.f64("tx_drops_per_sec", rate(TX_DROP));
 			c.out.push_back(std::move(e));
-			now[r.name] = cur;
 		}
-		// Interfaces gone since the last read drop out of the state here.
-		prev_ = std::move(now);
 	}
-
-private:
-	std::map<std::string, Cols> prev_;
 };
 
 const RegisterSource kRegister("netdev", make_source<NetDevSource>);

@@ -79,16 +79,9 @@ public:
 			e.f64("full_avg60", f(p.full, &PsiLine::avg60));
 			e.f64("full_avg300", f(p.full, &PsiLine::avg300));
 			e.u64("full_total_us", total(p.full));
-			e.f64("some_stall_us_per_sec", counter_rate(prev_some_[r], total(p.some), c.dt_s));
-			e.f64("full_stall_us_per_sec", counter_rate(prev_full_[r], total(p.full), c.dt_s));
 			c.out.push_back(std::move(e));
-			prev_some_[r] = total(p.some);
-			prev_full_[r] = total(p.full);
 		}
 	}
-
-private:
-	std::optional<uint64_t> prev_some_[3], prev_full_[3];
 };
 
 const RegisterSource kRegister("psi", make_source<PsiSource>);

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// cpu <- /proc/stat: CPU time shares over the interval, ctxt/fork/intr rates.
+// cpu <- /proc/stat: CPU time shares over the interval, ctxt/fork/intr counters.
 #include "sources.h"
 
 #include <cctype>
@@ -106,9 +106,7 @@ public:
 		e.u64("ctxt_total", ctxt);
 		e.f64("ctxt_per_sec", counter_rate(prev_ctxt_, ctxt, c.dt_s));
 		e.u64("forks_total", forks);
-		e.f64("forks_per_sec", counter_rate(prev_forks_, forks, c.dt_s));
 		e.u64("intr_total", intr);
-		e.f64("intr_per_sec", counter_rate(prev_intr_, intr, c.dt_s));
 		e.u64("procs_running", running);
 		e.u64("procs_blocked", blocked);
 		c.out.push_back(std::move(e));
@@ -116,13 +114,11 @@ public:
 		for (int i = 0; i < kCpuCols; i++)
 			prev_cpu_[i] = cpu[i];
 		prev_ctxt_ = ctxt;
-		prev_forks_ = forks;
-		prev_intr_ = intr;
 	}
 
 private:
 	std::optional<uint64_t> prev_cpu_[kCpuCols];
-	std::optional<uint64_t> prev_ctxt_, prev_forks_, prev_intr_;
+	std::optional<uint64_t> prev_ctxt_;
 };
 
 const RegisterSource kRegister("stat", make_source<StatSource>);

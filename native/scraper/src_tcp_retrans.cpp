@@ -37,7 +37,7 @@ namespace {
 struct Key {
 	const char *field, *section, *name;
 };
-// Order of the schema's *_total / gauge fields.
+// In the schema's field order.
 const Key kKeys[] = {
 	{"retrans_segs_total", "Tcp", "RetransSegs"},
 	{"out_segs_total", "Tcp", "OutSegs"},
@@ -53,7 +53,6 @@ const Key kKeys[] = {
 	{"syn_retrans_total", "TcpExt", "TCPSynRetrans"},
 };
 constexpr size_t kN = sizeof(kKeys) / sizeof(kKeys[0]);
-enum { RETRANS, OUT, IN, IN_ERRS, ACTIVE, PASSIVE, FAILS, RESETS, CURR, OVERFLOWS, DROPS, SYN_RETRANS };
 
 class TcpRetransSource : public Source {
 public:
@@ -79,31 +78,11 @@ public:
 			else if (it->second >= 0) // all of these are unsigned counters
 				cur[i] = (uint64_t)it->second;
 		}
-		double dt = c.dt_s;
-		auto rate = [&](int i) { return counter_rate(prev_[i], cur[i], dt); };
-
 		Event e("tcp_retrans", c.ts_ns);
 		for (size_t i = 0; i < kN; i++)
 			e.u64(kKeys[i].field, cur[i]);
-		e.f64("retrans_segs_per_sec", rate(RETRANS));
-		e.f64("out_segs_per_sec", rate(OUT));
-		std::optional<double> pct;
-		auto d_re = counter_delta(prev_[RETRANS], cur[RETRANS]);
-		auto d_out = counter_delta(prev_[OUT], cur[OUT]);
-		if (dt > 0 && d_re && d_out && *d_out > 0)
-			pct = 100.0 * (double)*d_re / (double)*d_out;
-		e.f64("retransmit_pct", pct);
-		e.f64("active_opens_per_sec", rate(ACTIVE));
-		e.f64("passive_opens_per_sec", rate(PASSIVE));
-		e.f64("attempt_fails_per_sec", rate(FAILS));
-		e.f64("estab_resets_per_sec", rate(RESETS));
-		e.f64("listen_drops_per_sec", rate(DROPS));
 		c.out.push_back(std::move(e));
-		prev_ = cur;
 	}
-
-private:
-	std::array<std::optional<uint64_t>, kN> prev_;
 };
 
 const RegisterSource kRegister("tcp_retrans", make_source<TcpRetransSource>);
