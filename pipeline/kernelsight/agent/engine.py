@@ -5,7 +5,7 @@ stores it in the `features` table and evaluates the rules on that same vector
 (plus the agent-only signals of signals.py): exports, baselines and reports
 read what the agent judged, not a second derivation.
 
-Two kinds of evidence (architecture.md, "Agent Perception Layer"):
+Two kinds of evidence (docs/design.md, "Agent perception layer"):
   - the absolute patterns of the interpretation tables and the multi-signal
     correlations, as rules (rules.toml);
   - deviation from the learned baseline (z and robust z), for any feature.

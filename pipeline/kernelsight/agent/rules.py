@@ -1,4 +1,4 @@
-"""Rules: the interpretation tables of architecture.md as data (rules.toml).
+"""Rules: the signal-interpretation tables of docs/design.md as data (rules.toml).
 
 A rule fires when all of its `when` conditions hold and, if it has
 `when_any`, at least one of those;

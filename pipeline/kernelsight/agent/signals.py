@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SLOW_READ_NS = 100_000_000  # "frequent read() > 100 ms" (architecture.md)
+SLOW_READ_NS = 100_000_000  # "frequent read() > 100 ms" (docs/design.md, "Signal interpretation")
 AGENT_SIGNALS = ("syscall_futex_p95_ms", "syscall_epoll_wait_p95_ms", "syscall_read_slow_calls",
                  "syscall_openat_errors_per_sec", "syscall_openat_error_pct")
 

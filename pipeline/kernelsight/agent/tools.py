@@ -1,4 +1,4 @@
-"""The agent's tool interface (architecture.md, "Tool Interface"), for people,
+"""The agent's tool interface (docs/design.md, "Tool interface"), for people,
 scripts and an optional LLM alike.  Every tool only reads: SQL goes through
 ReadOnlyDB, and nothing a tool returns is ever executed.
 

@@ -6,7 +6,7 @@ clear for clear_after_s, and a condition that returns within reopen_within_s
 of closing reopens the same observation, so a flapping or stuck signal yields
 one observation, not a flood.
 
-Persistence bands (architecture.md, "Temporal Persistence Tracking"):
+Persistence bands (docs/design.md, "Temporal persistence tracking"):
     transient   < 1 min      log, don't alert
     short-lived 1-5 min      monitor for recurrence
     persistent  5-15 min     investigate actively
