@@ -33,24 +33,36 @@ class ProcSample:
     start_ticks: int  # clock ticks after boot
 
 
+def parse_proc_sample(stat: bytes, status: bytes) -> ProcSample | None:
+    """One process from its /proc/PID/stat and status, or None when they do not
+    parse.  Both are bytes: a process name is whatever the process set with
+    prctl(PR_SET_NAME) and need not be UTF-8 (shown with \\x escapes)."""
+    lp, rp = stat.find(b"("), stat.rfind(b")")
+    if lp < 0 or rp < lp:
+        return None
+    comm = stat[lp + 1 : rp].decode("utf-8", "backslashreplace")
+    f = stat[rp + 2 :].split()
+    vol = nonvol = 0
+    try:
+        for line in status.splitlines():
+            if line.startswith(b"voluntary_ctxt_switches:"):
+                vol = int(line.split()[1])
+            elif line.startswith(b"nonvoluntary_ctxt_switches:"):
+                nonvol = int(line.split()[1])
+        # fields after comm: state(0) ... minflt(7) majflt(9) utime(11) stime(12) ... starttime(19) rss(21)
+        return ProcSample(comm, f[0].decode("ascii", "replace"), int(f[21]) * PAGE_KB, int(f[11]) + int(f[12]),
+                          int(f[7]), int(f[9]), vol + nonvol, nonvol, int(f[19]))
+    except (IndexError, ValueError):
+        return None
+
+
 def _read_proc(proc: Path, pid: int) -> ProcSample | None:
     try:
-        stat = (proc / str(pid) / "stat").read_text()
-        status = (proc / str(pid) / "status").read_text()
+        stat = (proc / str(pid) / "stat").read_bytes()
+        status = (proc / str(pid) / "status").read_bytes()
     except OSError:
         return None  # gone between listing and reading: normal
-    lp, rp = stat.find("("), stat.rfind(")")
-    comm = stat[lp + 1 : rp]
-    f = stat[rp + 2 :].split()
-    # fields after comm: state(0) ... minflt(7) majflt(9) utime(11) stime(12) ... starttime(19) rss(21)
-    vol = nonvol = 0
-    for line in status.splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            vol = int(line.split()[1])
-        elif line.startswith("nonvoluntary_ctxt_switches:"):
-            nonvol = int(line.split()[1])
-    return ProcSample(comm, f[0], int(f[21]) * PAGE_KB, int(f[11]) + int(f[12]), int(f[7]), int(f[9]),
-                      vol + nonvol, nonvol, int(f[19]))
+    return parse_proc_sample(stat, status)
 
 
 class ProcessSampler:
@@ -107,9 +119,8 @@ class ProcessSampler:
         big = sorted(self.cur.items(), key=lambda kv: kv[1].rss_kb, reverse=True)[:TOP_N]
         return [{"pid": pid, "comm": s.comm, "rss_mb": round(s.rss_kb / 1024, 1)} for pid, s in big]
 
-    @staticmethod
-    def _uptime_s() -> float:
-        with open("/proc/uptime") as f:
+    def _uptime_s(self) -> float:
+        with open(self.proc / "uptime") as f:
             return float(f.read().split()[0])
 
     def context_switchers(self) -> list[dict]:

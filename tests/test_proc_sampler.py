@@ -1,0 +1,70 @@
+"""The agent's /proc sampler on hostile input: names that are not UTF-8, files
+that do not parse, processes that vanish.  It must never raise."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernelsight.agent.attribution import ProcessSampler, parse_proc_sample
+
+STAT = b"4242 (memhog) R 1 4242 4242 0 -1 4194304 1500 0 2 0 120 30 0 0 20 0 1 0 9000 1000000 2560 0 0"
+STATUS = b"Name:\tmemhog\nvoluntary_ctxt_switches:\t7\nnonvoluntary_ctxt_switches:\t3\n"
+
+
+def test_parses_a_real_shaped_sample():
+    s = parse_proc_sample(STAT, STATUS)
+    assert s is not None
+    assert (s.comm, s.state, s.minflt, s.majflt, s.cpu_ticks, s.start_ticks) == ("memhog", "R", 1500, 2, 150, 9000)
+    assert (s.ctxt, s.nonvol_ctxt) == (10, 3)
+
+
+def test_name_that_is_not_utf8_is_escaped_not_fatal():
+    s = parse_proc_sample(STAT.replace(b"(memhog)", b"(\xff\xfe) x)"), STATUS)
+    assert s is not None and s.comm == "\\xff\\xfe) x"
+
+
+def test_truncated_or_junk_files_give_none():
+    assert parse_proc_sample(b"", b"") is None
+    assert parse_proc_sample(STAT[:40], STATUS) is None
+    assert parse_proc_sample(STAT.replace(b" 1500 ", b" many "), STATUS) is None
+    assert parse_proc_sample(STAT, b"voluntary_ctxt_switches:\n") is None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(stat=st.binary(max_size=400), status=st.binary(max_size=200))
+def test_random_bytes_never_raise(stat, status):
+    parse_proc_sample(stat, status)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(cut=st.integers(0, len(STAT)), junk=st.binary(max_size=16), pos=st.integers(0, len(STAT)))
+def test_mutated_stat_never_raises(cut, junk, pos):
+    parse_proc_sample(STAT[:pos] + junk + STAT[pos:cut] if cut > pos else STAT[:cut] + junk, STATUS)
+
+
+def test_live_process_with_a_non_utf8_name(tmp_path: Path):
+    """A real process renames itself to bytes that are not UTF-8 (any local user
+    can); the sampler and every ranking over it keep working."""
+    code = ("import ctypes, sys, time; ctypes.CDLL(None).prctl(15, b'\\xff\\xfe\\x80evil', 0, 0, 0); "
+            "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(30)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        assert Path(f"/proc/{p.pid}/comm").read_bytes().startswith(b"\xff\xfe\x80")
+        sampler = ProcessSampler()
+        sampler.sample(1.0)
+        sampler.sample(1.0)
+        assert sampler.cur[p.pid].comm.startswith("\\xff\\xfe\\x80")
+        for rank in (sampler.cpu_users, sampler.memory_growers, sampler.context_switchers,
+                     sampler.faulters, sampler.blocked_on_io):
+            rank()
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+
