@@ -110,6 +110,28 @@ struct RegisterSource {
 	RegisterSource(const char *name, SourceFactory make);
 };
 template <class S> std::unique_ptr<Source> make_source() { return std::make_unique<S>(); }
+
+// A source that is one file of "key value" pairs mapped onto one event's
+// fields (meminfo, vmstat): the file's parser, and field <- key pairs.
+struct FieldKey {
+	const char *field, *key;
+};
+class KeyTableSource : public Source {
+public:
+	template <size_t N>
+	KeyTableSource(const char *file, const char *type, U64Map (*parse)(std::string_view),
+		       const FieldKey (&keys)[N])
+		: file_(file), type_(type), parse_(parse), keys_(keys), n_keys_(N)
+	{
+	}
+	void collect(Ctx &c) override;
+
+private:
+	const char *file_, *type_;
+	U64Map (*parse_)(std::string_view);
+	const FieldKey *keys_;
+	size_t n_keys_;
+};
 const SourceRegistry &registered_sources();
 
 } // namespace ks

@@ -21,10 +21,7 @@ U64Map parse_meminfo(std::string_view text)
 
 namespace {
 
-struct MemKey {
-	const char *field, *key;
-};
-const MemKey kMemKeys[] = {
+const FieldKey kMemKeys[] = {
 	{"mem_total_kb", "MemTotal"},         {"mem_free_kb", "MemFree"},
 	{"mem_available_kb", "MemAvailable"}, {"buffers_kb", "Buffers"},
 	{"cached_kb", "Cached"},              {"swap_cached_kb", "SwapCached"},
@@ -41,21 +38,12 @@ const MemKey kMemKeys[] = {
 	{"hugepages_free", "HugePages_Free"},
 };
 
-class MeminfoSource : public Source {
-public:
-	void collect(Ctx &c) override
-	{
-		std::string path = c.proc_root + "/meminfo", text;
-		bool ok = read_or_warn(c, path, text);
-		U64Map m = parse_meminfo(text);
-		Event e("memory", c.ts_ns);
-		for (const MemKey &k : kMemKeys)
-			e.u64(k.field, ok ? field_or_warn(c, path, m, k.key) : std::nullopt);
-		c.out.push_back(std::move(e));
-	}
-};
+std::unique_ptr<Source> make_meminfo()
+{
+	return std::make_unique<KeyTableSource>("meminfo", "memory", parse_meminfo, kMemKeys);
+}
 
-const RegisterSource kRegister("meminfo", make_source<MeminfoSource>);
+const RegisterSource kRegister("meminfo", make_meminfo);
 
 } // namespace
 

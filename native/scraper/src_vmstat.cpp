@@ -18,10 +18,7 @@ U64Map parse_vmstat(std::string_view text)
 
 namespace {
 
-struct VmKey {
-	const char *field, *key;
-};
-const VmKey kVmKeys[] = {
+const FieldKey kVmKeys[] = {
 	{"pgfault_total", "pgfault"},
 	{"pgmajfault_total", "pgmajfault"},
 	{"pswpin_total", "pswpin"},
@@ -35,21 +32,12 @@ const VmKey kVmKeys[] = {
 	{"nr_writeback", "nr_writeback"},
 };
 
-class VmstatSource : public Source {
-public:
-	void collect(Ctx &c) override
-	{
-		std::string path = c.proc_root + "/vmstat", text;
-		bool ok = read_or_warn(c, path, text);
-		U64Map m = parse_vmstat(text);
-		Event e("vmstat", c.ts_ns);
-		for (const VmKey &k : kVmKeys)
-			e.u64(k.field, ok ? field_or_warn(c, path, m, k.key) : std::nullopt);
-		c.out.push_back(std::move(e));
-	}
-};
+std::unique_ptr<Source> make_vmstat()
+{
+	return std::make_unique<KeyTableSource>("vmstat", "vmstat", parse_vmstat, kVmKeys);
+}
 
-const RegisterSource kRegister("vmstat", make_source<VmstatSource>);
+const RegisterSource kRegister("vmstat", make_vmstat);
 
 } // namespace
 

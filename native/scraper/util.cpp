@@ -123,4 +123,15 @@ void Warnings::warn(const std::string &file, const std::string &field, const std
 		sink(list_.back());
 }
 
+void KeyTableSource::collect(Ctx &c)
+{
+	std::string path = c.proc_root + "/" + file_, text;
+	bool ok = read_or_warn(c, path, text);
+	U64Map m = parse_(text);
+	Event e(type_, c.ts_ns);
+	for (size_t i = 0; i < n_keys_; i++)
+		e.u64(keys_[i].field, ok ? field_or_warn(c, path, m, keys_[i].key) : std::nullopt);
+	c.out.push_back(std::move(e));
+}
+
 } // namespace ks
