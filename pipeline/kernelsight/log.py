@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import stat
 import sys
+from pathlib import Path
 
 import structlog
 
@@ -28,3 +31,48 @@ def configure(component: str, level: str | None = None, log_file: str | None = N
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger().bind(component=component, pid=os.getpid())
+
+
+def rotate_if_needed(path: str | os.PathLike, max_bytes: int, keep: int) -> bool:
+    """Rotate path once it is larger than max_bytes: NAME.1 .. NAME.<keep>, NAME.1 newest.
+
+    Copy-then-truncate, because the writer (a child whose stderr is this file,
+    ks-ingest's mirror, the agent's stream) keeps its descriptor open: opened
+    with O_APPEND it writes at the new end, offset 0, after the truncate.  A line
+    written between the copy and the truncate is lost; that is the price of not
+    having to signal every writer.  Returns whether it rotated."""
+    p = Path(path)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size <= max_bytes:
+        return False
+    keep = max(1, int(keep))
+    old = p.with_name(f"{p.name}.{keep}")
+    if old.exists():
+        old.unlink()
+    for i in range(keep - 1, 0, -1):
+        src = p.with_name(f"{p.name}.{i}")
+        if src.exists():
+            os.replace(src, p.with_name(f"{p.name}.{i + 1}"))
+    dst = p.with_name(f"{p.name}.1")
+    fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, stat.S_IMODE(st.st_mode) or 0o600)
+    with open(p, "rb") as fin, os.fdopen(fd_out, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    os.truncate(p, 0)
+    return True
+
+
+def rotate_data_logs(data_dir: str | os.PathLike, max_bytes: int, keep: int) -> list[str]:
+    """Rotate DATA_DIR/logs/*.log, observations.jsonl and stream/*.jsonl; returns the names rotated."""
+    d = Path(data_dir)
+    paths = sorted((d / "logs").glob("*.log")) + [d / "observations.jsonl"] + sorted((d / "stream").glob("*.jsonl"))
+    done = []
+    for p in paths:
+        try:
+            if rotate_if_needed(p, max_bytes, keep):
+                done.append(str(p.relative_to(d)))
+        except OSError:
+            continue  # a file that vanished or cannot be copied now is tried again next run
+    return done

@@ -27,11 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import db
+from ..config import Config, load as load_config
 from ..features import catalog as fcat
 from ..features.baseline import learn_baseline, load_baseline, save_baseline
 from ..features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
 from ..features.engine import FeatureVector, compute_range
 from ..features.store import read_matrix, write_matrix
+from ..storage.housekeeping import Housekeeper
 from .attribution import ProcessSampler, connection_makers, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
 from .rules import Context, Rule, RuleSet, evaluate, load_rules
@@ -77,8 +79,9 @@ def _fmt(v: float | None, spec: str = ".3g") -> str:
 
 class Agent:
     def __init__(self, data_dir: Path, rules: RuleSet | None = None, proc_root: str = "/proc",
-                 stream: bool = True, log=None):
+                 stream: bool = True, log=None, config: Config | None = None, housekeeping: bool = True):
         self.data_dir = data_dir
+        self.config = config or load_config()
         self.db_path = db.db_path(data_dir)
         self.rw = db.connect(self.db_path)  # creates/migrates, so the agent can start before ingest
         self.store = ObservationStore(self.rw, data_dir / "observations.jsonl" if stream else None)
@@ -98,6 +101,8 @@ class Agent:
         self.last_step_s: float | None = None
         self.last_forecast = None
         self.last_vector: FeatureVector | None = None  # the stored vector the last step evaluated
+        # Rollups, retention and rotation, once a minute: the agent holds the read-write connection.
+        self.housekeeper = Housekeeper(self.rw, data_dir, self.config, log=log) if housekeeping else None
 
     # -- inputs ---------------------------------------------------------------
     def _baseline(self, now_s: float):
@@ -175,6 +180,22 @@ class Agent:
     # -- one interval -----------------------------------------------------------
     def step(self, now_ns: int | None = None) -> list:
         now_ns = now_ns or time.time_ns()
+        try:
+            return self._step(now_ns)
+        finally:
+            self._housekeeping(now_ns)
+
+    def _housekeeping(self, now_ns: int) -> None:
+        if self.housekeeper is None:
+            return
+        try:
+            self.housekeeper.maybe_run(now_ns)
+        except sqlite3.Error as e:
+            # a busy or full database delays housekeeping to the next minute, nothing else
+            if self.log is not None:
+                self.log.warning("housekeeping failed", error=str(e))
+
+    def _step(self, now_ns: int) -> list:
         now_s = now_ns / 1e9
         s = self.rules.settings
         dt = now_s - self.last_step_s if self.last_step_s else FEATURE_STEP_S

@@ -15,6 +15,16 @@ that ends it, so the first row in a window has a delta from the row before it
 A feature that cannot be computed is NaN with a reason string ("table
 io_latency_stats absent", "no rows in syscall_stats in window", "no counter
 deltas in window (first sample or reset)", ...), never 0.
+
+Older than the raw horizon (storage housekeeping deletes raw rows after
+[storage] raw_retention_h), a table's rows come from its per-minute rollup
+`<table>_1m` (storage/plan.py): rollup rows where ts is before the oldest raw
+row still present, raw rows from there on.  Rollup rows carry the aggregated
+columns under the raw names (gauges averaged, counters' last values, sums,
+summed histograms, interval_s = the minute covered), so every spec reads them
+as raw rows at a 60 s interval; max/min gauges read the rollup's <col>_max /
+<col>_min, and event counts its `samples`.  A window that reaches into rollup
+data is widened to at least the rollup step, so it holds a rollup row.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import orjson
 import pandas as pd
 
 from . import catalog as C
+from ..storage.plan import ROLLUP_SUFFIX, plans as rollup_plans, step_ns as rollup_step_ns
 
 NS = 1_000_000_000
 LOOKBACK_NS = 10 * NS  # extra history read before the first window for counter deltas
@@ -207,18 +218,20 @@ class _Subset:
             self._groups[entity] = g
         return g
 
-    def eval(self, expr: str) -> np.ndarray:
-        v = self._eval.get(expr)
+    def eval(self, expr: str, sub: tuple[str, str] | None = None) -> np.ndarray:
+        """expr over every row; sub=(column, other) evaluates it with column read from other."""
+        key = expr if sub is None else (expr, sub)
+        v = self._eval.get(key)
         if v is None:
-            if expr in self.cols:
+            if sub is None and expr in self.cols:
                 v = self.cols[expr].astype(np.float64)
             else:
-                env = {c: self.cols[c].astype(np.float64) for c in expr_columns(expr)}
+                env = {c: self.cols[sub[1] if sub and c == sub[0] else c].astype(np.float64) for c in expr_columns(expr)}
                 with np.errstate(all="ignore"):
                     v = np.asarray(eval(_compiled(expr), {"__builtins__": {}}, env), dtype=np.float64)  # noqa: S307 - catalog expressions only
                 v = np.broadcast_to(v, (len(self.ts),)).copy() if v.ndim == 0 else v
             v = np.where(np.isfinite(v), v, np.nan)
-            self._eval[expr] = v
+            self._eval[key] = v
         return v
 
 
@@ -228,6 +241,7 @@ class _Engine:
         self.E = np.asarray(ends, dtype=np.int64)
         self.window_s = float(window_s)
         self.W = int(round(window_s * NS))
+        self.Wv = np.full(len(self.E), self.W, dtype=np.int64)  # per window: widened over rollup data
         self.features = features
         self.nE = len(self.E)
         self.schema = self._schema()
@@ -251,6 +265,7 @@ class _Engine:
             return
         lo = int(self.E.min()) - self.W - LOOKBACK_NS
         hi = int(self.E.max())
+        horizon = None  # end of the rollup data read, over all tables
         for t, cols in need.items():
             have = self.schema.get(t)
             if have is None:
@@ -258,14 +273,62 @@ class _Engine:
             cols = sorted(c for c in cols if c in have)
             sel = ", ".join(["ts"] + [f'"{c}"' for c in cols])
             rows = self.conn.execute(f'SELECT {sel} FROM "{t}" WHERE ts > ? AND ts <= ? ORDER BY ts, id', (lo, hi)).fetchall()
+            numeric = {c: have[c] in ("INTEGER", "REAL", "INT", "FLOAT", "NUMERIC") for c in cols}
             data = {"ts": np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))}
             for k, c in enumerate(cols, start=1):
                 col = [r[k] for r in rows]
-                if have[c] in ("INTEGER", "REAL", "INT", "FLOAT", "NUMERIC"):
-                    data[c] = np.array(col, dtype=np.float64) if rows else np.zeros(0)
-                else:
-                    data[c] = np.array(col, dtype=object) if rows else np.zeros(0, dtype=object)
+                data[c] = np.array(col, dtype=np.float64 if numeric[c] else object) if rows else \
+                    np.zeros(0, dtype=np.float64 if numeric[c] else object)
+            rolled = self._rollup_rows(t, cols, numeric, hi)
+            if rolled is not None:
+                data, end = self._prepend(data, rolled, cols)
+                horizon = end if horizon is None else max(horizon, end)
             self.frames[t] = data
+        if horizon is not None:
+            step = rollup_step_ns()
+            self.Wv = np.where(self.E - self.W < horizon, max(self.W, step), self.W).astype(np.int64)
+
+    def _rollup_rows(self, t: str, cols: list[str], numeric: dict, hi: int):
+        """Rows of t's rollup before its oldest raw row, covering the widened windows
+        plus one more row for counter deltas; None when none apply."""
+        rt = t + ROLLUP_SUFFIX
+        rhave = self.schema.get(rt)
+        plan = rollup_plans().get(t)
+        if rhave is None or plan is None:
+            return None
+        step = rollup_step_ns()
+        lo = int(self.E.min()) - max(self.W, step) - step - LOOKBACK_NS
+        first_raw = self.conn.execute(f'SELECT MIN(ts) FROM "{t}"').fetchone()[0]
+        if first_raw is not None and first_raw <= lo:
+            return None  # the range is all raw
+        gauges = {f.name for f in plan.fields if f.agg == "gauge"}
+        sel = ["ts", f'"{plan.samples}"']
+        for c in cols:
+            sel.append(f'"{c}"' if c in rhave else "NULL")
+        ext = [c for c in cols if c in gauges and f"{c}_max" in rhave and numeric[c]]
+        for c in ext:
+            sel += [f'"{c}_max"', f'"{c}_min"']
+        until = hi if first_raw is None else min(hi, first_raw - 1)
+        rows = self.conn.execute(f'SELECT {", ".join(sel)} FROM "{rt}" WHERE ts > ? AND ts <= ? ORDER BY ts, id',
+                                 (lo, until)).fetchall()
+        if not rows:
+            return None
+        return rows, ext, (first_raw if first_raw is not None else rows[-1][0] + step)
+
+    def _prepend(self, data: dict, rolled, cols: list[str]):
+        rows, ext, end = rolled
+        n_raw = len(data["ts"])
+        out = {"ts": np.concatenate([np.fromiter((r[0] for r in rows), np.int64, len(rows)), data["ts"]]),
+               "@samples": np.concatenate([np.array([r[1] for r in rows], dtype=np.float64), np.ones(n_raw)])}
+        for k, c in enumerate(cols, start=2):
+            col = np.array([r[k] for r in rows], dtype=data[c].dtype)
+            out[c] = np.concatenate([col, data[c]])
+        base = 2 + len(cols)
+        for j, c in enumerate(ext):
+            for m, suffix in enumerate(("max", "min")):
+                col = np.array([r[base + 2 * j + m] for r in rows], dtype=np.float64)
+                out[f"{c}@{suffix}"] = np.concatenate([col, data[c]])
+        return out, min(end, int(out["ts"][len(rows) - 1]) + rollup_step_ns())
 
     def subset(self, table: str, where: tuple | None) -> _Subset:
         key = (table, where)
@@ -279,7 +342,7 @@ class _Engine:
                 m = np.asarray(m, dtype=bool)
                 cols = {k: v[m] for k, v in cols.items()}
                 label = f"{table} ({col} {op} {val!r})"
-            s = _Subset(cols, self.E, self.W, label)
+            s = _Subset(cols, self.E, self.Wv, label)
             self.subsets[key] = s
         return s
 
@@ -367,11 +430,19 @@ class _Engine:
             h = np.searchsorted(ts_nn, self.E, side="right")
             ok = h > 0
             pick = idx[np.maximum(h - 1, 0)] if len(idx) else np.zeros(self.nE, dtype=np.int64)
-            ok &= (s.ts[pick] > self.E - self.W) if len(idx) else False
+            ok &= (s.ts[pick] > self.E - self.Wv) if len(idx) else False
             vals = np.where(ok, x[pick] if len(idx) else np.nan, np.nan)
         elif spec.agg in ("max", "min"):
             fill = -np.inf if spec.agg == "max" else np.inf
             fn = np.maximum if spec.agg == "max" else np.minimum
+            one = expr_columns(spec.expr)
+            if len(one) == 1 and f"{one[0]}@max" in s.cols:
+                # rollup rows hold the minute's extremes: the expression at either
+                # (one of them is its extreme when it is monotonic in the column)
+                c = one[0]
+                hi_x, lo_x = s.eval(spec.expr, (c, f"{c}@max")), s.eval(spec.expr, (c, f"{c}@min"))
+                x = np.fmax(hi_x, lo_x) if spec.agg == "max" else np.fmin(hi_x, lo_x)
+                valid = ~np.isnan(x)
             vals = _range_reduce(np.where(valid, x, fill), s.lo, s.hi, fn)
             vals = np.where(np.isfinite(vals), vals, np.nan)
         else:  # pragma: no cover - catalog bug
@@ -405,7 +476,7 @@ class _Engine:
         any_ok = np.zeros(self.nE, dtype=bool)
         for e in range(len(ts_l)):
             t = ts_l[e]
-            lo = np.searchsorted(t, self.E - self.W, side="right")
+            lo = np.searchsorted(t, self.E - self.Wv, side="right")
             hi = np.searchsorted(t, self.E, side="right")
             dsum = sum(_wsum(d_l[k][e], lo, hi) for k in range(len(spec.counters)))
             tsum = _wsum(dt_l[e], lo, hi)
@@ -427,7 +498,7 @@ class _Engine:
             den = sum(np.concatenate(d_l[len(spec.num) + k])[order] for k in range(len(spec.den)))
         else:
             t, num, den = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
-        lo = np.searchsorted(t, self.E - self.W, side="right")
+        lo = np.searchsorted(t, self.E - self.Wv, side="right")
         hi = np.searchsorted(t, self.E, side="right")
         n_d = hi - lo
         ns, ds = _wsum(num, lo, hi), _wsum(den, lo, hi)
@@ -466,7 +537,7 @@ class _Engine:
                 h = np.add.reduceat(h, starts, axis=0) if h.shape[1] else np.zeros((len(starts), 0))
             else:
                 uts = s.ts
-            lo = np.searchsorted(uts, self.E - self.W, side="right")
+            lo = np.searchsorted(uts, self.E - self.Wv, side="right")
             hi = np.searchsorted(uts, self.E, side="right")
             c = np.zeros((len(uts) + 1, h.shape[1]))
             np.cumsum(h, axis=0, out=c[1:])
@@ -501,7 +572,9 @@ class _Engine:
     def _eventrate(self, spec: C.EventRate):
         ev = self.subset(spec.table, None)
         live = self.subset(spec.live, None)
-        vals = np.where(live.n > 0, ev.n / self.window_s, np.nan)
+        # rollup rows stand for `samples` events each
+        n_ev = _wsum(ev.cols["@samples"], ev.lo, ev.hi) if "@samples" in ev.cols else ev.n
+        vals = np.where(live.n > 0, n_ev / (self.Wv / NS), np.nan)
         r = np.full(self.nE, None, dtype=object)
         r[np.isnan(vals)] = f"no rows in {spec.live} in window (tracer not running), so no count of {spec.table}"
         return vals, r

@@ -1,0 +1,124 @@
+"""Storage housekeeping: per-minute rollups, retention, the size cap, rotation.
+
+    plan.py          which aggregation each field gets (schema "agg" keys + defaults)
+    rollup.py        <table>_1m tables, built incrementally for closed minutes
+    retention.py     batched deletes with an adaptive batch, vacuum, checkpoint
+    housekeeping.py  one run of all of it (ks-agent, every minute; `ks storage`)
+    reads.py         raw rows where they are still present, rollups before
+    cli.py           `ks storage status|rollup|prune`
+
+storage_status(data_dir) is what `ks status` shows about the database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from .. import db
+from ..config import Config, load as load_config
+from . import retention, state
+from .plan import plans
+
+NS = 1_000_000_000
+
+
+def _span(conn: sqlite3.Connection, tables: list[str]) -> tuple[int | None, int | None]:
+    lo = hi = None
+    for t in tables:
+        try:
+            a, b = conn.execute(f"SELECT MIN(ts), MAX(ts) FROM {t}").fetchone()
+        except sqlite3.OperationalError:
+            continue
+        if a is not None:
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+    return lo, hi
+
+
+def measured_bytes_per_day(samples: list) -> float | None:
+    """DB growth per day from housekeeping's size samples: the newest against the one
+    closest to a day before it (at least an hour of history)."""
+    if not samples or len(samples) < 2:
+        return None
+    t1, b1 = samples[-1]
+    t0, b0 = min(samples[:-1], key=lambda s: abs((t1 - s[0]) - 86_400))
+    if t1 - t0 < 3600:
+        return None
+    return (b1 - b0) / (t1 - t0) * 86_400
+
+
+def estimated_bytes_per_day(dbstat: dict | None, cfg: Config) -> dict | None:
+    """Bytes per day each kind of table is being added at, from the last dbstat
+    breakdown (bytes / seconds of data held), and the steady-state size that implies."""
+    if not dbstat:
+        return None
+    sizes, spans = dbstat.get("bytes", {}), dbstat.get("spans", {})
+    raw = rolled = 0.0
+    for t, span_s in spans.items():
+        if span_s <= 0 or t not in sizes:
+            continue
+        per_day = sizes[t] / span_s * 86_400
+        if t.endswith("_1m"):
+            rolled += per_day
+        else:
+            raw += per_day
+    s = cfg.storage
+    steady = raw * s.raw_retention_h / 24 + rolled * s.rollup_retention_d
+    return {"raw_bytes_per_day": round(raw), "rollup_bytes_per_day": round(rolled),
+            "steady_state_bytes": round(min(steady, s.max_db_mb * 2**20)), "measured_at": dbstat.get("ts")}
+
+
+def storage_status(data_dir: Path, cfg: Config | None = None) -> dict:
+    """Database size (file + WAL), oldest and newest raw and rollup timestamps (ns),
+    bytes per day measured by housekeeping and estimated from table sizes."""
+    cfg = cfg or load_config()
+    path = db.db_path(Path(data_dir))
+    file_b, wal_b = retention.file_bytes(path)
+    out: dict = {"db_bytes": file_b, "wal_bytes": wal_b, "total_bytes": file_b + wal_b,
+                 "max_db_bytes": int(cfg.storage.max_db_mb * 2**20)}
+    try:
+        conn = db.connect_readonly(path)
+    except db.StoreError:
+        out["error"] = "no database"
+        return out
+    try:
+        out["used_bytes"] = retention.used_bytes(conn, path)
+        ps = list(plans().values())
+        out["raw_oldest_ts"], out["raw_newest_ts"] = _span(conn, [p.table for p in ps])
+        out["rollup_oldest_ts"], out["rollup_newest_ts"] = _span(conn, [p.rollup for p in ps])
+        out["bytes_per_day_measured"] = measured_bytes_per_day(state.get(conn, "size_samples", []))
+        out["bytes_per_day_estimated"] = estimated_bytes_per_day(state.get(conn, "dbstat"), cfg)
+        samples = state.get(conn, "size_samples", []) or []
+        out["last_housekeeping_ts"] = samples[-1][0] * NS if samples else None
+    except sqlite3.Error as e:
+        out["error"] = str(e)
+    finally:
+        conn.close()
+    return out
+
+
+def status_lines(st: dict) -> list[str]:
+    """storage_status as a few lines for `ks status`."""
+    import datetime as _dt
+
+    def mb(b):
+        return "-" if b is None else f"{b / 2**20:,.1f} MiB"
+
+    def when(ts):
+        return "-" if ts is None else _dt.datetime.fromtimestamp(ts / NS, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    lines = [f"storage: {mb(st.get('total_bytes'))} (file {mb(st.get('db_bytes'))} + WAL {mb(st.get('wal_bytes'))}), "
+             f"cap {mb(st.get('max_db_bytes'))}"]
+    if "error" in st:
+        return lines + [f"  {st['error']}"]
+    lines.append(f"  raw     {when(st.get('raw_oldest_ts'))} .. {when(st.get('raw_newest_ts'))}")
+    lines.append(f"  rollups {when(st.get('rollup_oldest_ts'))} .. {when(st.get('rollup_newest_ts'))}")
+    m, e = st.get("bytes_per_day_measured"), st.get("bytes_per_day_estimated")
+    lines.append(f"  growth  {mb(m) + '/day measured' if m is not None else 'not yet measured (needs 1 h of housekeeping)'}"
+                 + (f"; estimated raw {mb(e['raw_bytes_per_day'])}/day, rollups {mb(e['rollup_bytes_per_day'])}/day, "
+                    f"steady state {mb(e['steady_state_bytes'])}" if e else ""))
+    return lines
+
+
+__all__ = ["storage_status", "status_lines", "measured_bytes_per_day", "estimated_bytes_per_day"]

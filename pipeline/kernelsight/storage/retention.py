@@ -1,0 +1,159 @@
+"""Deleting old rows without holding the writer for long.
+
+Every delete goes through Pruner.delete_upto: batches of
+    DELETE FROM t WHERE rowid IN (SELECT rowid FROM t WHERE ts <= ? ORDER BY ts LIMIT n)
+each in its own transaction, n adapted after every batch so one transaction
+lasts about target_ms (ks-ingest waits for the writer lock meanwhile).  Free
+pages go back to the file system with PRAGMA incremental_vacuum in chunks
+sized the same way (only where the database has auto_vacuum=INCREMENTAL;
+elsewhere they are reused by later inserts), and a checkpoint keeps the WAL
+bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+MIN_BATCH = 100
+MAX_BATCH = 1_000_000
+VACUUM_PAGES_START = 2048
+
+
+class Pruner:
+    def __init__(self, conn: sqlite3.Connection, batch_rows: int, target_ms: float, deadline: float | None = None):
+        self.conn = conn
+        self.batch = max(MIN_BATCH, int(batch_rows))
+        self.target_ms = float(target_ms)
+        self.deadline = deadline
+        self.vacuum_pages = VACUUM_PAGES_START
+        self.deleted = 0
+        self.batches = 0
+        self.txn_max_ms = 0.0
+        self.txn_ms: list[float] = []
+        self.vacuumed_pages = 0
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def _adapt(self, n: int, elapsed_ms: float, done_all: bool) -> int:
+        """Next batch size: proportional to how far the last one was from the target,
+        grown at most 2x (a batch that ran out of rows says little) and cut at most 4x."""
+        if elapsed_ms <= 0:
+            return min(MAX_BATCH, n * 2)
+        want = n * self.target_ms / elapsed_ms
+        if done_all:
+            want = max(want, n)  # fewer rows than asked for: keep the size
+        return int(min(MAX_BATCH, max(MIN_BATCH, n / 4, min(want * 0.9, n * 2))))
+
+    def _timed(self, sql: str, args: tuple) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = self.conn.execute(sql, args).rowcount
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        ms = (time.perf_counter() - t0) * 1e3
+        self.txn_max_ms = max(self.txn_max_ms, ms)
+        self.txn_ms.append(ms)
+        return n, ms
+
+    def delete_upto(self, table: str, ts_max: int, where: str = "", args: tuple = ()) -> int:
+        """Delete rows of table with ts <= ts_max (and `where`), oldest first; returns rows deleted.
+        Stops early at the deadline (the rest goes next run)."""
+        extra = f" AND ({where})" if where else ""
+        sql = (f"DELETE FROM {table} WHERE rowid IN "
+               f"(SELECT rowid FROM {table} WHERE ts <= ?{extra} ORDER BY ts LIMIT ?)")
+        total = 0
+        while not self.out_of_time():
+            n_ask = self.batch
+            n, ms = self._timed(sql, (ts_max, *args, n_ask))
+            self.batches += 1
+            total += n
+            self.batch = self._adapt(n_ask, ms, n < n_ask)
+            if n < n_ask:
+                break
+        self.deleted += total
+        return total
+
+    def delete_where(self, table: str, where: str, args: tuple, order: str = "rowid") -> int:
+        """Batched delete of the rows matching `where` (for tables keyed otherwise than by ts)."""
+        sql = f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} ORDER BY {order} LIMIT ?)"
+        total = 0
+        while not self.out_of_time():
+            n_ask = self.batch
+            n, ms = self._timed(sql, (*args, n_ask))
+            self.batches += 1
+            total += n
+            self.batch = self._adapt(n_ask, ms, n < n_ask)
+            if n < n_ask:
+                break
+        self.deleted += total
+        return total
+
+    def vacuum(self) -> int:
+        """Give free pages back to the file system (auto_vacuum=INCREMENTAL databases only)."""
+        if self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            return 0
+        done = 0
+        while not self.out_of_time():
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free <= 0:
+                break
+            n = min(free, self.vacuum_pages)
+            t0 = time.perf_counter()
+            # sqlite3's execute() steps a row-less PRAGMA once, which frees one page;
+            # executescript steps it to the end.
+            try:
+                self.conn.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(n)}); COMMIT;")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            ms = (time.perf_counter() - t0) * 1e3
+            self.txn_max_ms = max(self.txn_max_ms, ms)
+            self.txn_ms.append(ms)
+            left = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            done += free - left
+            if left >= free:
+                break
+            self.vacuum_pages = self._adapt(self.vacuum_pages, ms, n < self.vacuum_pages)
+        self.vacuumed_pages += done
+        return done
+
+
+def checkpoint(conn: sqlite3.Connection, truncate: bool) -> tuple | None:
+    """Checkpoint the WAL; TRUNCATE also shrinks the file to zero.  A short busy
+    wait: with a reader in the way it is simply tried again next run."""
+    busy = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout=1000")
+    try:
+        return conn.execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if truncate else 'PASSIVE'})").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(busy)}")
+
+
+def file_bytes(db_file: Path) -> tuple[int, int]:
+    """(database file, WAL) sizes in bytes."""
+    def size(p: Path) -> int:
+        try:
+            return os.stat(p).st_size
+        except FileNotFoundError:
+            return 0
+    return size(db_file), size(Path(str(db_file) + "-wal"))
+
+
+def used_bytes(conn: sqlite3.Connection, db_file: Path | None) -> int:
+    """What the size cap compares: pages in use (free pages are reused before the
+    file grows, whether or not they go back to the file system) plus the WAL
+    (left out when db_file is None)."""
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    count = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return (count - free) * page + (file_bytes(db_file)[1] if db_file is not None else 0)
