@@ -34,14 +34,16 @@ def run(
     collectors: bool = typer.Option(True, help="start the libbpf-tools collectors"),
 ) -> None:
     from .children import RunOptions, default_children
-    from .supervisor import Supervisor
+    from .supervisor import PipelineBusy, Supervisor, claim
 
     directory = _data_dir(data_dir)
     fifo = fifo or default_fifo_path()
     try:
         db.ensure_data_dir(directory)
         ensure_fifo(fifo)
-    except (FifoError, db.StoreError) as e:
+        # One pipeline per data dir (and per FIFO), held until we exit.
+        held = claim(directory, fifo)
+    except (FifoError, db.StoreError, PipelineBusy) as e:
         print(f"ks run: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
     os.environ["KS_DATA_DIR"] = str(directory)
@@ -50,7 +52,7 @@ def run(
     log = klog.configure("ks-supervisor")
     specs = default_children(RunOptions(fifo=fifo, interval_s=interval, tracers=tracers, collectors=collectors))
     print(f"ks run: data in {directory}, FIFO {fifo}, logs in {directory / 'logs'}; Ctrl-C stops", file=sys.stderr)
-    raise typer.Exit(Supervisor(specs, directory, fifo, log).run())
+    raise typer.Exit(Supervisor(specs, directory, fifo, log, claim=held, interval_s=interval).run())
 
 
 def read_status(directory: Path) -> dict:
@@ -213,6 +215,13 @@ def report(
         print(f"written to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text + "\n")
+
+
+# `ks storage status|rollup|prune` and `ks config show` (storage/cli.py)
+from .storage.cli import app as _storage_app, config_app as _config_app  # noqa: E402 - after the commands above
+
+app.add_typer(_storage_app, name="storage")
+app.add_typer(_config_app, name="config")
 
 
 def main() -> None:
