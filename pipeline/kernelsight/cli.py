@@ -34,16 +34,14 @@ def run(
     collectors: bool = typer.Option(True, help="start the libbpf-tools collectors"),
 ) -> None:
     from .children import RunOptions, default_children
-    from .supervisor import PipelineBusy, Supervisor, claim
+    from .supervisor import Supervisor
 
     directory = _data_dir(data_dir)
     fifo = fifo or default_fifo_path()
     try:
         db.ensure_data_dir(directory)
         ensure_fifo(fifo)
-        # One pipeline per data dir (and per FIFO), held until we exit.
-        held = claim(directory, fifo)
-    except (FifoError, db.StoreError, PipelineBusy) as e:
+    except (FifoError, db.StoreError) as e:
         print(f"ks run: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
     os.environ["KS_DATA_DIR"] = str(directory)
@@ -52,7 +50,7 @@ def run(
     log = klog.configure("ks-supervisor")
     specs = default_children(RunOptions(fifo=fifo, interval_s=interval, tracers=tracers, collectors=collectors))
     print(f"ks run: data in {directory}, FIFO {fifo}, logs in {directory / 'logs'}; Ctrl-C stops", file=sys.stderr)
-    raise typer.Exit(Supervisor(specs, directory, fifo, log, claim=held, interval_s=interval).run())
+    raise typer.Exit(Supervisor(specs, directory, fifo, log).run())
 
 
 def read_status(directory: Path) -> dict:
