@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Shared BPF-side pieces of the KernelSight tracers: pid filter settings
- * (const volatile rodata filled by the loader), the per-CPU health counters
- * and log2 helpers.  Include once per *.bpf.c after vmlinux.h. */
+ * (const volatile rodata filled by the loader, plus the --exclude-pids-file
+ * map it keeps in sync), the per-CPU health counters and log2 helpers.
+ * Include once per *.bpf.c after vmlinux.h. */
 #ifndef KS_COMMON_BPF_H
 #define KS_COMMON_BPF_H
 
@@ -11,6 +12,21 @@
 #include "ks_shared.h"
 
 const volatile struct ks_filter ks_filter SEC(".rodata.ks_filter") = {};
+
+/* --exclude-pids-file: tgids that come and go while we run (the pipeline's
+ * own processes across restarts), so a map rather than rodata.  The loader
+ * also sets bit tgid % KS_EXCL_BITS of ks_excl_bits for each of them: an
+ * event pays one load and a bit test, and the hash lookup only when the bit
+ * is set (never while the file is empty, rarely for other processes since
+ * pids are dense). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KS_MAX_EXCL_FILE);
+	__type(key, __u32);
+	__type(value, __u8);
+} ks_excl_pids SEC(".maps");
+
+__u64 ks_excl_bits[KS_EXCL_BITS / 64] SEC(".data.ks_excl") = {};
 
 /* Per-CPU health counters, indexed by enum ks_counter. */
 struct {
@@ -42,6 +58,9 @@ static __always_inline bool ks_filtered(__u32 tgid)
 		if (ks_filter.excl_tgid[i] == tgid)
 			return true;
 	}
+	if ((ks_excl_bits[(tgid / 64) % (KS_EXCL_BITS / 64)] & (1ULL << (tgid % 64))) &&
+	    bpf_map_lookup_elem(&ks_excl_pids, &tgid))
+		return true;
 	return false;
 }
 

@@ -4,6 +4,8 @@
 #define KS_SHARED_H
 
 #define KS_MAX_EXCL 8
+#define KS_MAX_EXCL_FILE 256  /* pids taken from --exclude-pids-file */
+#define KS_EXCL_BITS 4096     /* their prefilter: bit tgid % KS_EXCL_BITS */
 #define KS_HIST_SLOTS 32      /* log2 buckets; the last one also holds everything above */
 
 /* pid filter, set by the loader before load (in its own rodata section,

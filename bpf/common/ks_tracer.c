@@ -2,7 +2,9 @@
 #define _GNU_SOURCE
 #include "ks_tracer.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/capability.h>
 #include <math.h>
 #include <signal.h>
@@ -23,7 +25,7 @@ static int ks_verbose;
 static struct ks_tracer_opts ks_opts;
 static char ks_producer[64];
 
-enum { OPT_INTERVAL = 0x1000, OPT_DURATION, OPT_OUTPUT, OPT_PID, OPT_EXCL, OPT_ATTACH };
+enum { OPT_INTERVAL = 0x1000, OPT_DURATION, OPT_OUTPUT, OPT_PID, OPT_EXCL, OPT_EXCL_FILE, OPT_ATTACH };
 
 static const struct argp_option common_options[] = {
 	{ "interval", OPT_INTERVAL, "SEC", 0, "Seconds between stats lines (default 1)", 0 },
@@ -31,6 +33,9 @@ static const struct argp_option common_options[] = {
 	{ "output", OPT_OUTPUT, "PATH", 0, "'-' = stdout (default), else a FIFO such as /tmp/kernelsight", 0 },
 	{ "pid", OPT_PID, "PID", 0, "Trace only this process (tgid)", 0 },
 	{ "exclude-pid", OPT_EXCL, "PID", 0, "Never trace this process (repeatable, up to 8)", 0 },
+	{ "exclude-pids-file", OPT_EXCL_FILE, "PATH", 0,
+	  "Never trace the processes listed in PATH (one decimal pid per line, up to 256), re-read every --interval "
+	  "when it changes; a missing file excludes nothing", 0 },
 	{ "attach", OPT_ATTACH, "MODE", 0, "auto (default: tp_btf, else tracepoint), tp_btf or tracepoint", 0 },
 	{ "verbose", 'v', NULL, 0, "Log libbpf debug output to stderr", 0 },
 	{ 0 },
@@ -64,6 +69,16 @@ long ks_parse_long(const char *prog, const char *opt, const char *s, long min, l
 	return v;
 }
 
+/* A non-empty path or exit(2). */
+static const char *path_arg(const char *prog, const char *opt, const char *arg, const char *alt)
+{
+	if (!*arg) {
+		fprintf(stderr, "%s: %s needs a path%s\n", prog, opt, alt);
+		exit(2);
+	}
+	return arg;
+}
+
 static error_t common_parse(int key, char *arg, struct argp_state *st)
 {
 	struct ks_tracer_opts *o = st->input;
@@ -85,11 +100,7 @@ static error_t common_parse(int key, char *arg, struct argp_state *st)
 		o->duration_s = ks_parse_double(prog, "--duration", arg, 0, 1e9);
 		break;
 	case OPT_OUTPUT:
-		if (!*arg) {
-			fprintf(stderr, "%s: --output needs a path or '-'\n", prog);
-			exit(2);
-		}
-		o->output = arg;
+		o->output = path_arg(prog, "--output", arg, " or '-'");
 		break;
 	case OPT_PID:
 		o->pid = (int)ks_parse_long(prog, "--pid", arg, 1, 0x3fffffff);
@@ -100,6 +111,9 @@ static error_t common_parse(int key, char *arg, struct argp_state *st)
 			exit(2);
 		}
 		o->excl[o->n_excl++] = (int)ks_parse_long(prog, "--exclude-pid", arg, 1, 0x3fffffff);
+		break;
+	case OPT_EXCL_FILE:
+		o->excl_file = path_arg(prog, "--exclude-pids-file", arg, "");
 		break;
 	case OPT_ATTACH:
 		if (strcmp(arg, "auto") && strcmp(arg, "tp_btf") && strcmp(arg, "tracepoint")) {
@@ -326,6 +340,178 @@ static int fill_filter(struct ks_tracer *t, struct bpf_object *obj)
 	return 0;
 }
 
+/*
+ * --exclude-pids-file.  The supervisor replaces the file (rename) whenever one
+ * of its children starts or exits, so the pids to skip change while we run.
+ * At start and every interval, when the file's identity or mtime changed, the
+ * map ks_excl_pids and its prefilter ks_excl_bits are made to match it: new
+ * pids added, then the bits, then stale pids deleted, so a pid listed before
+ * and after stays excluded throughout.
+ */
+enum excl_state { EXCL_UNKNOWN, EXCL_MISSING, EXCL_UNREADABLE, EXCL_READ };
+
+static struct {
+	int map_fd;              /* ks_excl_pids */
+	int bits_fd;             /* .data.ks_excl, holding ks_excl_bits */
+	enum excl_state state;
+	struct stat st;          /* of the version read, with EXCL_READ */
+	uint32_t n;              /* pids in the map */
+} ks_excl = { .map_fd = -1, .bits_fd = -1 };
+
+static bool same_version(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+	       a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+static bool has_pid(const uint32_t *pids, int n, uint32_t pid)
+{
+	for (int i = 0; i < n; i++)
+		if (pids[i] == pid)
+			return true;
+	return false;
+}
+
+/* Distinct pids of f into pids[]; bad lines and pids past KS_MAX_EXCL_FILE
+ * are skipped with one warning each per version of the file. */
+static int read_pids(struct ks_tracer *t, FILE *f, uint32_t *pids)
+{
+	const char *path = t->opts->excl_file;
+	int n = 0, lineno = 0, bad = 0, first_bad = 0, over = 0;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+
+	while ((len = getline(&line, &cap, f)) >= 0) {
+		char *p = line, *end;
+		long v;
+
+		lineno++;
+		while (len > 0 && isspace((unsigned char)line[len - 1]))
+			line[--len] = 0;
+		while (isspace((unsigned char)*p))
+			p++;
+		if (!*p)
+			continue;
+		errno = 0;
+		v = strtol(p, &end, 10);
+		if (errno || end == p || *end || v < 1 || v > 0x3fffffff) {
+			if (!bad++)
+				first_bad = lineno;
+			continue;
+		}
+		if (has_pid(pids, n, (uint32_t)v))
+			continue;
+		if (n == KS_MAX_EXCL_FILE) {
+			over++;
+			continue;
+		}
+		pids[n++] = (uint32_t)v;
+	}
+	free(line);
+	if (bad)
+		ks_warn(t, "%s: skipped %d line%s that %s not a pid (first: line %d)", path, bad, bad == 1 ? "" : "s",
+			bad == 1 ? "is" : "are", first_bad);
+	if (over)
+		ks_warn(t, "%s: lists more than %d pids; %d not excluded", path, KS_MAX_EXCL_FILE, over);
+	return n;
+}
+
+/* Make ks_excl_pids hold exactly pids[0..n). */
+static void excl_apply(struct ks_tracer *t, const uint32_t *pids, int n)
+{
+	uint32_t stale[KS_MAX_EXCL_FILE], k, prev, *after = NULL, cnt = 0;
+	uint64_t bits[KS_EXCL_BITS / 64] = { 0 };
+	const uint32_t zero = 0;
+	const uint8_t one = 1;
+	int nstale = 0;
+
+	/* collect first: deleting while walking the keys would restart the walk */
+	while (bpf_map_get_next_key(ks_excl.map_fd, after, &k) == 0) {
+		if (!has_pid(pids, n, k) && nstale < KS_MAX_EXCL_FILE)
+			stale[nstale++] = k;
+		prev = k;
+		after = &prev;
+	}
+	for (int i = 0; i < n; i++) {
+		if (bpf_map_update_elem(ks_excl.map_fd, &pids[i], &one, BPF_ANY) != 0) {
+			ks_warn(t, "cannot exclude pid %u: %s", pids[i], strerror(errno));
+			continue;
+		}
+		bits[(pids[i] / 64) % (KS_EXCL_BITS / 64)] |= 1ULL << (pids[i] % 64);
+		cnt++;
+	}
+	if (bpf_map_update_elem(ks_excl.bits_fd, &zero, bits, BPF_ANY) != 0)
+		ks_warn(t, "cannot update ks_excl_bits: %s", strerror(errno));
+	for (int i = 0; i < nstale; i++)
+		bpf_map_delete_elem(ks_excl.map_fd, &stale[i]);
+	ks_excl.n = cnt;
+	if (ks_verbose)
+		fprintf(stderr, "%s: excluding %u pid%s listed in %s\n", t->producer, cnt, cnt == 1 ? "" : "s",
+			t->opts->excl_file);
+}
+
+static void excl_sync(struct ks_tracer *t)
+{
+	const char *path = t->opts->excl_file;
+	uint32_t pids[KS_MAX_EXCL_FILE];
+	struct stat st;
+	FILE *f;
+	int n;
+
+	if (!path || ks_excl.map_fd < 0)
+		return;
+	if (stat(path, &st) != 0) {
+		if (errno == ENOENT) {
+			if (ks_excl.state != EXCL_MISSING) {
+				ks_excl.state = EXCL_MISSING;
+				excl_apply(t, pids, 0);
+			}
+		} else if (ks_excl.state != EXCL_UNREADABLE) {
+			/* keep the current set: better than tracing the pipeline */
+			ks_excl.state = EXCL_UNREADABLE;
+			ks_warn(t, "cannot read %s: %s", path, strerror(errno));
+		}
+		return;
+	}
+	if (ks_excl.state == EXCL_READ && same_version(&st, &ks_excl.st))
+		return;
+	f = fopen(path, "re");
+	if (!f || fstat(fileno(f), &st) != 0) {
+		/* ENOENT: replaced between stat and open; the next interval reads it */
+		if (errno != ENOENT && ks_excl.state != EXCL_UNREADABLE) {
+			ks_excl.state = EXCL_UNREADABLE;
+			ks_warn(t, "cannot read %s: %s", path, strerror(errno));
+		}
+		if (f)
+			fclose(f);
+		return;
+	}
+	n = read_pids(t, f, pids);
+	fclose(f);
+	ks_excl.state = EXCL_READ;
+	ks_excl.st = st;
+	excl_apply(t, pids, n);
+}
+
+/* After load, before attach: the first sync excludes from the first event. */
+static int excl_init(struct ks_tracer *t, struct bpf_object *obj)
+{
+	struct bpf_map *m = bpf_object__find_map_by_name(obj, ".data.ks_excl");
+
+	if (!t->opts->excl_file)
+		return 0;
+	ks_excl.map_fd = bpf_object__find_map_fd_by_name(obj, "ks_excl_pids");
+	ks_excl.bits_fd = m && bpf_map__value_size(m) == KS_EXCL_BITS / 8 ? bpf_map__fd(m) : -1;
+	if (ks_excl.map_fd < 0 || ks_excl.bits_fd < 0) {
+		fprintf(stderr, "%s: BPF object has no ks_excl_pids map (from ks_common.bpf.h)\n", t->producer);
+		return -1;
+	}
+	excl_sync(t);
+	return 0;
+}
+
 int ks_emit(struct ks_tracer *t, struct ks_json *j, bool is_stats)
 {
 	int r;
@@ -378,7 +564,15 @@ static void emit_stats(struct ks_tracer *t, double interval_s)
 	ks_json_u64(&j, "events_emitted_total", t->data_lines);
 	ks_json_u64(&j, "ringbuf_drops_total", cur[KS_CNT_RB_DROP]);
 	ks_json_u64(&j, "map_full_errors_total", cur[KS_CNT_MAP_FULL]);
-	ks_json_str(&j, "notes", t->notes);
+	if (t->opts->excl_file) {
+		char notes[sizeof(t->notes) + 64];
+
+		snprintf(notes, sizeof(notes), "%s%sexclude_pids_file: %u pids", t->notes, *t->notes ? "; " : "",
+			 ks_excl.n);
+		ks_json_str(&j, "notes", notes);
+	} else {
+		ks_json_str(&j, "notes", t->notes);
+	}
 	t->data_lines_prev = t->data_lines;
 	memcpy(t->cnt_prev, cur, sizeof(cur));
 	ks_emit(t, &j, true);
@@ -415,6 +609,7 @@ static int run(struct ks_tracer *t, struct ring_buffer *rb, void (*tick)(struct 
 		if (now >= wake) {
 			if (end && now >= end)
 				break;
+			excl_sync(t);
 			tick(t, (now - last) / 1e9);
 			emit_stats(t, (now - last) / 1e9);
 			last = now;
@@ -563,6 +758,8 @@ static int load_and_attach(struct ks_tracer *t, struct bpf_object_skeleton *s, c
 			strerror(-err));
 		return -1;
 	}
+	if (excl_init(t, *s->obj) != 0)
+		return -1;
 	err = bpf_object__attach_skeleton(s);
 	if (err) {
 		fprintf(stderr, "%s: cannot attach to %s tracepoints: %s\n", t->producer, cat, strerror(-err));

@@ -3,9 +3,10 @@
  * ks_tracer: the user-space side every KernelSight eBPF loader shares:
  * ks_tracer_main() with the common argp options, pre-flight checks
  * (root/CAP_BPF, BTF, tracepoints), attach-mode probing (tp_btf / tracepoint /
- * fexit), load and attach, the interval loop with clean SIGINT/SIGTERM exit,
- * and the tracer_stats + producer_stats lines.  A loader keeps only its own
- * options, rodata, per-interval work and line formatting.
+ * fexit), load and attach, the --exclude-pids-file sync, the interval loop
+ * with clean SIGINT/SIGTERM exit, and the tracer_stats + producer_stats
+ * lines.  A loader keeps only its own options, rodata, per-interval work and
+ * line formatting.
  */
 #ifndef KS_TRACER_H
 #define KS_TRACER_H
@@ -27,6 +28,7 @@ struct ks_tracer_opts {
 	int pid;               /* --pid, 0 = all */
 	int excl[KS_MAX_EXCL]; /* --exclude-pid */
 	int n_excl;
+	const char *excl_file; /* --exclude-pids-file, NULL = none */
 	int verbose;           /* -v */
 	const char *attach;    /* --attach auto|tp_btf|tracepoint (testing the fallback) */
 };
