@@ -27,7 +27,8 @@
  * disabled (bpf_probe.h guards syscall probes with preempt_notrace), so a
  * slot update cannot be interleaved with a sched_switch on the same CPU.
  *
- * The ring buffer is touched only for calls slower than min_lat_ns; errno
+ * The ring buffer is touched only for calls slower than min_lat_ns whose
+ * number is not in slow_skip (blocking waits, see --slow-exclude); errno
  * counts go to a per-CPU hash only on the (rarer) error path.
  */
 #include "vmlinux.h"
@@ -39,6 +40,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define KS_PF_EXITING 0x00000004 /* include/linux/sched.h */
 
 const volatile __u64 min_lat_ns = 10000000ULL;
+/* --slow-exclude bitmap by syscall nr: read only past min_lat_ns, so the
+ * per-call cost stays the same; the stats still count these calls. */
+const volatile __u64 slow_skip[KS_SC_MAX / 64] = {};
 __u32 cur_slot = 0;   /* flipped by user space each interval (0/1) */
 
 struct start {
@@ -191,7 +195,7 @@ static __always_inline int on_exit(long ret)
 		st->errors++;
 		count_errno(idx, (__u32)-ret);
 	}
-	if (lat >= min_lat_ns)
+	if (lat >= min_lat_ns && !(slow_skip[nr / 64] & (1ULL << (nr % 64))))
 		emit_slow(now, lat, ret, arg0, nr);
 	return 0;
 }

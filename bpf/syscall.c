@@ -2,12 +2,15 @@
 /*
  * ks-syscall: per-syscall latency/error stats aggregated in the kernel
  * (syscall_stats lines each interval) plus per-event `syscall` lines for calls
- * slower than --min-latency.  Syscall names come from a table generated at
- * build time from the kernel UAPI header asm/unistd_64.h.
+ * slower than --min-latency, except blocking waits (--slow-exclude).  Syscall
+ * names come from a table generated at build time from the kernel UAPI header
+ * asm/unistd_64.h.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,22 +26,93 @@
 
 #define TOP_ERRNOS 4
 
-static double min_latency_ms = 10.0;
+/*
+ * Calls that are slow because waiting is their job: sleeps, futex and event
+ * loop waits, child and signal waits, accept, async I/O and IPC receives.
+ * They made most slow-call lines and say nothing about the system.  read and
+ * recv* stay: a read waiting on a pipe cannot be told from a slow one.
+ */
+/* ", " so that --help can wrap it; names are trimmed when parsed */
+#define SLOW_EXCLUDE_DEFAULT                                                                                   \
+	"clock_nanosleep, nanosleep, futex, futex_waitv, epoll_wait, epoll_pwait, epoll_pwait2, poll, ppoll, " \
+	"select, pselect6, wait4, waitid, rt_sigtimedwait, rt_sigsuspend, pause, accept, accept4, "          \
+	"io_getevents, io_pgetevents, io_uring_enter, msgrcv, semop, semtimedop, mq_timedreceive"
 
-enum { OPT_MINLAT = 0x2000 };
+static double min_latency_ms = 10.0;
+static uint64_t slow_skip[KS_SC_MAX / 64];
+static int n_slow_skip;
+static bool slow_skip_set;
+
+enum { OPT_MINLAT = 0x2000, OPT_SLOW_EXCLUDE };
 
 static const struct argp_option options[] = {
 	{ "min-latency", OPT_MINLAT, "MS", 0, "Emit a `syscall` line for calls slower than MS milliseconds (default 10)", 0 },
+	{ "slow-exclude", OPT_SLOW_EXCLUDE, "NAME[,NAME...]", 0,
+	  "Never emit `syscall` lines for these syscalls (syscall_stats still count them); replaces the default list "
+	  "of blocking waits, '' = none. Default: " SLOW_EXCLUDE_DEFAULT, 0 },
 	{ 0 },
 };
+
+static int sc_nr(const char *name)
+{
+	for (unsigned nr = 0; nr < KS_SYSCALL_NAMES_N && nr < KS_SC_MAX; nr++)
+		if (ks_syscall_names[nr] && strcmp(ks_syscall_names[nr], name) == 0)
+			return (int)nr;
+	return -1;
+}
+
+/* Comma-separated names into slow_skip; an unknown name is a usage error,
+ * except in the default list (older headers may lack the newest calls). */
+static void set_slow_skip(const char *list, bool strict)
+{
+	char *copy = strdup(list), *save = NULL;
+
+	if (!copy) {
+		fprintf(stderr, "%s: out of memory\n", program_invocation_short_name);
+		exit(1);
+	}
+	memset(slow_skip, 0, sizeof(slow_skip));
+	n_slow_skip = 0;
+	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		size_t len;
+		int nr;
+
+		while (*tok == ' ')
+			tok++;
+		len = strlen(tok);
+		while (len && tok[len - 1] == ' ')
+			tok[--len] = 0;
+		if (!*tok)
+			continue;
+		nr = sc_nr(tok);
+		if (nr < 0) {
+			if (!strict)
+				continue;
+			fprintf(stderr, "%s: invalid --slow-exclude name '%s' (expected x86_64 syscall names such as futex)\n",
+				program_invocation_short_name, tok);
+			exit(2);
+		}
+		if (!(slow_skip[nr / 64] & (1ULL << (nr % 64))))
+			n_slow_skip++;
+		slow_skip[nr / 64] |= 1ULL << (nr % 64);
+	}
+	free(copy);
+	slow_skip_set = true;
+}
 
 static error_t parse(int key, char *arg, struct argp_state *st)
 {
 	(void)st;
-	if (key != OPT_MINLAT)
+	switch (key) {
+	case OPT_MINLAT:
+		min_latency_ms = ks_parse_double(program_invocation_short_name, "--min-latency", arg, 0, 1e7);
+		return 0;
+	case OPT_SLOW_EXCLUDE:
+		set_slow_skip(arg, true);
+		return 0;
+	default:
 		return ARGP_ERR_UNKNOWN;
-	min_latency_ms = ks_parse_double(program_invocation_short_name, "--min-latency", arg, 0, 1e7);
-	return 0;
+	}
 }
 
 static struct syscall_bpf *skel;
@@ -207,6 +281,9 @@ static int configure(struct ks_tracer *t)
 		return -1;
 	}
 	skel->rodata->min_lat_ns = (uint64_t)(min_latency_ms * 1e6);
+	if (!slow_skip_set)
+		set_slow_skip(SLOW_EXCLUDE_DEFAULT, false);
+	memcpy((void *)skel->rodata->slow_skip, slow_skip, sizeof(slow_skip));
 	return 0;
 }
 
@@ -218,10 +295,12 @@ static int start(struct ks_tracer *t)
 	stats_fd = bpf_map__fd(skel->maps.sc_stats);
 	errno_fd = bpf_map__fd(skel->maps.sc_errnos);
 	snprintf(t->notes, sizeof(t->notes),
-		 "min_latency_ms=%g; histograms log2(ns), last bucket open-ended; percentiles linear within a log2 bucket; "
-		 "start times in a per-CPU slot, parked in task storage when a task is switched out mid-call",
-		 min_latency_ms);
-	snprintf(t->detail, sizeof(t->detail), "min_latency_ms=%g, pid=%d", min_latency_ms, t->opts->pid);
+		 "min_latency_ms=%g; slow-call lines leave out %d syscalls (--slow-exclude); histograms log2(ns), last "
+		 "bucket open-ended; percentiles linear within a log2 bucket; start times in a per-CPU slot, parked in "
+		 "task storage when a task is switched out mid-call",
+		 min_latency_ms, n_slow_skip);
+	snprintf(t->detail, sizeof(t->detail), "min_latency_ms=%g, slow_exclude=%d syscalls, pid=%d", min_latency_ms,
+		 n_slow_skip, t->opts->pid);
 	return 0;
 }
 

@@ -112,12 +112,22 @@ class Tracer:
         m = re.search(r"attach_mode=(\w+)", line)
         self.mode = m.group(1) if m else None
         self.progs = prog_ids_of(self.p.pid)
+        self.early: list[str] = []
+
+    def wait_stats(self, pred) -> dict:
+        """Read lines until a tracer_stats line satisfies pred (kept for finish())."""
+        for line in self.p.stdout:
+            self.early.append(line)
+            ev = json.loads(line)
+            if ev["type"] == "tracer_stats" and pred(ev):
+                return ev
+        pytest.fail(f"tracer ended before the awaited tracer_stats line: {self.p.stderr.read()}")
 
     def finish(self, timeout: float = 30) -> list[dict]:
         out, err = self.p.communicate(timeout=timeout)
         self.stderr += err
         assert self.p.returncode == 0, self.stderr
-        events = [check_line(l) for l in out.splitlines()]
+        events = [check_line(l) for l in self.early + out.splitlines()]
         # programs are freed asynchronously (RCU): allow a moment
         deadline = time.monotonic() + 5
         while self.progs & live_prog_ids() and time.monotonic() < deadline:
@@ -170,14 +180,62 @@ def test_syscall_counts_getppid_for_pid(workload):
     assert sum(e["ringbuf_drops"] for e in ts) == 0
 
 
-def test_syscall_slow_call_is_an_event(workload):
-    p, pid = start_wl(workload, "nanosleep", "20")
-    t = Tracer("ks-syscall", "--pid", str(pid), duration=2)
-    go(p)
+SLEEPS = ("nanosleep", "clock_nanosleep")
+# After "go": one read of a pipe that the test fills 30 ms after the read
+# blocked (seen in /proc/PID/syscall), then a 20 ms sleep.
+SLOW_READ_THEN_SLEEP = """
+import os, sys, time
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+print("reading", flush=True)
+os.read(0, 1)
+time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("args, reported", [
+    ((), {"read"}),                         # default: blocking waits left out
+    (("--slow-exclude", ""), {"read", "sleep"}),
+    (("--slow-exclude", "read, futex"), {"sleep"}),
+])
+def test_syscall_slow_calls_leave_out_waits(args, reported):
+    p = subprocess.Popen([sys.executable, "-c", SLOW_READ_THEN_SLEEP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    pid = int(p.stdout.readline())
+    t = Tracer("ks-syscall", "--pid", str(pid), *args, duration=2)
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    assert p.stdout.readline().strip() == "reading"
+    # the read has blocked (syscall 0 = read) before the 30 ms start
+    deadline = time.monotonic() + 10
+    while not Path(f"/proc/{pid}/syscall").read_text().startswith("0 "):
+        assert time.monotonic() < deadline, "workload never blocked in read"
+        time.sleep(0.001)
+    time.sleep(0.03)
+    p.stdin.write("x")
+    p.communicate(timeout=30)
+    assert p.returncode == 0
     ev = t.finish()
-    slow = [e for e in by_type(ev, "syscall") if e["pid"] == pid and e["syscall"] in ("nanosleep", "clock_nanosleep")]
-    assert slow, "20 ms nanosleep not reported"
-    assert 19_000_000 <= slow[0]["latency_ns"] < 2_000_000_000
+    slow = [e for e in by_type(ev, "syscall") if e["pid"] == pid]
+    reads = [e for e in slow if e["syscall"] == "read"]
+    sleeps = [e for e in slow if e["syscall"] in SLEEPS]
+    assert bool(reads) == ("read" in reported), slow
+    assert bool(sleeps) == ("sleep" in reported), slow
+    for e in reads + sleeps:
+        assert 19_000_000 <= e["latency_ns"] < 2_000_000_000
+    # the per-syscall aggregates still count the calls left out
+    stats = by_type(ev, "syscall_stats")
+    assert max(e["max_ns"] for e in stats if e["syscall"] in SLEEPS) >= 19_000_000
+    assert max(e["max_ns"] for e in stats if e["syscall"] == "read") >= 29_000_000
+
+
+def test_syscall_help_lists_slow_exclude_default():
+    out = subprocess.run([tracer_bin("ks-syscall"), "--help"], capture_output=True, text=True, check=True).stdout
+    text = " ".join(out.split())
+    for name in ("clock_nanosleep", "futex", "epoll_wait", "poll", "wait4", "accept4", "io_getevents"):
+        assert name in text
+    r = subprocess.run([tracer_bin("ks-syscall"), "--slow-exclude", "futex,nosuchcall"], capture_output=True, text=True)
+    assert r.returncode == 2 and "nosuchcall" in r.stderr
 
 
 def test_syscall_blocking_calls_are_timed(workload):
@@ -324,3 +382,64 @@ def test_sched_runqlat_agrees(workload):
     assert sum(theirs) > 1000 and sum(ours) > 1000
     assert abs(_median_bucket(ours) - _median_bucket(theirs)) <= 1, (ours, theirs)
     assert len(by_type(ev, "sched")) >= 1
+
+
+# ------------------------------------------------------------ exclusion file
+def write_pids(path: Path, lines) -> None:
+    """As the supervisor does: write aside, then rename over the file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{x}\n" for x in lines))
+    os.replace(tmp, path)
+
+
+def excluded(n: int):
+    return lambda e: f"exclude_pids_file: {n} pids" in e["notes"]
+
+
+@pytest.mark.parametrize("tracer, args, work", [
+    ("ks-syscall", ("--slow-exclude", ""), ("nanosleep", "20")),
+    ("ks-page-fault", ("--top", "100"), ("touch", "20000")),
+])
+def test_exclude_pids_file_listed_after_start(workload, tmp_path, tracer, args, work):
+    f = tmp_path / "pipeline.pids"   # missing at start: nothing excluded
+    listed, lpid = start_wl(workload, *work)
+    twin, tpid = start_wl(workload, *work)
+    t = Tracer(tracer, "--exclude-pids-file", str(f), "--interval", "0.2", *args, duration=4)
+    t.wait_stats(excluded(0))
+    # tpid + 4096 shares the twin's prefilter bit: the twin must still be traced
+    write_pids(f, ["not-a-pid", lpid, lpid, tpid + 4096])
+    t.wait_stats(excluded(2))
+    go(listed)
+    go(twin)
+    ev = t.finish()
+    if tracer == "ks-syscall":
+        seen = {e["pid"] for e in by_type(ev, "syscall") if e["syscall"] in SLEEPS}
+    else:  # faults of one process may be split over intervals
+        seen = {e["pid"] for e in by_type(ev, "page_fault")}
+        assert sum(e["faults"] for e in by_type(ev, "page_fault") if e["pid"] == tpid) >= 20000
+    assert tpid in seen and lpid not in seen
+    assert len(re.findall(r"warning: .*pipeline.pids: skipped 1 line", t.stderr)) == 1, t.stderr
+
+
+def test_exclude_pids_file_sched_and_updates(workload, tmp_path):
+    # sched lines carry no pid: one tracer per process with --pid shows the filter
+    k = 300
+    f = tmp_path / "pipeline.pids"
+    write_pids(f, [])
+    listed, lpid = start_wl(workload, "pingpong", str(k))
+    twin, tpid = start_wl(workload, "pingpong", str(k))
+    tl = Tracer("ks-sched", "--pid", str(lpid), "--exclude-pids-file", str(f), "--interval", "0.2", "-v", duration=4)
+    tt = Tracer("ks-sched", "--pid", str(tpid), "--exclude-pids-file", str(f), "--interval", "0.2", duration=4)
+    write_pids(f, [lpid])
+    tl.wait_stats(excluded(1))
+    tt.wait_stats(excluded(1))
+    go(listed)
+    go(twin)
+    time.sleep(0.5)
+    f.unlink()          # a missing file excludes nothing again
+    tl.wait_stats(excluded(0))
+    evl, evt = tl.finish(), tt.finish()
+    assert sum(e["voluntary"] + e["wakeups"] for e in by_type(evl, "sched_stats")) == 0
+    assert not by_type(evl, "sched")
+    assert sum(e["voluntary"] for e in by_type(evt, "sched_stats")) >= k
+    assert re.search(r"excluding 1 pid listed in .*pipeline.pids", tl.stderr)
