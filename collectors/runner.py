@@ -11,7 +11,10 @@ buffered on a pipe) in a process group of its own, with PR_SET_PDEATHSIG so
 it dies with us even if we are killed -9.  We only ever signal that group,
 and only while the child is not yet reaped (so its pid cannot have been
 reused).  stdout lines go to the parser; stderr lines go to the log and are
-kept (the tail) to explain an exit in words.  A child that exits is restarted
+kept (the tail) to explain an exit in words.  A tool's own report of events
+it lost ("lost N events on CPU #n", on either stream) is added to the
+writer's dropped_tool_lost_total instead, so those losses are counted in
+producer_stats and the counters file.  A child that exits is restarted
 with exponential backoff (reset once it has run `stable_s`); one that cannot
 attach at all is reported unavailable and not retried, or replaced by the
 collector's fallback.  collector_status lines record every state change,
@@ -26,6 +29,7 @@ glibc's dynamic thresholds keep that heap mapped, so the histogram tools
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -43,6 +47,19 @@ REAP_GRACE_S = 2.0         # a child that closed its output but does not exit is
 LOOP_MAX_WAIT_S = 0.1      # longest select(); bounds how late a stop request is seen
 CHILD_PIPE_SIZE = 1 << 20  # tool stdout pipe: a burst waits here, not in the tool's perf buffer
 CHILD_ENV = {"MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_MMAP_THRESHOLD_": "131072"}
+# How libbpf-tools report perf buffer overruns (strings of Debian's 0.26 build):
+# "lost %llu events on CPU #%d" (tcpstates, tcplife, exitsnoop, biosnoop, ...),
+# "Lost %llu events on CPU #%d!" (execsnoop, oomkill, opensnoop, runqslower,
+# the last on stdout), ksnoop's "/* lost %llu events */".  Anchored on the
+# whole line so a data row that merely contains the words is never taken.
+LOST_LINE = re.compile(rb"^\s*(?:/\*\s*)?(?:lost|dropped)\s+(\d+)\s+(?:events?|samples?)"
+                       rb"(?:\s+on\s+CPU\s*#?\s*\d+)?\s*!?\s*(?:\*/)?\s*$", re.IGNORECASE)
+
+
+def tool_lost_count(line: bytes) -> int | None:
+    """N from a tool's lost-events line, or None for any other line."""
+    m = LOST_LINE.match(line)
+    return int(m.group(1)) if m else None
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -68,6 +85,7 @@ class Slot:
         self.child_pids: list[int] = []   # every pid we started, for tests and logs
         self.restarts = 0
         self.events_total = 0
+        self.tool_lost_total = 0      # events the tool said it lost, over all its runs
         self.state: str | None = None
         self.done = False             # unavailable here: never started again
         self.backoff = Backoff(host.backoff_initial_s, host.backoff_max_s, host.stable_s)
@@ -220,6 +238,8 @@ class Slot:
             *lines, self.out_buf = self.out_buf.split(b"\n")
             now_ns = time.time_ns()
             for raw in lines:
+                if self._tool_lost(raw):
+                    continue
                 if not self.attached:
                     self.attached = True
                     self.status("running", f"attached: {self.spec.attach}{self._note}", self.child.pid, self.spec)
@@ -231,10 +251,24 @@ class Slot:
             self.err_buf += chunk
             *lines, self.err_buf = self.err_buf.split(b"\n")
             for raw in lines:
+                if self._tool_lost(raw):
+                    continue
                 self.err_tail = (self.err_tail + raw + b"\n")[-STDERR_KEEP:]
                 if self.err_lines < STDERR_LOG_LINES:
                     self.log.info("tool_stderr", line=raw.decode("utf-8", "replace")[:300])
                 self.err_lines += 1
+
+    def _tool_lost(self, raw: bytes) -> bool:
+        n = tool_lost_count(raw)
+        if n is None:
+            return False
+        self.tool_lost_total += n
+        self.host.writer.count_tool_lost(n)
+        # Logged while rare; the counter carries every one.
+        if self.err_lines < STDERR_LOG_LINES:
+            self.log.warning("tool_lost_events", events=n, tool_lost_total=self.tool_lost_total)
+        self.err_lines += 1
+        return True
 
     def signal_child(self, sig: int) -> None:
         p = self.child
@@ -294,7 +328,7 @@ class Slot:
         if self.err_lines > STDERR_LOG_LINES:
             self.log.info("tool_stderr_truncated", lines_not_logged=self.err_lines - STDERR_LOG_LINES)
         self.log.info("child_exited", child_pid=p.pid, returncode=rc, events_total=self.events_total,
-                      lines_skipped=parser.skipped)
+                      lines_skipped=parser.skipped, tool_lost_total=self.tool_lost_total)
         attached = self.attached
         err = self.err_tail.decode("utf-8", "replace")
         ran_s = time.monotonic() - self.started

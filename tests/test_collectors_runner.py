@@ -158,3 +158,55 @@ sys.exit(1)
     assert st["tool"] == "tracefs:oom/mark_victim"
     assert "instead of oomkill, which needs kprobes" in st["reason"] or "instead of oomkill" in st["reason"]
     assert not os.path.exists(inst), "tracefs instance left behind"
+
+
+# ---- events a tool says it lost -------------------------------------------------
+
+LOST_FIXTURE = FIXTURES / "tcpstates_w_lost.txt"
+LOST_STDERR = FIXTURES / "tcpstates_w_lost.stderr"
+
+
+def test_lost_event_lines_of_the_tools_are_recognised():
+    from kernelsight.collectors.runner import tool_lost_count
+
+    # The printf formats in Debian's libbpf-tools 0.26 (strings of the binaries).
+    assert tool_lost_count(b"lost 14341 events on CPU #0") == 14341
+    assert tool_lost_count(b"Lost 12 events on CPU #3!") == 12
+    assert tool_lost_count(b"\t/* lost 7 events */") == 7
+    assert tool_lost_count(b"lost 1 events on CPU #1\r") == 1
+    # Data rows that contain the words are rows, not losses.
+    assert tool_lost_count(b"bash 1234 1 0 /bin/echo lost 5 events on CPU #1") is None
+    assert tool_lost_count(b"lost events") is None
+    assert tool_lost_count(b"") is None
+
+
+def test_tool_lost_lines_are_counted_not_parsed(tmp_path):
+    """tcpstates -w recorded with its perf buffer overrun (the tool stopped while
+    3,000 loopback connections were made): its stderr says how many events it lost
+    on each CPU; those go to dropped_tool_lost_total, the rows to events."""
+    rows = LOST_FIXTURE.read_bytes().split(b"\n", 1)
+    tools = _tool(tmp_path, "tcpstates", f"""
+import signal, sys, time
+signal.signal(signal.SIGINT, lambda *a: sys.exit(0))
+head, rest = open({str(LOST_FIXTURE)!r}, "rb").read().split(b"\\n", 1)
+sys.stdout.buffer.write(head + b"\\n"); sys.stdout.flush()
+sys.stderr.buffer.write(open({str(LOST_STDERR)!r}, "rb").read()); sys.stderr.flush()
+sys.stdout.buffer.write(rest); sys.stdout.flush()
+# runqslower and friends print theirs on stdout, with a '!'
+sys.stdout.write("Lost 3 events on CPU #1!\\n"); sys.stdout.flush()
+while True:
+    time.sleep(0.2)
+""")
+    want_rows = len(rows[1].splitlines())
+    recorded_lost = sum(int(line.split()[1]) for line in LOST_STDERR.read_text().splitlines())
+    assert recorded_lost == 14341 + 14417
+    with CollectorProc("tcpstates", env={"KS_TOOLS_DIR": tools}) as c:
+        assert c.wait_for(lambda evs: sum(e["type"] == "tcp_state" for e in evs) >= want_rows
+                          and any(e["type"] == "producer_stats" and e["dropped_tool_lost_total"] == recorded_lost + 3
+                                  for e in evs)), c.stderr
+        assert c.stop() == 0
+    stats = c.of_type("producer_stats")
+    assert stats[-1]["dropped_tool_lost_total"] == recorded_lost + 3
+    assert stats[-1]["warnings_total"] == 0, "a lost line reached the parser"
+    assert len(c.of_type("tcp_state")) == want_rows
+    assert b"tool_lost_events" in c.stderr

@@ -585,6 +585,7 @@ static void emit_stats(struct ks_tracer *t, double interval_s)
 	ks_json_u64(&j, "dropped_full_total", c->dropped_full);
 	ks_json_u64(&j, "dropped_oversize_total", c->dropped_oversize);
 	ks_json_u64(&j, "write_errors_total", c->write_errors);
+	ks_json_u64(&j, "dropped_tool_lost_total", c->dropped_tool_lost);
 	ks_json_u64(&j, "warnings_total", t->warnings);
 	ks_emit(t, &j, true);
 }

@@ -129,15 +129,10 @@ int write_json(struct ks_out &out, struct ks_json &j, int built)
 int write_stats(struct ks_out &out, uint64_t warnings)
 {
 	struct ks_json j;
-	const struct ks_out_counters &c = out.c;
 	ks_json_begin(&j, "producer_stats", ks_now_epoch_ns());
 	ks_json_str(&j, "producer", kProg);
 	ks_json_u64(&j, "pid", (uint64_t)getpid());
-	ks_json_u64(&j, "lines_written_total", c.lines_written);
-	ks_json_u64(&j, "dropped_no_reader_total", c.dropped_no_reader);
-	ks_json_u64(&j, "dropped_full_total", c.dropped_full);
-	ks_json_u64(&j, "dropped_oversize_total", c.dropped_oversize);
-	ks_json_u64(&j, "write_errors_total", c.write_errors);
+	ks_out_json_counters(&out, &j);
 	ks_json_u64(&j, "warnings_total", warnings);
 	return write_json(out, j, ks_json_end(&j));
 }
@@ -166,7 +161,7 @@ int main(int argc, char **argv)
 
 	struct ks_out out;
 	char err[512];
-	if (ks_out_open(&out, o.output, 100, err, sizeof(err)) != 0) {
+	if (ks_out_open_producer(&out, o.output, 100, kProg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s: %s\n", kProg, err);
 		return 1;
 	}

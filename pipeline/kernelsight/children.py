@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .procutil import find_executable
 from .schema import load_schema
-from .supervisor import ChildSpec
+from .supervisor import INGEST_STOP_TIMEOUT_S, ChildSpec
 
 
 @dataclass
@@ -25,7 +25,8 @@ def _tracer_specs(opts: RunOptions) -> list[ChildSpec]:
     specs = []
     for exe in load_schema().tracers:
         path = find_executable(exe)
-        # Tracers must not trace the pipeline itself: us, and ks-ingest (resolved at start).
+        # Tracers must not trace the pipeline itself: us, and ks-ingest (resolved at start);
+        # DATA_DIR/run/pipeline.pids names every pipeline process as it comes and goes.
         argv = [path or exe, "--output", opts.fifo, "--interval", str(opts.interval_s),
                 "--exclude-pid", str(os.getpid()), "--exclude-pid", "@pid:ks-ingest"]
         reason = None if path else f"{exe} is not built (run make build; it needs clang, bpftool and kernel BTF)"
@@ -54,7 +55,8 @@ def default_children(opts: RunOptions) -> list[ChildSpec]:
     py = sys.executable
     scraper = find_executable("ks-scraper")
     specs = [
-        ChildSpec("ks-ingest", [py, "-m", "kernelsight.ingest", "--fifo", opts.fifo], "consumer"),
+        ChildSpec("ks-ingest", [py, "-m", "kernelsight.ingest", "--fifo", opts.fifo], "consumer",
+                  stop_timeout_s=INGEST_STOP_TIMEOUT_S),
         ChildSpec("ks-scraper", [scraper or "ks-scraper", "--output", opts.fifo, "--interval", str(opts.interval_s)],
                   unavailable_reason=None if scraper else "ks-scraper is not built (run make build)"),
     ]

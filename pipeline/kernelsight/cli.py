@@ -14,7 +14,7 @@ import typer
 
 from . import db, log as klog
 from .fifo import FifoError, default_fifo_path, ensure_fifo
-from .supervisor import STATUS_FILE, proc_start_time
+from .supervisor import STATUS_FILE, pipeline_lock_holder, proc_start_time
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="KernelSight: kernel telemetry, stored, learned and explained.")
@@ -34,14 +34,16 @@ def run(
     collectors: bool = typer.Option(True, help="start the libbpf-tools collectors"),
 ) -> None:
     from .children import RunOptions, default_children
-    from .supervisor import Supervisor
+    from .supervisor import PipelineBusy, Supervisor, claim
 
     directory = _data_dir(data_dir)
     fifo = fifo or default_fifo_path()
     try:
         db.ensure_data_dir(directory)
         ensure_fifo(fifo)
-    except (FifoError, db.StoreError) as e:
+        # One pipeline per data dir (and per FIFO), held until we exit.
+        held = claim(directory, fifo)
+    except (FifoError, db.StoreError, PipelineBusy) as e:
         print(f"ks run: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
     os.environ["KS_DATA_DIR"] = str(directory)
@@ -50,12 +52,14 @@ def run(
     log = klog.configure("ks-supervisor")
     specs = default_children(RunOptions(fifo=fifo, interval_s=interval, tracers=tracers, collectors=collectors))
     print(f"ks run: data in {directory}, FIFO {fifo}, logs in {directory / 'logs'}; Ctrl-C stops", file=sys.stderr)
-    raise typer.Exit(Supervisor(specs, directory, fifo, log).run())
+    raise typer.Exit(Supervisor(specs, directory, fifo, log, claim=held, interval_s=interval).run())
 
 
 def read_status(directory: Path) -> dict:
-    """Supervisor state plus the pipeline's counters, from status.json and the DB."""
-    out: dict = {"data_dir": str(directory), "supervisor": "not running", "children": [], "counters": {}}
+    """Supervisor state, the pipeline lock, the per-type counters and the per-producer
+    line accounting, from status.json, DATA_DIR/run and the DB."""
+    out: dict = {"data_dir": str(directory), "supervisor": "not running", "children": [], "counters": {},
+                 "pipeline_lock_pid": pipeline_lock_holder(directory), "accounting": None}
     try:
         st = orjson.loads((directory / STATUS_FILE).read_bytes())
     except (OSError, orjson.JSONDecodeError):
@@ -77,6 +81,7 @@ def read_status(directory: Path) -> dict:
         return out
     try:
         out["counters"] = _counters(conn)
+        out["accounting"] = _accounting(directory, conn)
         modes = _tracer_modes(conn)
         for c in out["children"]:
             if c["name"] in modes:
@@ -100,6 +105,15 @@ def _counters(conn: sqlite3.Connection) -> dict:
     return {t: {"received": r, "stored": s, "rejected": j, "pending": p} for t, r, s, j, p in rows}
 
 
+def _accounting(directory: Path, conn: sqlite3.Connection) -> dict | None:
+    from . import accounting
+
+    try:
+        return accounting.account(directory, conn).to_dict()
+    except OSError as e:  # e.g. the run dir belongs to another user
+        return {"error": str(e), "producers": []}
+
+
 def _tracer_modes(conn: sqlite3.Connection) -> dict:
     try:
         rows = conn.execute(
@@ -110,8 +124,9 @@ def _tracer_modes(conn: sqlite3.Connection) -> dict:
     return {f"ks-{t.replace('_', '-')}" if not t.startswith("ks-") else t: m for t, m in rows}
 
 
-@app.command(help="Show each child's state, pid, restarts and attach mode, and the per-type counters.\n\n"
-             "Examples: ks status;  ks status --json")
+@app.command(help="Show each child's state, pid, restarts and attach mode, the pipeline lock, the per-type "
+             "counters and, per producer, lines written against lines stored (written = stored + rejected + "
+             "in flight; drops by cause).\n\nExamples: ks status;  ks status --json")
 def status(
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
@@ -121,6 +136,8 @@ def status(
         sys.stdout.write(orjson.dumps(s, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     print(f"supervisor: {s['supervisor']}" + (f" (pid {s['supervisor_pid']})" if "supervisor_pid" in s else ""))
+    lock_pid = s.get("pipeline_lock_pid")
+    print(f"pipeline lock held by pid {lock_pid}" if lock_pid else "pipeline lock: free (no `ks run` on this data dir)")
     if s["children"]:
         print(f"{'child':<28} {'state':<12} {'pid':>7} {'restarts':>8}  attach / reason")
         for c in s["children"]:
@@ -133,6 +150,31 @@ def status(
             print(f"{t:<24} {c['received']:>10} {c['stored']:>10} {c['rejected']:>9} {c['pending']:>8}")
     elif s["supervisor"] != "running":
         print("no counters yet: start the pipeline with `make run`")
+    _print_accounting(s.get("accounting"))
+
+
+def _print_accounting(a: dict | None) -> None:
+    if not a:
+        return
+    if a.get("error"):
+        print(f"\nline accounting unavailable: {a['error']}")
+        return
+    if not a["producers"]:
+        return
+    print(f"\n{'producer':<26} {'status':<12} {'written':>10} {'stored':>10} {'rejected':>8} {'dropped':>8} "
+          f"{'in flight':>9} {'unaccounted':>11}  running pids")
+    for p in a["producers"]:
+        pids = ",".join(map(str, p["running_pids"])) or "-"
+        print(f"{p['producer']:<26} {p['status']:<12} {p['written']:>10} {p['stored']:>10} {p['rejected']:>8} "
+              f"{p['dropped_total']:>8} {p['in_flight']:>9} {p['unaccounted']:>11}  {pids}")
+    for p in a["producers"]:
+        causes = ", ".join(f"{k} {v}" for k, v in p["dropped"].items() if v)
+        if causes:
+            print(f"  {p['producer']} dropped: {causes}")
+    if a.get("unattributed_rejected"):
+        print(f"  rejected lines of no known producer: {a['unattributed_rejected']}")
+    if a.get("pipe_bytes"):
+        print(f"  bytes waiting in the FIFO: {a['pipe_bytes']}")
 
 
 @app.command(help="Print the event and table reference (markdown), generated from schema/events/*.json.\n\n"

@@ -1,17 +1,30 @@
 """The supervisor behind `ks run`: start the pipeline, watch it, restart what dies.
 
+One pipeline per data dir: `ks run` holds flock(LOCK_EX) on DATA_DIR/run/lock
+(its pid written in it) and on the FIFO for its whole life; a second one
+exits naming the pid that holds them.
+
+The supervisor holds the FIFO open read-write (never reading) for its whole
+life and grows the pipe to 1 MiB, so the kernel never frees the pipe buffer
+when ks-ingest dies: lines already in the pipe wait for the next ks-ingest,
+and writers meet a full pipe (which they count) instead of EPIPE.
+
 Children are tracked by the PID of the process we started (never by name), each
 in its own session so a terminal's Ctrl-C reaches only us and we decide the
 order: on stop, producers first, then the consumers (ks-ingest last), so every
 line already in the FIFO is stored.  A child that exits is restarted after an
 exponential backoff (1 s doubling to 30 s, reset once it has run for 30 s).
-State goes to DATA_DIR/status.json every second for `ks status`.
+State goes to DATA_DIR/status.json every second for `ks status`; our pid and
+every descendant's go to DATA_DIR/run/pipeline.pids (the tracers exclude them).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,14 +32,153 @@ from pathlib import Path
 
 import orjson
 
-from .fifo import ensure_fifo
+from .accounting import proc_start_ticks
+from .fifo import hold_fifo
 from .procutil import Backoff, die_with_parent_preexec
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 30.0
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0         # a producer gets this long after SIGTERM before SIGKILL
+# ks-ingest may wait out its 5 s SQLite busy timeout and then commit a batch:
+# well above that, so a locked database never costs the lines it holds.
+INGEST_STOP_TIMEOUT_S = 20.0
 STATUS_FILE = "status.json"
+RUN_DIR = "run"
+LOCK_FILE = "lock"
+PIDS_FILE = "pipeline.pids"
+PIDS_REFRESH_S = 1.0          # descendants (a collector's tools) come and go on their own
+
+
+class PipelineBusy(Exception):
+    """Another `ks run` holds this data dir or FIFO; the message names its pid."""
+
+
+def flock_holder(path: str | Path) -> int | None:
+    """Pid holding a flock on path, from /proc/locks (None when nobody does).
+    Reading it takes no lock, so asking never gets in a starting pipeline's way."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:1f:5678 0 EOF" ("->" marks a waiter)
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[2] != "->" and parts[5] == want:
+            try:
+                return int(parts[4])
+            except ValueError:
+                return None
+    return None
+
+
+def lock_path(data_dir: Path) -> Path:
+    return Path(data_dir) / RUN_DIR / LOCK_FILE
+
+
+def pipeline_lock_holder(data_dir: Path) -> int | None:
+    """Pid of the `ks run` that holds DATA_DIR/run/lock, or None."""
+    path = lock_path(data_dir)
+    pid = flock_holder(path)
+    if pid is None:
+        return None
+    try:  # the pid it wrote is the one to name (/proc/locks may show another namespace's)
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return pid
+
+
+def ensure_run_dir(data_dir: Path) -> Path:
+    run = Path(data_dir) / RUN_DIR
+    run.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(run)
+    if st.st_uid != os.geteuid() or not stat.S_ISDIR(st.st_mode):
+        raise PipelineBusy(f"{run} is not a directory of ours (a symlink, a file or another user's); "
+                           "remove it and start again")
+    if st.st_mode & 0o077:
+        os.chmod(run, 0o700)
+    return run
+
+
+@dataclass
+class Claim:
+    """What one pipeline holds for its whole life: the data dir lock and the FIFO."""
+
+    lock_fd: int
+    fifo_fd: int
+    pipe_size_bytes: int | None
+
+    def release(self) -> None:
+        for fd in (self.fifo_fd, self.lock_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def claim(data_dir: Path, fifo: str) -> Claim:
+    """Take DATA_DIR/run/lock and the FIFO for this pipeline, or raise PipelineBusy."""
+    run = ensure_run_dir(data_dir)
+    path = run / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno != errno.EWOULDBLOCK:
+            raise
+        pid = pipeline_lock_holder(data_dir)
+        who = f"pid {pid}" if pid else "another process"
+        raise PipelineBusy(f"a pipeline is already running on data dir {data_dir} ({who} holds {path}); "
+                           f"stop it first (kill {pid or '<pid>'}) or use another --data-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        ffd, size = hold_fifo(fifo)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        fcntl.flock(ffd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(ffd)
+        os.close(fd)
+        if e.errno != errno.EWOULDBLOCK:
+            raise
+        pid = flock_holder(fifo)
+        raise PipelineBusy(f"FIFO {fifo} is already used by another pipeline (pid {pid or '?'}), "
+                           "on another data dir; give this one its own --fifo") from None
+    return Claim(fd, ffd, size)
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below pid (children, their children, ...)."""
+    kids = _children_map()
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for k in kids.get(todo.pop(), ()):
+            if k not in out:
+                out.add(k)
+                todo.append(k)
+    return out
 
 
 @dataclass
@@ -34,6 +186,7 @@ class ChildSpec:
     name: str
     argv: list[str]
     role: str = "producer"  # "consumer" children start first and stop last
+    stop_timeout_s: float = STOP_TIMEOUT_S  # SIGTERM, then SIGKILL after this long
     # Set when the child cannot run here; it is listed, never started.
     unavailable_reason: str | None = None
     details: dict = field(default_factory=dict)
@@ -51,26 +204,34 @@ class Child:
     last_exit: int | None = None
 
 
-def proc_start_time(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (field 22 of stat): with the
-    pid it identifies one process even after the pid is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+# Start time in clock ticks (field 22 of /proc/pid/stat); kept under its old name.
+proc_start_time = proc_start_ticks
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace path with data in one rename (mode 0600)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 class Supervisor:
-    def __init__(self, specs: list[ChildSpec], data_dir: Path, fifo: str, log):
+    def __init__(self, specs: list[ChildSpec], data_dir: Path, fifo: str, log, *,
+                 claim: Claim | None = None, interval_s: float | None = None):
         self.children = [Child(s) for s in specs]
         self.data_dir = data_dir
         self.fifo = fifo
         self.log = log
+        self.claim = claim
+        self.interval_s = interval_s
         self.stopping = False
         self.log_dir = data_dir / "logs"
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.status_path = data_dir / STATUS_FILE
+        self.pids_path = data_dir / RUN_DIR / PIDS_FILE
+        self._pids_written: list[int] | None = None
         self.started_at = time.time()
 
     def _stop(self, signum, _frame) -> None:
@@ -122,6 +283,7 @@ class Supervisor:
         c.state = "running"
         c.started_at = time.monotonic()
         self.log.info("started", child=c.spec.name, child_pid=c.proc.pid, argv=c.proc.args)
+        self.write_pids()
 
     def reap(self, c: Child) -> None:
         if c.proc is None or c.state != "running":
@@ -135,6 +297,20 @@ class Supervisor:
         c.next_start = time.monotonic() + delay_s
         self.log.warning("child exited", child=c.spec.name, child_pid=c.proc.pid, returncode=rc,
                          restart_in_s=delay_s)
+        self.write_pids()
+
+    def write_pids(self) -> None:
+        """DATA_DIR/run/pipeline.pids: us and every process below us, one per line,
+        replaced in one rename whenever the set changes."""
+        me = os.getpid()
+        pids = sorted({me} | descendants(me))
+        if pids == self._pids_written:
+            return
+        try:
+            write_atomic(self.pids_path, "".join(f"{p}\n" for p in pids).encode())
+            self._pids_written = pids
+        except OSError as e:
+            self.log.warning("cannot write pipeline.pids", error=str(e))
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -145,6 +321,8 @@ class Supervisor:
             "updated_at": time.time(),
             "stopping": self.stopping,
             "fifo": self.fifo,
+            "interval_s": self.interval_s,
+            "pipe_size_bytes": self.claim.pipe_size_bytes if self.claim else None,
             "children": [
                 {
                     "name": c.spec.name,
@@ -162,23 +340,19 @@ class Supervisor:
         }
 
     def write_status(self) -> None:
-        tmp = self.status_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
-        os.replace(tmp, self.status_path)
+        write_atomic(self.status_path, orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
 
     def _terminate(self, group: list[Child]) -> None:
         for c in group:
             if c.proc is not None and c.proc.poll() is None:
                 c.proc.send_signal(signal.SIGTERM)
                 c.state = "stopping"
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        t0 = time.monotonic()
         for c in group:
             if c.proc is None:
                 continue
             try:
-                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                c.proc.wait(timeout=max(0.1, t0 + c.spec.stop_timeout_s - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.log.warning("child did not stop in time; killing", child=c.spec.name, child_pid=c.proc.pid)
                 c.proc.kill()
@@ -190,7 +364,10 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._stop)
-        ensure_fifo(self.fifo)
+        if self.claim is None:
+            self.claim = claim(self.data_dir, self.fifo)
+        self.log.info("holding the FIFO", fifo=self.fifo, pipe_size_bytes=self.claim.pipe_size_bytes)
+        self.write_pids()
         consumers = [c for c in self.children if c.spec.role == "consumer"]
         producers = [c for c in self.children if c.spec.role != "consumer"]
         for c in self.children:
@@ -213,12 +390,19 @@ class Supervisor:
                     self.start(c)
             if now >= next_status:
                 self.write_status()
-                next_status = now + 1.0
+                self.write_pids()
+                next_status = now + PIDS_REFRESH_S
             time.sleep(0.2)
         self.log.info("stopping producers")
         self._terminate(producers)
         self.log.info("stopping consumers")
         self._terminate(consumers)
         self.write_status()
+        try:
+            self.pids_path.unlink()
+        except OSError:
+            pass
+        # Last: the FIFO (the pipe buffer goes once nobody holds it) and the lock.
+        self.claim.release()
         self.log.info("stopped")
         return 0
