@@ -77,6 +77,12 @@ def synth_rows(n_rows: int, seed: int = 7) -> list[tuple]:
     return rows
 
 
+def trim(h: list[int]) -> list[int]:
+    while h and h[-1] == 0:
+        h = h[:-1]
+    return h
+
+
 def oracle(rows: list[tuple]) -> dict:
     """Plain-Python rollup of synth rows: {(bucket, dev, cpu): {...}}."""
     groups: dict = {}
@@ -98,7 +104,7 @@ def oracle(rows: list[tuple]) -> dict:
             "g": float(np.mean(g)) if g else None, "g_min": min(g) if g else None, "g_max": max(g) if g else None,
             "c_total": rs[-1][6], "n": sum(r[7] for r in rs), "m": max(r[8] for r in rs),
             "lo": min(r[9] for r in rs), "tag": rs[-1][10],
-            "h": [sum(h[i] if i < len(h) else 0 for h in hs) for i in range(width)] if hs else None,
+            "h": trim([sum(h[i] if i < len(h) else 0 for h in hs) for i in range(width)]) if hs else None,
         }
     return out
 
@@ -138,7 +144,8 @@ def test_rollup_tables_cover_every_stats_table():
     assert "producer_stats" not in ps
     assert ps["runqlat_hist"].samples == "rollup_samples"  # the table has a field named samples
     f = {x.name: x.agg for x in ps["syscall_stats"].fields}
-    assert (f["syscall"], f["count"], f["hist_log2_ns"], f["max_ns"], f["p95_ns"]) == ("key", "sum", "hist", "max", "gauge")
+    assert (f["syscall"], f["count"], f["hist_log2_ns"], f["max_ns"], f["p95_ns"]) == ("key", "sum", "hist", "max", "max")
+    assert {x.name: x.agg for x in ps["io_latency_stats"].fields}["p95_ms"] == "gauge"
     assert {x.name: x.agg for x in ps["psi_metrics"].fields}["some_total_us"] == "last"
 
 
@@ -291,6 +298,22 @@ def test_time_retention(store):
     assert conn.execute("SELECT COUNT(*) FROM memory_metrics WHERE ts > ?", (now,)).fetchone()[0] < 300
 
 
+def test_size_cap_keeps_recent_raw_then_prunes_oldest_rollups(store):
+    d, conn = store
+    fill(conn, T0, 3 * 60)
+    now = T0 + 3 * 3600 * NS + 31 * NS
+    Housekeeper(conn, d, cfg()).run(now)
+    n_roll = conn.execute("SELECT COUNT(*) FROM memory_metrics_1m").fetchone()[0]
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    used = Housekeeper(conn, d, cfg()).run(now).used_bytes
+    # the rollups are a small part: the cap needs more than the raw rows older than 2 h, so after
+    # those the oldest rollups go before the last 2 h of raw rows
+    st = Housekeeper(conn, d, cfg(max_db_mb=used * 0.3 / 2**20, raw_min_h=2.0)).run(now)
+    assert st.cap_pruned
+    assert conn.execute("SELECT MIN(ts) FROM memory_metrics").fetchone()[0] > now - 2 * 3600 * NS - 11 * MIN
+    assert conn.execute("SELECT COUNT(*) FROM memory_metrics_1m").fetchone()[0] < n_roll
+
+
 def test_size_cap_prunes_oldest_raw_then_oldest_rollups(store):
     d, conn = store
     fill(conn, T0, 3 * 60)
@@ -302,15 +325,16 @@ def test_size_cap_prunes_oldest_raw_then_oldest_rollups(store):
     raw_used = hk.run(now).used_bytes
     # a cap below the data: the oldest raw rows go, rollups stay whole
     cap_mb = raw_used * 0.6 / 2**20
-    st = Housekeeper(conn, d, cfg(max_db_mb=cap_mb)).run(now)
+    st = Housekeeper(conn, d, cfg(max_db_mb=cap_mb, raw_min_h=1.0)).run(now)
     assert st.cap_pruned and st.used_bytes <= cap_mb * 2**20
     assert conn.execute("SELECT COUNT(*), MIN(ts) FROM memory_metrics_1m").fetchone() == roll_before
     lo = conn.execute("SELECT MIN(ts) FROM memory_metrics").fetchone()[0]
     assert lo > T0 + 30 * MIN
     newest = conn.execute("SELECT MAX(ts) FROM memory_metrics").fetchone()[0]
     assert newest == T0 + (3 * 3600 - 1) * NS + 1000  # the newest raw data is untouched
-    # a cap below what the rollups alone take: all raw rows that are rolled up go, then the oldest rollups
-    raw_free = Housekeeper(conn, d, cfg(max_db_mb=0.01)).run(now)
+    # a cap below what the rollups alone take: raw rows down to the last hour, then the rollups, then
+    # the raw rows of that hour that are rolled up
+    raw_free = Housekeeper(conn, d, cfg(max_db_mb=0.01, raw_min_h=1.0)).run(now)
     assert conn.execute("SELECT COUNT(*) FROM memory_metrics WHERE ts <= ?", (now - 31 * NS,)).fetchone()[0] == 0
     roll_lo = conn.execute("SELECT MIN(ts) FROM memory_metrics_1m").fetchone()[0]
     assert roll_lo is None or roll_lo > roll_before[1]

@@ -42,12 +42,15 @@ class StorageConfig:
 
     raw_retention_h: float = _f(48.0, "hours of raw rows kept in every event table; older rows are deleted "
                                       "once their minute is rolled up")
+    raw_min_h: float = _f(6.0, "hours of newest raw rows the size cap leaves alone until no rollup is left to prune "
+                               "(the agent and its tools read recent raw rows)")
     rollup_retention_d: float = _f(30.0, "days of per-minute rollups (<table>_1m) and of thinned feature "
                                          "vectors kept")
     observation_retention_d: float = _f(365.0, "days of observations (closed ones, by last_seen) and OOM "
                                                "forecasts kept")
-    max_db_mb: float = _f(1024.0, "size cap of the database file plus its WAL, in MiB: above it the oldest "
-                                  "raw rows are pruned first, then the oldest rollups")
+    max_db_mb: float = _f(1024.0, "size cap of the database (pages in use) plus its WAL, in MiB: above it the "
+                                  "oldest raw rows are pruned first (down to raw_min_h), then the oldest rollups, "
+                                  "then raw rows down to the newest rolled-up minute")
     prune_batch_rows: int = _f(5000, "rows deleted per transaction at first; the batch then adapts so one "
                                      "transaction holds the writer about prune_batch_target_ms")
     prune_batch_target_ms: float = _f(100.0, "target time one pruning transaction holds the database's writer lock")

@@ -17,9 +17,10 @@ Retention (config [storage]):
     rollup_retention_d, oom_forecasts after observation_retention_d;
   * observations: closed ones whose last_seen is older than observation_retention_d.
   * size cap: while the pages in use plus the WAL exceed max_db_mb, the oldest
-    raw rows go first (oldest minute of every raw table at a time, never past
-    the rollup watermark), then the oldest rollup rows and thinned vectors,
-    down to CAP_LOW_WATER of the cap so the next minute does not prune again.
+    raw rows go first (ten minutes of every raw table at a time) down to the
+    newest raw_min_h, then the oldest rollup rows and thinned vectors, then raw
+    rows down to the rollup watermark; down to CAP_LOW_WATER of the cap so the
+    next minute does not prune again.
 """
 
 from __future__ import annotations
@@ -234,18 +235,10 @@ class Housekeeper:
         have = _tables(self.conn)
         pruned = False
         raw = [t for t in list(self.plans) + list(ACCOUNTING) if t in have]
-        # oldest raw first: advance one cutoff over every raw table by CAP_STEP_NS per round
-        while over() and not pr.out_of_time():
-            oldest = [self.conn.execute(f"SELECT MIN(ts) FROM {t}").fetchone()[0] for t in raw]
-            movable = [(t, o) for t, o in zip(raw, oldest) if o is not None and self._raw_cutoff(t, o) >= o]
-            if not movable:
-                break
-            cut = min(o for _, o in movable) // self.step_ns * self.step_ns + CAP_STEP_NS
-            for t, _ in movable:
-                pr.delete_upto(t, self._raw_cutoff(t, cut))
-            pruned = True
-        # then the oldest rollups and thinned vectors
         older = [p.rollup for p in self.plans.values() if p.rollup in have] + [t for t in THINNED if t in have]
+        floor = now_ns - int(self.cfg.storage.raw_min_h * 3600 * NS)
+        # oldest raw first, down to raw_min_h; then the oldest rollups; then raw down to the watermark
+        pruned = self._cap_raw(pr, raw, over, floor)
         while over() and not pr.out_of_time():
             oldest = [o for o in (self.conn.execute(f"SELECT MIN(ts) FROM {t}").fetchone()[0] for t in older)
                       if o is not None]
@@ -255,8 +248,25 @@ class Housekeeper:
             for t in older:
                 pr.delete_upto(t, cut)
             pruned = True
+        pruned |= self._cap_raw(pr, raw, over, None)
         if pruned:
             pr.vacuum()
+        return pruned
+
+    def _cap_raw(self, pr: retention.Pruner, raw: list[str], over, floor: int | None) -> bool:
+        """Advance one cutoff over every raw table, CAP_STEP_NS per round, never past
+        floor nor a table's rollup watermark, while over the cap."""
+        pruned = False
+        while over() and not pr.out_of_time():
+            oldest = [self.conn.execute(f"SELECT MIN(ts) FROM {t}").fetchone()[0] for t in raw]
+            limit = [self._raw_cutoff(t, floor if floor is not None else 2**63 - 1) for t in raw]
+            movable = [(t, lim) for t, o, lim in zip(raw, oldest, limit) if o is not None and lim >= o]
+            if not movable:
+                break
+            cut = min(o for o in oldest if o is not None) // self.step_ns * self.step_ns + CAP_STEP_NS
+            for t, lim in movable:
+                pr.delete_upto(t, min(cut, lim))
+            pruned = True
         return pruned
 
     # -- size history ---------------------------------------------------------

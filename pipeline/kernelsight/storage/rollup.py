@@ -27,7 +27,10 @@ from .plan import TablePlan
 
 NS = 1_000_000_000
 GRACE_S = 30
-CHUNK_BUCKETS = 30  # minutes aggregated per write transaction
+CHUNK_BUCKETS = 30  # minutes aggregated per write transaction at first ...
+CHUNK_ROWS = 100_000  # ... then as many as hold about this many raw rows
+CHUNK_OUT_ROWS = 4_000  # (the write transaction inserts these: it stays short)
+MAX_CHUNK_BUCKETS = 1440
 
 
 def bucket_end(ts_ns, step_ns: int):
@@ -107,11 +110,26 @@ def aggregate(plan: TablePlan, rows: list[tuple], step_ns: int) -> list[tuple]:
                 (np.maximum if f.agg == "max" else np.minimum).at(red, gid, m)
             has = np.zeros(n_groups, dtype=bool)
             np.logical_or.at(has, gid, present)
-            out[f.name] = [orjson.dumps(r.tolist()).decode() if h else None for r, h in zip(red, has)]
+            if f.agg == "hist":  # trailing empty buckets say nothing (readers pad): leave them out
+                nz = red != 0
+                width = np.where(nz.any(axis=1), red.shape[1] - np.argmax(nz[:, ::-1], axis=1), 0)
+            else:
+                width = np.full(len(red), red.shape[1])
+            out[f.name] = [orjson.dumps(r[:w].tolist()).decode() if h else None for r, w, h in zip(red, width, has)]
     out = out.reset_index()
     cols = [c for c, _ in plan.columns()]
     out = out.rename(columns={"_b": "ts"})[cols]
-    return [tuple(_py(v) for v in row) for row in out.itertuples(index=False, name=None)]
+    return list(zip(*(_pylist(out[c]) for c in cols)))
+
+
+def _pylist(col: pd.Series) -> list:
+    """A column as Python values sqlite3 binds, NaN and NA as None (column-wise: rows are many)."""
+    if col.dtype == object:
+        return [_py(v) for v in col.tolist()]
+    vals = col.to_numpy(dtype=object, na_value=None) if hasattr(col.dtype, "na_value") else col.to_numpy().astype(object)
+    if col.dtype.kind == "f":
+        vals[pd.isna(col.to_numpy())] = None
+    return vals.tolist()
 
 
 def ensure_tables(conn: sqlite3.Connection, plan: TablePlan) -> None:
@@ -161,10 +179,11 @@ def rollup_table(conn: sqlite3.Connection, plan: TablePlan, now_ns: int, step_ns
     select = f"SELECT id, ts, {names} FROM {plan.table} WHERE ts > ? AND ts <= ? ORDER BY ts, id"
     cols = [c for c, _ in plan.columns()]
     insert = f"INSERT INTO {plan.rollup} ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})"
+    buckets = CHUNK_BUCKETS
     while wm < closed_end:
         if deadline is not None and time.monotonic() > deadline:
             break
-        hi = min(wm + CHUNK_BUCKETS * step_ns, closed_end)
+        hi = min(wm + buckets * step_ns, closed_end)
         rows = conn.execute(select, (wm, hi)).fetchall()
         if not rows:
             # skip a gap in one step: up to the bucket before the next row (or to closed_end)
@@ -186,5 +205,9 @@ def rollup_table(conn: sqlite3.Connection, plan: TablePlan, now_ns: int, step_ns
             stats["rollup_txn_max_ms"] = max(stats.get("rollup_txn_max_ms", 0.0), (time.perf_counter() - t0) * 1e3)
             stats["rollup_raw_rows"] = stats.get("rollup_raw_rows", 0) + len(rows)
         written += len(out)
+        if rows:  # size the next chunk to about CHUNK_ROWS raw rows and CHUNK_OUT_ROWS rollup rows
+            n_b = max(1, (hi - wm) // step_ns)
+            by_in, by_out = CHUNK_ROWS * n_b / len(rows), CHUNK_OUT_ROWS * n_b / max(1, len(out))
+            buckets = int(max(1, min(MAX_CHUNK_BUCKETS, by_in, by_out)))
         wm = hi
     return written
