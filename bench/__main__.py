@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-BENCHES = ["ingest", "tracers", "features"]
+BENCHES = ["ingest", "tracers", "features", "storage"]
 
 
 def main(argv: list[str]) -> int:
