@@ -133,3 +133,60 @@ def test_producer_and_ingest_counts_reconcile_exactly(ks_env):
                                 "(SELECT MAX(id) FROM pipeline_stats GROUP BY event_type)")[0]
     assert written[1] == 0 and received[1] == 0
     assert received[0] == written[0]
+
+
+def test_second_pipeline_on_the_same_data_dir_exits_naming_the_holder(ks_env, pipeline):
+    st = wait_for(lambda: (s := status(ks_env))["supervisor"] == "running" and s, what="supervisor running")
+    assert st["pipeline_lock_pid"] == pipeline.pid
+    assert (ks_env.data / "run" / "lock").read_text().split() == [str(pipeline.pid)]
+    second = subprocess.run([tool("ks"), "run", "--data-dir", str(ks_env.data), "--fifo", str(ks_env.tmp / "other"),
+                             "--no-tracers", "--no-collectors"], env=ks_env.env, capture_output=True, text=True,
+                            timeout=60)
+    assert second.returncode == 1
+    assert f"pid {pipeline.pid}" in second.stderr and "already running" in second.stderr, second.stderr
+    # Another data dir on the same FIFO would split the lines between two ks-ingest.
+    third = subprocess.run([tool("ks"), "run", "--data-dir", str(ks_env.tmp / "data2"), "--fifo", ks_env.fifo,
+                            "--no-tracers", "--no-collectors"], env=ks_env.env, capture_output=True, text=True,
+                           timeout=60)
+    assert third.returncode == 1 and f"pid {pipeline.pid}" in third.stderr, third.stderr
+    out = subprocess.run([tool("ks"), "status", "--data-dir", str(ks_env.data)], env=ks_env.env,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert f"pipeline lock held by pid {pipeline.pid}" in out
+    # The first pipeline is untouched, and its lock goes with it.
+    assert pipeline.poll() is None
+    pipeline.send_signal(signal.SIGTERM)
+    assert pipeline.wait(timeout=60) == 0
+    assert status(ks_env)["pipeline_lock_pid"] is None
+
+
+def test_fifo_open_to_the_group_is_refused(ks_env):
+    os.mkfifo(ks_env.fifo, 0o600)
+    os.chmod(ks_env.fifo, 0o620)
+    r = subprocess.run([tool("ks"), "run", "--data-dir", str(ks_env.data), "--fifo", ks_env.fifo,
+                        "--no-tracers", "--no-collectors"], env=ks_env.env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1
+    assert "0620" in r.stderr and f"chmod 600 {ks_env.fifo}" in r.stderr, r.stderr
+
+
+def test_status_shows_the_line_accounting(ks_env, pipeline):
+    def scraper_account():
+        acct = status(ks_env)["accounting"] or {"producers": []}
+        return next((p for p in acct["producers"] if p["producer"] == "ks-scraper" and p["stored"] > 0), None)
+
+    a = wait_for(scraper_account, what="ks-scraper in the accounting")
+    assert a["running_pids"] and a["written_from"] == "counters files" and a["status"] in ("ok", "silent")
+    out = subprocess.run([tool("ks"), "status", "--data-dir", str(ks_env.data)], env=ks_env.env,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "unaccounted" in out and "ks-scraper" in out.split("producer ", 1)[1]
+    pids = (ks_env.data / "run" / "pipeline.pids").read_text().split()
+    assert str(pipeline.pid) in pids and str(a["running_pids"][0]) in pids
+
+
+def test_ingest_gets_longer_than_its_busy_timeout_to_stop():
+    from kernelsight.children import RunOptions, default_children
+    from kernelsight.supervisor import INGEST_STOP_TIMEOUT_S, STOP_TIMEOUT_S
+
+    specs = {s.name: s for s in default_children(RunOptions(fifo="/nonexistent", tracers=False, collectors=False))}
+    assert specs["ks-ingest"].stop_timeout_s == INGEST_STOP_TIMEOUT_S >= 5 + 10
+    assert specs["ks-scraper"].stop_timeout_s == STOP_TIMEOUT_S

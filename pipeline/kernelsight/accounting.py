@@ -93,10 +93,11 @@ LOCK_FILE = "accounting.lock"
 STATE_VERSION = 1
 SILENT_INTERVALS = 3         # a running producer whose counters stood still this long is silent
 DROPPING_INTERVALS = 3       # a drop this recent makes a producer "dropping"
-WATERMARK_SLACK_NS = 1_000_000_000  # ts is taken just before the write; pipe order may differ by this
+WATERMARK_SLACK_NS = 100_000_000  # margin for CLOCK_REALTIME steps between two writers' stamps
 FOLDED_IDS_KEEP_S = 7 * 86400  # folded process identities kept this long (idempotent GC, late stats rows)
 FALLBACK_STALE_S = 86400     # a file-less process without a stats line for this long is folded
 DEBRIS_AGE_S = 3600          # an unlocked file without a valid header this old is removed
+UNACCOUNTED_RECENT_S = 600   # status stays "unaccounted" this long after the count last grew
 
 
 # ---- processes ------------------------------------------------------------
@@ -255,6 +256,7 @@ class ProducerAccount:
     last_drop_ns: int | None = None
     written_from: str = "counters files"  # or "producer_stats" / "counters files + producer_stats"
     due: int = 0                # lines that must be in the database by now
+    unaccounted_grew_ns: int | None = None  # when a reconcile first saw the unaccounted count grow
 
     @property
     def dropped_total(self) -> int:
@@ -295,6 +297,7 @@ def _empty_state() -> dict:
         "by_field": {},        # table -> [rowid cursor, {producer: rows}]
         "rejected": [0, {}, 0],  # [rowid cursor, {producer: rows}, unattributed rows]
         "stats": {"cursor": 0, "marks": {}, "fallback": {}},
+        "unaccounted": {},     # producer -> [highest unaccounted seen, when it grew]
     }
 
 
@@ -559,7 +562,8 @@ def account(data_dir: Path, conn: sqlite3.Connection, *, interval_s: float | Non
     now = now_ns if now_ns is not None else time.time_ns()
     status = _status_json(data_dir)
     interval_s = float(interval_s or status.get("interval_s") or 1.0)
-    interval_ns = int(interval_s * 1e9)
+    # The collectors host ticks in whole seconds at least: never judge a producer faster.
+    interval_ns = int(max(interval_s, 1.0) * 1e9)
     pm = producer_map(schema_directory)
     run_dir = data_dir / RUN_DIR
     state_path = run_dir / STATE_FILE
@@ -667,9 +671,13 @@ def account(data_dir: Path, conn: sqlite3.Connection, *, interval_s: float | Non
                 a.written += min(a.in_doubt, max(0, received - a.written))
             a.in_flight = a.written - received
             a.unaccounted = max(0, a.due - received)
+            seen = st["unaccounted"].get(a.producer)
+            if a.unaccounted > (seen[0] if seen else 0):
+                seen = st["unaccounted"][a.producer] = [a.unaccounted, now]
+            a.unaccounted_grew_ns = seen[1] if seen else None
             a.written_from = " + ".join(sorted(sources.get(a.producer, ()))) or "none"
             a.running_pids.sort()
-            if a.unaccounted:
+            if a.unaccounted and seen and now - seen[1] < UNACCOUNTED_RECENT_S * 1_000_000_000:
                 a.status = "unaccounted"
             elif a.producer in stalled:
                 a.status = "silent"
@@ -681,7 +689,7 @@ def account(data_dir: Path, conn: sqlite3.Connection, *, interval_s: float | Non
         folded = 0
         if lock.fd is not None:
             if gc:
-                folded = _gc(st, fold, now, producers_dir(data_dir))
+                folded = _gc(st, fold, now)
             after = orjson.dumps(st)
             if after != before:
                 _write_atomic(state_path, after)
@@ -695,7 +703,7 @@ def account(data_dir: Path, conn: sqlite3.Connection, *, interval_s: float | Non
                       interval_s, len(all_files), folded)
 
 
-def _gc(st: dict, fold: list[CounterFile], now_ns: int, _pdir: Path) -> int:
+def _gc(st: dict, fold: list[CounterFile], now_ns: int) -> int:
     """Fold finished files into the totals (the files are removed once the totals are on disk)."""
     for f in fold:
         base = st["baseline"].pop(f.key, None) or [0] * len(COUNTERS)
