@@ -514,3 +514,17 @@ def test_agent_runs_housekeeping(tmp_path):
     finally:
         agent.close()
     assert isinstance(sqlite3.connect(db.db_path(tmp_path)).execute("SELECT 1").fetchone(), tuple)
+
+
+def test_count_rows_across_the_raw_horizon(store):
+    from kernelsight.storage.reads import count_rows
+
+    d, conn = store
+    insert(conn, "exec_events", [{"ts": T0 + i * NS + 1, "comm": "make" if i % 3 else "cc1", "pid": i, "ppid": 1,
+                                  "ret": 0, "args": f'"x{i}"'} for i in range(600)])
+    Housekeeper(conn, d, cfg()).run(T0 + 10 * MIN + 31 * NS, do_prune=False)
+    assert conn.execute("SELECT COUNT(*) FROM exec_events_1m").fetchone()[0] == 20  # two comms a minute
+    conn.execute("DELETE FROM exec_events WHERE ts <= ?", (T0 + 5 * MIN,))
+    assert count_rows(conn, "exec_events", T0) == 600
+    assert count_rows(conn, "exec_events", T0 + 2 * MIN, T0 + 7 * MIN) == 300
+    assert count_rows(conn, "no_such_table", T0) is None

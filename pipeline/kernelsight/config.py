@@ -44,8 +44,8 @@ class StorageConfig:
                                       "once their minute is rolled up")
     raw_min_h: float = _f(6.0, "hours of newest raw rows the size cap leaves alone until no rollup is left to prune "
                                "(the agent and its tools read recent raw rows)")
-    rollup_retention_d: float = _f(30.0, "days of per-minute rollups (<table>_1m) and of thinned feature "
-                                         "vectors kept")
+    rollup_retention_d: float = _f(30.0, "days of the per-minute rollup tables (TABLE_1m) and of the "
+                                         "thinned feature vectors kept")
     observation_retention_d: float = _f(365.0, "days of observations (closed ones, by last_seen) and OOM "
                                                "forecasts kept")
     max_db_mb: float = _f(1024.0, "size cap of the database (pages in use) plus its WAL, in MiB: above it the "
@@ -54,7 +54,8 @@ class StorageConfig:
     prune_batch_rows: int = _f(5000, "rows deleted per transaction at first; the batch then adapts so one "
                                      "transaction holds the writer about prune_batch_target_ms")
     prune_batch_target_ms: float = _f(100.0, "target time one pruning transaction holds the database's writer lock")
-    rollup_step_s: int = _f(60, "rollup resolution in seconds: one <table>_1m row per key per step")
+    rollup_step_s: int = _f(60, "rollup resolution in seconds: one TABLE_1m row per key per step (the tables keep "
+                                    "their _1m name; change it only on a new database)")
     housekeeping_interval_s: float = _f(60.0, "seconds between housekeeping runs in ks-agent")
     housekeeping_budget_s: float = _f(2.0, "work one housekeeping run in ks-agent may do before it yields "
                                            "to the next step (a backlog is worked off over several runs)")

@@ -90,9 +90,11 @@ def _span(o: dict, data_lo_s: float | None, data_hi_s: float | None) -> tuple[fl
 
 
 def _data_extent(conn: sqlite3.Connection) -> tuple[float | None, float | None]:
-    """First and last sample time (s) over the scraper's main tables: the span there is anything to plot."""
+    """First and last sample time (s) over the scraper's main tables: the span there is anything to plot
+    (their per-minute rollups reach back past the raw rows)."""
     los, his = [], []
-    for t in ("memory_metrics", "cpu_metrics", "load_metrics", "features"):
+    for t in ("memory_metrics", "cpu_metrics", "load_metrics", "features",
+              "memory_metrics_1m", "cpu_metrics_1m", "load_metrics_1m"):
         try:
             lo, hi = conn.execute(f"SELECT MIN(ts), MAX(ts) FROM {t}").fetchone()
         except sqlite3.OperationalError:

@@ -5,6 +5,13 @@ PRAGMA query_only), and an authorizer refuses every action that is not a
 read — writes, schema changes, ATTACH/DETACH, transactions and any PRAGMA
 that is not a known read-only one.  A progress handler bounds run time and
 results are capped, so a careless query cannot hang the agent.
+
+Raw rows are kept [storage] raw_retention_h (48 h); older data is in the
+per-minute rollups `<table>_1m` (ts = end of the minute, `samples` = raw rows
+in it, gauges as avg with <col>_min/<col>_max).  The views `<table>_all` join
+both: raw rows (samples = 1) from the oldest one still present, rollup rows
+before it, so `SELECT ... FROM memory_metrics_all WHERE ts > ...` reads any
+range; SUM(samples) counts events of event tables (docs/storage.md).
 """
 
 from __future__ import annotations

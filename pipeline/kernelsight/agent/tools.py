@@ -13,7 +13,6 @@ ReadOnlyDB, and nothing a tool returns is ever executed.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from ..features.baseline import load_baseline, zscores
 from ..features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
 from ..features.engine import compute_range, compute_vector
 from ..features.store import read_matrix
+from ..storage.reads import count_rows
 from .readonly_sql import QueryRefused, ReadOnlyDB
 from .store import list_observations
 
@@ -105,13 +105,9 @@ class Tools:
                     if abs(r) >= 0.9:
                         pairs.append({"a": m.names[a], "b": m.names[b], "r": round(r, 3)})
         pairs.sort(key=lambda p: -abs(p["r"]))
-        events = {}
-        for table in ("exec_events", "oom_kill_events", "syscall_events", "tcp_state_events"):
-            try:
-                events[table] = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE ts >= ?",
-                                             (now - int(secs * 1e9),)).fetchone()[0]
-            except sqlite3.OperationalError:
-                events[table] = None
+        # counted from the per-minute rollups where the window reaches past the raw rows
+        events = {table: count_rows(conn, table, now - int(secs * 1e9) - 1)
+                  for table in ("exec_events", "oom_kill_events", "syscall_events", "tcp_state_events")}
         return {"window_s": secs, "observations": [{k: o[k] for k in ("id", "label", "status", "severity",
                                                                        "first_seen", "summary")} for o in obs],
                 "event_counts": events, "co_moving_features": pairs[:25]}

@@ -121,4 +121,100 @@ def status_lines(st: dict) -> list[str]:
     return lines
 
 
-__all__ = ["storage_status", "status_lines", "measured_bytes_per_day", "estimated_bytes_per_day"]
+STORAGE_DOC = """\
+# Storage: rollups, retention, size
+
+ks-agent runs housekeeping once a minute (`[storage] housekeeping_interval_s`,
+within `housekeeping_budget_s`; a backlog is worked off over several runs);
+`ks storage rollup` and `ks storage prune` run it by hand, `ks storage status`
+shows the database's size, the span of raw and rolled-up data and the bytes
+per day. Keys are in [config.md](config.md).
+
+## Rollups
+
+Every event table `<table>` (all but `producer_stats`) has a per-minute rollup
+`<table>_1m`: one row per minute and key, `ts` the end of the minute (it holds
+the raw rows with `ts` in `(ts - 60 s, ts]`), `samples` the raw rows in it
+(`rollup_samples` in `runqlat_hist_1m`, which has a field named samples), then
+the raw columns under their own names, so a reader treats a rollup row as a
+raw row at a 60 s interval. Each field's aggregation is its `"agg"` key in
+`schema/events/*.json`, or the default:
+
+| agg | for | rollup value |
+|---|---|---|
+| `key` | default for `str` | grouped by |
+| `gauge` | default for numbers | average, plus `<col>_min` and `<col>_max` |
+| `last` | default for `*_total` counters | last non-null value of the minute (counter deltas across minutes stay right) |
+| `sum` | per-interval counts and sums | sum |
+| `max`, `min` | extremes | max / min (element-wise for int arrays) |
+| `hist` | default for `int_array` | bucket-wise sum of the log2 histograms (trailing empty buckets left out) |
+| `interval` | default for `interval_s` | time the producer covered in the minute: sum over its distinct timestamps, at most 60 s |
+
+Event tables (one row per event: `syscall_events`, `exec_events`,
+`tcp_state_events`, ...) roll up the same way: per minute and key (comm,
+syscall, state change, ...), `samples` is the number of events, numeric
+fields are summed, maxed or averaged as annotated, and per-event identifiers
+(pid, addresses, arguments) keep the minute's last value.
+
+Minutes are rolled up once they are closed (30 s after their end), in
+chunks: aggregation outside any transaction, then one short transaction that
+replaces the chunk's rollup rows and moves the table's watermark
+(`storage_state`, key `rollup:<table>`), so a minute is rolled up once and a
+crash or a lost watermark redoes a chunk to the same rows. Rows arriving for
+a minute already rolled up are not added to it.
+
+{aggs}
+
+## Reading old data
+
+* `<table>_all` views: raw rows (`samples` = 1, gauges also as `_min`/`_max`)
+  from the oldest raw row still present, rollup rows before it. Any SQL reader,
+  `query_database` included, reads a range of any age the same way.
+* Feature vectors (`ks-features compute`, `compare_baseline`,
+  `correlate_events`, report plots) read the rollup rows before a table's
+  oldest raw row; a window reaching into them is widened to at least 60 s so
+  it holds one; max/min features read the minute's `_max`/`_min`, event rates
+  the `samples`.
+* `kernelsight.storage.reads.count_rows` counts events across both.
+
+## Retention
+
+| data | kept |
+|---|---|
+| raw event rows | `raw_retention_h`, and only once their minute is rolled up |
+| `producer_stats`, `pipeline_stats`, `rejected_events` | `raw_retention_h` |
+| `<table>_1m` rollups | `rollup_retention_d` |
+| `features` | every vector for `raw_retention_h`, then the last of each minute for `rollup_retention_d` |
+| `oom_forecasts` | every row for `raw_retention_h`, then the last of each minute for `observation_retention_d` |
+| `observations` | open ones always; closed ones until `last_seen` is `observation_retention_d` old |
+
+Size cap: while the pages in use plus the WAL exceed `max_db_mb`, the oldest
+raw rows go first, ten minutes at a time, down to the newest `raw_min_h`; then
+the oldest rollups and thinned vectors, six hours at a time; then raw rows
+down to the newest rolled-up minute; each time down to 90 % of the cap.
+
+Deletes run in batches (`DELETE ... WHERE rowid IN (SELECT rowid ... ORDER BY
+ts LIMIT n)`), one transaction each; n starts at `prune_batch_rows` and
+adapts after every batch so one transaction holds the writer about
+`prune_batch_target_ms`. Free pages go back to the file system with
+`PRAGMA incremental_vacuum` in chunks sized the same way (databases created
+with `auto_vacuum=INCREMENTAL`; elsewhere SQLite reuses them), and a
+`wal_checkpoint(TRUNCATE)` after pruning keeps the WAL small.
+
+## Rotation
+
+`DATA_DIR/logs/*.log`, `observations.jsonl` and `stream/*.jsonl` are rotated
+by housekeeping once larger than `[logs] max_bytes`, keeping `keep` copies
+(`NAME.1` newest). Copy, then truncate: the writers keep their descriptors
+open in append mode and go on at the start of the emptied file.
+"""
+
+
+def markdown() -> str:
+    """docs/storage.md (docs/generate.py)."""
+    from .plan import markdown as aggs
+
+    return STORAGE_DOC.replace("{aggs}", "Per table:\n\n" + aggs())
+
+
+__all__ = ["storage_status", "status_lines", "measured_bytes_per_day", "estimated_bytes_per_day", "markdown"]
