@@ -528,3 +528,13 @@ def test_count_rows_across_the_raw_horizon(store):
     assert count_rows(conn, "exec_events", T0) == 600
     assert count_rows(conn, "exec_events", T0 + 2 * MIN, T0 + 7 * MIN) == 300
     assert count_rows(conn, "no_such_table", T0) is None
+
+
+def test_rows_older_than_rollup_retention_are_not_rolled_up(store):
+    d, conn = store
+    fill(conn, T0, 30)  # a database that grew before housekeeping: 30 min of data, 40 days old
+    now = T0 + 40 * 86400 * NS
+    fill(conn, now - 10 * MIN, 5, seed=3)
+    Housekeeper(conn, d, cfg()).run(now)
+    assert conn.execute("SELECT MIN(ts) FROM memory_metrics_1m").fetchone()[0] > now - 11 * MIN
+    assert conn.execute("SELECT COUNT(*) FROM memory_metrics WHERE ts < ?", (now - 86400 * NS,)).fetchone()[0] == 0

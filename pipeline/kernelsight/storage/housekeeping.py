@@ -124,7 +124,8 @@ class Housekeeper:
                     st.complete = False
                     break
                 try:
-                    st.rollup_rows += rollup.rollup_table(self.conn, p, now_ns, self.step_ns, deadline, st.detail)
+                    st.rollup_rows += rollup.rollup_table(self.conn, p, now_ns, self.step_ns, deadline, st.detail,
+                                                          oldest_ns=now_ns - int(self.cfg.storage.rollup_retention_d * DAY_NS))
                 except sqlite3.OperationalError as e:
                     if "no such table" not in str(e):
                         raise

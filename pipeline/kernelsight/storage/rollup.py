@@ -164,9 +164,12 @@ def watermark_key(table: str) -> str:
 
 
 def rollup_table(conn: sqlite3.Connection, plan: TablePlan, now_ns: int, step_ns: int,
-                 deadline: float | None = None, stats: dict | None = None) -> int:
+                 deadline: float | None = None, stats: dict | None = None, oldest_ns: int | None = None) -> int:
     """Roll up every closed bucket past the table's watermark (until deadline, a
-    time.monotonic() value); returns rollup rows written."""
+    time.monotonic() value); returns rollup rows written.  A table met for the
+    first time starts at its oldest row, or at oldest_ns if that is later: rows
+    older than rollups are kept are not rolled up (a database that grew before
+    housekeeping existed is not aggregated for nothing), and may go as raw."""
     closed_end = (now_ns - GRACE_S * NS) // step_ns * step_ns
     wm = state.get_int(conn, watermark_key(plan.table))
     if wm is None:
@@ -174,6 +177,8 @@ def rollup_table(conn: sqlite3.Connection, plan: TablePlan, now_ns: int, step_ns
         if first is None:
             return 0
         wm = int(bucket_end(first, step_ns)) - step_ns
+        if oldest_ns is not None:
+            wm = max(wm, oldest_ns // step_ns * step_ns)
     written = 0
     names = ", ".join(f.name for f in plan.fields)
     select = f"SELECT id, ts, {names} FROM {plan.table} WHERE ts > ? AND ts <= ? ORDER BY ts, id"
