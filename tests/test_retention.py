@@ -538,3 +538,33 @@ def test_rows_older_than_rollup_retention_are_not_rolled_up(store):
     Housekeeper(conn, d, cfg()).run(now)
     assert conn.execute("SELECT MIN(ts) FROM memory_metrics_1m").fetchone()[0] > now - 11 * MIN
     assert conn.execute("SELECT COUNT(*) FROM memory_metrics WHERE ts < ?", (now - 86400 * NS,)).fetchone()[0] == 0
+
+
+def test_cli_storage_and_config(store, tmp_path):
+    import subprocess
+
+    from conftest import tool
+
+    import time
+
+    d, conn = store
+    start = (time.time_ns() - 10 * MIN) // MIN * MIN  # the commands run at the real now
+    fill(conn, start, 3)
+    conn.close()
+    ks = tool("ks")
+    r = subprocess.run([ks, "storage", "rollup", "--data-dir", str(d), "--json"], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "KS_CONFIG": ""})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["rollup_rows"] > 0
+    r = subprocess.run([ks, "storage", "status", "--data-dir", str(d), "--json"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["rollup_oldest_ts"] == start + MIN
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[storage]\nraw_retention_hours = 1\n")
+    r = subprocess.run([ks, "config", "show", "--config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown key 'raw_retention_hours' in [storage]" in r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text("[storage]\nraw_retention_h = 12\n")
+    r = subprocess.run([ks, "config", "show"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "KS_CONFIG": str(good)})
+    assert r.returncode == 0 and "raw_retention_h = 12.0" in r.stdout and str(good) in r.stdout
