@@ -4,7 +4,8 @@ From it come the validators ks-ingest runs on every line and the SQL tables
 the lines land in.  Each event type names its table, and each field its type
 (int, float, str, int_array), unit and meaning.  Every line carries `type` and
 `ts` (Unix epoch nanoseconds) besides its fields; all listed fields must be
-present, none may be added, and only nullable fields may be null.
+present, none may be added, and only nullable fields may be null.  Integers
+must fit 64 bits (SQLite's INTEGER) and numbers must be finite.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ SCHEMA_VERSION = 1
 # or milliseconds by mistake, anything from 2**63 on does not fit SQLite.
 TS_MIN_NS = 10**18
 TS_MAX_NS = 2**63 - 1
+# SQLite stores 64-bit signed integers; orjson reads integers up to 2**64 - 1,
+# and a larger one would only fail when bound, far from its line.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 SQL_TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT", "int_array": "TEXT"}
 BASE_SQL_NAME = "base.sql"
@@ -78,6 +83,12 @@ def schema_dir() -> Path:
 
 
 def _type_error(name: str, want: str, value: object) -> str:
+    if type(value) is int and want in ("int", "float"):
+        return f"field '{name}' must be a 64-bit integer (from -2^63 to 2^63-1), got {value}"
+    if type(value) is float and want == "float":
+        return f"field '{name}' must be a finite number, got {value}"
+    if want == "int_array" and type(value) is list and all(type(x) is int for x in value):
+        return f"field '{name}' must be an array of 64-bit integers (from -2^63 to 2^63-1)"
     got = "null" if value is None else type(value).__name__
     if got in ("bytes", "dict", "list") or want == "int_array":
         got = {"list": "array", "dict": "object"}.get(got, got)
@@ -106,8 +117,8 @@ def _slow_check(spec: EventSpec, obj: dict) -> str:
                 return f"field '{f.name}' must not be null"
             continue
         ok = {
-            "int": type(v) is int,
-            "float": type(v) in (int, float),
+            "int": _is_int64(v),
+            "float": _is_int64(v) or (type(v) is float and v - v == 0.0),  # inf - inf and nan are nan
             "str": type(v) is str,
             "int_array": _int_list_json(v) is not False,
         }[f.type]
@@ -116,13 +127,19 @@ def _slow_check(spec: EventSpec, obj: dict) -> str:
     return "invalid event"  # pragma: no cover - the fast path accepted nothing the slow path accepts
 
 
+def _is_int64(v) -> bool:
+    return type(v) is int and INT64_MIN <= v <= INT64_MAX
+
+
 _NOT_INT_LIST_BYTES = b"0123456789,-"
+# 2**63 has 19 digits: an element with fewer cannot be out of range.
+_INT64_DIGITS = 19
 
 
 def _int_list_json(v) -> str | bool:
-    """JSON text of a flat list of integers, or False.  orjson writes ints as digits
-    and '-' only, so after dropping the outer brackets any other byte (a '.', 'e',
-    quote, letter or inner bracket) means a non-integer element; bools are letters."""
+    """JSON text of a flat list of 64-bit integers, or False.  orjson writes ints as
+    digits and '-' only, so after dropping the outer brackets any other byte (a '.',
+    'e', quote, letter or inner bracket) means a non-integer element; bools are letters."""
     if type(v) is not list:
         return False
     try:
@@ -130,6 +147,11 @@ def _int_list_json(v) -> str | bool:
     except TypeError:  # an integer beyond 64 bits
         return False
     if b[1:-1].translate(None, _NOT_INT_LIST_BYTES):
+        return False
+    # orjson writes no integer below -2**63 (TypeError above) and reads none (a
+    # float), so only the top needs a check, and only in a text long enough to
+    # hold a 19-digit element.
+    if len(b) > _INT64_DIGITS + 1 and max(v) > INT64_MAX:
         return False
     return b.decode()
 
@@ -149,15 +171,18 @@ def _build_validator(spec: EventSpec):
         "    try:",
         "        ts = o['ts']",
     ]
-    conds = ["type(ts) is not int or ts < TS_MIN or ts > TS_MAX"]
+    conds = [f"type(ts) is not int or ts < {TS_MIN_NS} or ts > {TS_MAX_NS}"]
     names = ["ts"]
     for i, f in enumerate(spec.fields):
         var = f"v{i}"
         body.append(f"        {var} = o[{f.name!r}]")
         if f.type == "int":
-            test = f"type({var}) is not int"
+            test = f"(type({var}) is not int or {var} > {INT64_MAX} or {var} < {INT64_MIN})"
         elif f.type == "float":
-            test = f"type({var}) is not float and type({var}) is not int"
+            # A finite float (x - x is nan for inf and nan), or an int that fits SQLite.
+            # The bounds are literals: a constant is cheaper to load than a global.
+            test = (f"(type({var}) is not float or {var} - {var} != 0.0) and "
+                    f"(type({var}) is not int or {var} > {INT64_MAX} or {var} < {INT64_MIN})")
         elif f.type == "str":
             test = f"type({var}) is not str"
         else:  # int_array: serialised once, and the JSON text both checked and stored
@@ -175,8 +200,6 @@ def _build_validator(spec: EventSpec):
     ns = {
         "RejectedLine": RejectedLine,
         "TYPE": spec.type,
-        "TS_MIN": TS_MIN_NS,
-        "TS_MAX": TS_MAX_NS,
         "_slow": lambda o: _slow_check(spec, o),
         "_dumps": orjson.dumps,
         "_int_list_json": _int_list_json,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from conftest import has_reader, query, tool, wait_for
 from kernelsight.fifo import FifoError, LineWriter, ensure_fifo
+from kernelsight.ingest import read_status
 from kernelsight.schema import RejectedLine, example_event, load_schema
 
 SCHEMA = load_schema()
@@ -81,7 +83,7 @@ def table_rows(db, etype):
     return query(db, f"SELECT COUNT(*) FROM {SCHEMA.events[etype].table}")[0][0]
 
 
-def test_schema_has_the_architecture_tables_and_this_issues_tables():
+def test_schema_has_the_architecture_tables_and_the_added_ones():
     tables = {e.table for e in SCHEMA.events.values()}
     assert {"vmstat_metrics", "cpu_metrics", "psi_metrics", "producer_stats"} <= tables
     missing = ARCHITECTURE_TABLES - tables
@@ -252,3 +254,54 @@ def test_line_writer_without_reader_counts_drops_and_never_blocks(ks_env):
     assert w.counters.dropped_no_reader_total == 1000 and w.counters.lines_written_total == 0
     assert not w.write_line(b"x" * 5000 + b"\n")
     assert w.counters.dropped_oversize_total == 1
+
+
+def _hold_write_lock(db):
+    conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def test_locked_database_keeps_the_lines_until_it_is_released(ks_env):
+    proc = start_ingest(ks_env)
+    wait_for(lambda: read_status(ks_env.data), what="status file")
+    lock = _hold_write_lock(ks_env.db)
+    try:
+        fd = os.open(ks_env.fifo, os.O_WRONLY)
+        for _ in range(100):
+            os.write(fd, good_line("load"))
+        os.close(fd)
+        st = wait_for(lambda: (s := read_status(ks_env.data)) and s["state"] == "retrying" and s["pending_rows"] == 100
+                      and s, what="100 rows kept after a failed flush (each attempt waits the busy timeout)")
+        assert "locked" in st["last_error"] and not st["disk_full"]
+        assert st["stored"] == 0 and table_rows(ks_env.db, "load") == 0
+    finally:
+        lock.rollback()
+        lock.close()
+    wait_for(lambda: table_rows(ks_env.db, "load") == 100, what="100 rows stored after the lock")
+    rc, err = stop(proc)
+    assert rc == 0, err
+    stats = last_stats(ks_env.db)
+    assert stats["load"] == (100, 100, 0, 0)
+
+
+def test_stop_while_locked_exits_and_claims_nothing(ks_env):
+    proc = start_ingest(ks_env)
+    wait_for(lambda: read_status(ks_env.data), what="status file")
+    lock = _hold_write_lock(ks_env.db)
+    try:
+        fd = os.open(ks_env.fifo, os.O_WRONLY)
+        for _ in range(50):
+            os.write(fd, good_line("psi"))
+        os.close(fd)
+        wait_for(lambda: (s := read_status(ks_env.data)) and s["state"] == "retrying", what="a failed flush")
+        rc, err = stop(proc)  # the final flush and stats row give up after their busy timeouts
+    finally:
+        lock.rollback()
+        lock.close()
+    assert rc == 0, err
+    assert "rows not stored at exit" in err and "final pipeline_stats row not written" in err
+    final = next(orjson.loads(ln) for ln in err.splitlines() if "final pipeline_stats row not written" in ln)
+    assert (final["received"], final["stored"], final["pending"]) == (50, 0, 50)
+    assert table_rows(ks_env.db, "psi") == 0
+    assert not [r for r in query(ks_env.db, "SELECT stored FROM pipeline_stats WHERE event_type='psi'") if r[0]]

@@ -3,11 +3,21 @@
 Each line is validated against the event contract, routed by type to its
 table and inserted in batches (flush on N rows or T ms).  A bad line is never
 fatal: it is quarantined in rejected_events with the reason.  Counters per
-type make every line accountable: received = stored + rejected + pending.
+type make every line accountable: received = stored + rejected + pending,
+and stored and rejected move only once the COMMIT that holds those rows has
+returned, so they never count a row the database does not have.
+
+When the database cannot take a batch for a reason that is not the rows'
+(locked past the busy timeout, disk full, I/O error), the batch stays in
+memory, is rolled back cleanly and retried with a doubling backoff; reading
+goes on until the pending lines reach a memory bound, then stops, so the pipe
+fills and the producers count their drops.  DATA_DIR/ingest_status.json says
+so (status.py).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -22,10 +32,96 @@ import orjson
 from .. import db
 from ..fifo import open_reader
 from ..schema import LINE_MAX, RejectedLine, Schema, load_schema
+from . import status as ks_status
 
 INVALID = "_invalid"  # bucket for lines whose type could not be read
 UNKNOWN = "_unknown"  # bucket for well-formed lines of an unknown type (bounded cardinality)
 READ_CHUNK = 1 << 20
+
+# Below the supervisor's stop timeout, so a locked database cannot hold a
+# stopping ks-ingest past it; a longer lock is a retry, not a lost batch.
+INGEST_BUSY_TIMEOUT_MS = 5_000
+# At exit, once the database has failed, the last flush and the final stats
+# row wait this long each at most: after SIGTERM ks-ingest takes at most an
+# attempt in progress (INGEST_BUSY_TIMEOUT_MS) plus twice this, plus the drain.
+CLOSE_BUSY_TIMEOUT_MS = 1_000
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 5.0
+# Lines (JSON bytes) kept while the database refuses them; as parsed rows they
+# take two to three times this in memory.
+PENDING_MAX_BYTES = 64 << 20
+REJECT_OVERHEAD_BYTES = 128  # the tuple, its ints and reason beside each quarantined line
+REJECTS_LOGGED_PER_TYPE = 20
+
+
+class _Oversize(Exception):
+    """A line over LINE_MAX, raised on the hot path; the schema words the reason."""
+
+REJECT_SQL = "INSERT INTO rejected_events(ts, event_type, reason, size_bytes, raw) VALUES (?,?,?,?,?)"
+STATS_SQL = ("INSERT INTO pipeline_stats(ts, stage, pid, event_type, received, stored, rejected, pending)"
+             " VALUES (?,?,?,?,?,?,?,?)")
+
+# SQLite primary result codes that describe the database, not the row: the
+# batch is kept and retried.  Any other code met while inserting a row
+# (CONSTRAINT, MISMATCH, TOOBIG, RANGE, ERROR...) quarantines that row.
+SQLITE_FULL = 13
+_DATABASE_STATE_CODES = {
+    5,  # BUSY
+    6,  # LOCKED
+    7,  # NOMEM
+    8,  # READONLY
+    9,  # INTERRUPT
+    10,  # IOERR
+    11,  # CORRUPT
+    SQLITE_FULL,
+    14,  # CANTOPEN
+    15,  # PROTOCOL
+    22,  # NOLFS
+    26,  # NOTADB
+}
+# The same, for an error that carries no code (raised by a wrapper, say).
+_DATABASE_STATE_WORDS = ("locked", "busy", "disk", "full", "i/o", "unable to open", "readonly", "read-only",
+                         "out of memory", "malformed", "not a database", "interrupted")
+
+
+def _sqlite_code(e: BaseException) -> int | None:
+    code = getattr(e, "sqlite_errorcode", None)
+    return code & 0xFF if type(code) is int else None
+
+
+def is_row_error(e: BaseException) -> bool:
+    """True when e is about the row being stored (a constraint, range or type,
+    or a value Python cannot bind): that row alone is quarantined.  False when
+    it is about the database (locked, full, I/O): the whole batch is kept."""
+    if isinstance(e, OSError):
+        return False
+    if not isinstance(e, sqlite3.Error):
+        return True  # OverflowError, UnicodeEncodeError, TypeError: binding this row's values
+    code = _sqlite_code(e)
+    if code is not None:
+        return code not in _DATABASE_STATE_CODES
+    msg = str(e).lower()
+    return not any(w in msg for w in _DATABASE_STATE_WORDS)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return _sqlite_code(e) == SQLITE_FULL or "is full" in str(e).lower()
+
+
+def _safe_text(s: str) -> str:
+    # Reasons end up in a TEXT column and in logs: never a lone surrogate.
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class StoreUnavailable(Exception):
+    """The database cannot take the batch now (locked, full, I/O): keep it and retry."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+        self.disk_full = is_disk_full(error)
 
 
 @dataclass
@@ -33,6 +129,7 @@ class Counts:
     received: int = 0
     stored: int = 0
     rejected: int = 0
+    pending: int = 0
 
 
 class Ingestor:
@@ -45,75 +142,111 @@ class Ingestor:
         flush_ms: int = 200,
         mirror_dir: Path | None = None,
         log=None,
+        status_file: Path | None = None,
+        max_pending_bytes: int = PENDING_MAX_BYTES,
+        busy_timeout_ms: int | None = None,
     ):
         self.conn = conn
         self.schema = schema
         self.batch_size = batch_size
         self.flush_s = flush_ms / 1000.0
         self.log = log
+        # Parsed rows and quarantined lines not yet committed: the counts below
+        # take them in only once their COMMIT has returned.
         self.pending: dict[str, list[tuple]] = {t: [] for t in schema.events}
         self.n_pending = 0
         self.rejects: list[tuple] = []
+        self.pending_bytes = 0
+        self.max_pending_bytes = max_pending_bytes
         self.counts: dict[str, Counts] = defaultdict(Counts)
+        self.rejects_logged: dict[str, int] = defaultdict(int)
         self.insert_sql = {t: s.insert_sql() for t, s in schema.events.items()}
         self.validators = {t: s.validate for t, s in schema.events.items()}
-        self.last_flush = time.monotonic()
+        self.clock = time.monotonic  # flush timing and backoff (tests replace it)
+        self.last_flush = self.clock()
         self.mirror_dir = mirror_dir
         self.mirrors: dict[str, object] = {}
         self.mirror_errors = 0
         if mirror_dir is not None:
             mirror_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Health, for the status file.  Times named *_at / *_since are Unix epoch seconds.
+        self.status_writer = ks_status.StatusWriter(status_file) if status_file is not None else None
+        self.busy_timeout_ms = busy_timeout_ms
+        self.retries_total = 0
+        self.failures_in_row = 0
+        self.retry_at_monotonic = 0.0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.failing_since: float | None = None
+        self.disk_full_since: float | None = None
+        self.last_commit_at: float | None = None
+        self.reading_paused_since: float | None = None
+        self.stats_write_errors_total = 0
+        self.stats_write_failed = False  # the last pipeline_stats write failed
+        self.status_write_errors_total = 0
 
     # -- the hot path -------------------------------------------------------
     def feed_lines(self, lines) -> None:
         """Take many lines (without newlines; empty ones are skipped).
 
-        Valid lines are only appended to their type's batch here: `received`
-        for them is counted when the batch is flushed (pending until then),
-        which keeps per-line work to parse, validate, append.
+        Valid lines are only appended to their type's batch here: they are
+        pending until their batch is committed, which keeps per-line work to
+        parse, validate, append.
         """
         loads, validators, pending = orjson.loads, self.validators, self.pending
-        errors = (orjson.JSONDecodeError, KeyError, TypeError, RejectedLine)
         appended = 0
+        size_bytes = 0
         for line in lines:
             if not line:
                 continue
             try:
                 if len(line) > LINE_MAX:
-                    raise RejectedLine("oversize")  # reason worded by the schema, below
+                    raise _Oversize
                 obj = loads(line)
                 t = obj["type"]
                 row = validators[t](obj)
-            except errors as e:
+            except Exception as e:  # whatever a line does costs that line only
                 self._reject_reason(line, e)
                 continue
             pending[t].append(row)
             appended += 1
+            size_bytes += len(line)
             if self.mirror_dir is not None:
                 self._mirror(t, line)
         self.n_pending += appended
-        if self.n_pending >= self.batch_size:
-            self.flush()
+        self.pending_bytes += size_bytes
+        self.flush_if_full()
 
     def _reject_reason(self, line: bytes, e: Exception) -> None:
-        # Work out the precise reason off the hot path, with the same checks.
-        try:
-            self.schema.validate_line(line)
-            reason, etype = f"rejected: {e!r}", None  # pragma: no cover - defensive
-        except RejectedLine as r:
-            reason, etype = r.reason, r.event_type
+        # Work out the precise reason off the hot path, with the same checks; a
+        # JSON error or a validator's own RejectedLine already carries it.
+        if type(e) is RejectedLine:
+            reason, etype = e.reason, e.event_type
+        elif type(e) is orjson.JSONDecodeError:
+            reason, etype = f"invalid JSON: {e}", None
+        else:
+            try:
+                self.schema.validate_line(line)
+                reason, etype = f"rejected: {e!r}", None  # pragma: no cover - defensive
+            except RejectedLine as r:
+                reason, etype = r.reason, r.event_type
+            except Exception as x:  # pragma: no cover - a validator bug costs the line, not the daemon
+                reason, etype = f"validator failed: {x!r}", None
         if etype is None and reason.startswith("unknown event type"):
             etype = UNKNOWN
         self.reject(line, reason, etype)
 
     def reject(self, line: bytes, reason: str, etype: str | None) -> None:
+        """Queue a line for rejected_events; it is stored with the next batch.
+        Never flushes: the callers do, after the line they are on."""
         key = etype or INVALID
-        self.counts[key].received += 1
-        self.rejects.append((time.time_ns(), etype, reason, len(line), bytes(line[:LINE_MAX])))
-        if self.log is not None and self.counts[key].rejected < 20:
+        raw = bytes(line[:LINE_MAX])
+        reason = _safe_text(reason)
+        self.rejects.append((time.time_ns(), etype, reason, len(line), raw))
+        self.pending_bytes += len(raw) + REJECT_OVERHEAD_BYTES
+        if self.log is not None and self.rejects_logged[key] < REJECTS_LOGGED_PER_TYPE:
+            self.rejects_logged[key] += 1
             self.log.warning("line rejected", event_type=key, reason=reason, size_bytes=len(line))
-        if len(self.rejects) >= self.batch_size:
-            self.flush()
 
     def _mirror(self, t: str, line: bytes) -> None:
         # Best effort: the database is the source of truth.
@@ -128,83 +261,272 @@ class Ingestor:
             self.mirror_errors += 1
 
     # -- batching -----------------------------------------------------------
-    def due(self) -> bool:
-        return (self.n_pending or self.rejects) and time.monotonic() - self.last_flush >= self.flush_s
+    def flush_if_full(self) -> None:
+        if self.n_pending + len(self.rejects) >= self.batch_size:
+            self.flush()
 
-    def flush(self) -> None:
-        self.last_flush = time.monotonic()
+    def due(self) -> bool:
         if not self.n_pending and not self.rejects:
-            return
-        conn = self.conn
-        conn.execute("BEGIN")
+            return False
+        now = self.clock()
+        return now - self.last_flush >= self.flush_s and now >= self.retry_at_monotonic
+
+    def retry_in_s(self) -> float:
+        return max(0.0, self.retry_at_monotonic - self.clock())
+
+    def backlogged(self) -> bool:
+        """Pending lines at the memory bound: stop taking more until a commit."""
+        return self.pending_bytes >= self.max_pending_bytes
+
+    def flush(self, *, force: bool = False) -> bool:
+        """Store what is pending in one transaction.  True when nothing is left
+        pending.  While the database is failing, a call before the backoff has
+        run out does nothing (force: try anyway, as at exit)."""
+        now = self.clock()
+        if not self.n_pending and not self.rejects:
+            self.last_flush = now
+            return True
+        if not force and now < self.retry_at_monotonic:
+            return False
+        self.last_flush = now
         try:
+            stored, refused = self._store_batch()
+        except StoreUnavailable as e:
+            self._failed(e)
+            return False
+        self._committed(stored, refused)
+        return True
+
+    def _store_batch(self) -> tuple[dict[str, int], list[tuple]]:
+        """One transaction for every pending row and quarantined line; nothing in
+        self changes here, so a failure leaves the batch exactly as it was."""
+        conn = self.conn
+        stored: dict[str, int] = {}
+        refused: list[tuple] = []  # rows SQLite would not take, quarantined in the same transaction
+        try:
+            # IMMEDIATE takes the write lock first: a busy database fails here, before any work.
+            conn.execute("BEGIN IMMEDIATE")
             for t, rows in self.pending.items():
-                if not rows:
-                    continue
-                self.counts[t].received += len(rows)
-                try:
-                    conn.execute("SAVEPOINT batch")
-                    conn.executemany(self.insert_sql[t], rows)
-                    conn.execute("RELEASE batch")
-                    self.counts[t].stored += len(rows)
-                except (sqlite3.Error, OverflowError):
-                    # One bad row must not cost the batch: redo it row by row.
-                    conn.execute("ROLLBACK TO batch")
-                    conn.execute("RELEASE batch")
-                    self._insert_one_by_one(t, rows)
-                rows.clear()
-            self.n_pending = 0
-            if self.rejects:
-                conn.executemany(
-                    "INSERT INTO rejected_events(ts, event_type, reason, size_bytes, raw) VALUES (?,?,?,?,?)",
-                    self.rejects,
-                )
-                for r in self.rejects:
-                    self.counts[r[1] or INVALID].rejected += 1
-                self.rejects.clear()
+                if rows:
+                    stored[t] = self._insert_rows(t, rows, refused)
+            rejects = self.rejects + refused if refused else self.rejects
+            if rejects:
+                conn.executemany(REJECT_SQL, rejects)
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as e:
+            self._rollback()
+            if isinstance(e, StoreUnavailable):
+                raise
+            if isinstance(e, (sqlite3.Error, OSError)):
+                raise StoreUnavailable(e) from e
             raise
+        return stored, refused
+
+    def _insert_rows(self, t: str, rows: list[tuple], refused: list[tuple]) -> int:
+        conn = self.conn
+        sql = self.insert_sql[t]
+        try:
+            conn.execute("SAVEPOINT batch")
+            conn.executemany(sql, rows)
+            conn.execute("RELEASE batch")
+            return len(rows)
+        except Exception as e:
+            if not is_row_error(e):
+                raise StoreUnavailable(e) from e
+        # One bad row must not cost the batch: redo it row by row.
+        conn.execute("ROLLBACK TO batch")
+        conn.execute("RELEASE batch")
+        n_stored = 0
+        for row in rows:
+            try:
+                conn.execute(sql, row)
+                n_stored += 1
+            except Exception as e:
+                if not is_row_error(e):
+                    raise StoreUnavailable(e) from e
+                refused.append(self._refused_row(t, row, e))
+        return n_stored
+
+    def _refused_row(self, t: str, row: tuple, e: Exception) -> tuple:
+        ev = dict(zip(self.schema.events[t].columns, row), type=t)
+        try:
+            raw = orjson.dumps(ev)
+        except TypeError:  # a value orjson cannot write either (beyond 64 bits, a lone surrogate)
+            raw = repr(ev).encode("utf-8", "backslashreplace")
+        return (time.time_ns(), t, _safe_text(f"database refused the row: {e}"), len(raw), raw[:LINE_MAX])
+
+    def _rollback(self) -> None:
+        # After FULL or IOERR SQLite may already have rolled back: only roll back
+        # a transaction that is still open, and never let this hide the first error.
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            if self.log is not None:
+                self.log.error("rollback failed", error=_safe_text(str(e)))
+
+    def _committed(self, stored: dict[str, int], refused: list[tuple]) -> None:
+        # The COMMIT has returned: only now do the rows count as stored.
+        counts = self.counts
+        for t, n in stored.items():
+            c = counts[t]
+            c.received += len(self.pending[t])
+            c.stored += n
+            self.pending[t].clear()
+        for r in self.rejects:
+            c = counts[r[1] or INVALID]
+            c.received += 1
+            c.rejected += 1
+        for r in refused:  # received already, with the rows of its type
+            counts[r[1]].rejected += 1
+        self.rejects = []
+        self.n_pending = 0
+        self.pending_bytes = 0
+        self.last_commit_at = time.time()
+        self.failures_in_row = 0
+        self.retry_at_monotonic = 0.0
+        if self.failing_since is not None:
+            if self.log is not None:
+                self.log.info("storing again", failed_for_s=round(time.time() - self.failing_since, 1),
+                              retries_total=self.retries_total)
+            self.failing_since = None
+            self.disk_full_since = None
+            self.write_status()
         for f in self.mirrors.values():
             try:
                 f.flush()
             except OSError:
                 self.mirror_errors += 1
 
-    def _insert_one_by_one(self, t: str, rows: list[tuple]) -> None:
-        sql = self.insert_sql[t]
-        for row in rows:
-            try:
-                self.conn.execute(sql, row)
-                self.counts[t].stored += 1
-            except (sqlite3.Error, OverflowError) as e:
-                self.counts[t].received -= 1  # reject() counts it again, under the same type
-                self.reject(orjson.dumps(dict(zip(self.schema.events[t].columns, row), type=t)),
-                            f"database refused the row: {e}", t)
+    def _failed(self, e: StoreUnavailable) -> None:
+        now = time.time()
+        self.retries_total += 1
+        self.failures_in_row += 1
+        delay_s = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(self.failures_in_row - 1, 16))
+        self.retry_at_monotonic = self.clock() + delay_s
+        changed = self.failing_since is None or e.disk_full != (self.disk_full_since is not None)
+        if self.failing_since is None:
+            self.failing_since = now
+        if not e.disk_full:
+            self.disk_full_since = None
+        elif self.disk_full_since is None:
+            self.disk_full_since = now
+        self.last_error = _safe_text(f"{type(e.error).__name__}: {e.error}")
+        self.last_error_at = now
+        if self.log is not None:
+            self.log.warning("cannot store the batch; kept for a retry", error=self.last_error,
+                             retry_in_s=round(delay_s, 2), pending_rows=self.n_pending + len(self.rejects),
+                             pending_bytes=self.pending_bytes, retries_total=self.retries_total)
+        if changed:
+            self.write_status()
+
+    def set_reading_paused(self, paused: bool) -> None:
+        if paused == (self.reading_paused_since is not None):
+            return
+        self.reading_paused_since = time.time() if paused else None
+        if self.log is not None:
+            if paused:
+                self.log.warning("pending lines at the memory bound; FIFO reading paused",
+                                 pending_bytes=self.pending_bytes, max_pending_bytes=self.max_pending_bytes)
+            else:
+                self.log.info("FIFO reading resumed")
+        self.write_status()
+
+    def _shorten_busy_timeout(self) -> None:
+        # A database that has just failed is unlikely to free up within a whole
+        # busy timeout, and the supervisor's stop timeout is running.
+        try:
+            self.conn.execute(f"PRAGMA busy_timeout={CLOSE_BUSY_TIMEOUT_MS}")
+        except sqlite3.Error:
+            pass
 
     # -- accounting ---------------------------------------------------------
-    def write_stats(self) -> None:
-        now = time.time_ns()
-        pid = os.getpid()
-        pend = {t: len(r) for t, r in self.pending.items()}
-        types = sorted(set(self.counts) | {t for t, n in pend.items() if n})
-        rows = [
-            (now, "ingest", pid, t, self.counts[t].received + pend.get(t, 0), self.counts[t].stored,
-             self.counts[t].rejected, pend.get(t, 0))
-            for t in types
-        ]
-        if rows:
-            self.conn.execute("BEGIN")
-            self.conn.executemany(
-                "INSERT INTO pipeline_stats(ts, stage, pid, event_type, received, stored, rejected, pending)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                rows,
-            )
-            self.conn.execute("COMMIT")
+    def pending_by_type(self) -> dict[str, int]:
+        pend = {t: len(r) for t, r in self.pending.items() if r}
+        for r in self.rejects:
+            key = r[1] or INVALID
+            pend[key] = pend.get(key, 0) + 1
+        return pend
+
+    def write_stats(self, *, final: bool = False) -> bool:
+        """One pipeline_stats row per type; True when written.  While the
+        database is failing only the status file is written (final: try anyway)."""
+        try:
+            if self.failing_since is not None and not final:
+                return False
+            now = time.time_ns()
+            pid = os.getpid()
+            pend = self.pending_by_type()
+            rows = []
+            for t in sorted(set(self.counts) | set(pend)):
+                c, p = self.counts[t], pend.get(t, 0)
+                rows.append((now, "ingest", pid, t, c.received + p, c.stored, c.rejected, p))
+            if not rows:
+                return True
+            conn = self.conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(STATS_SQL, rows)
+                conn.execute("COMMIT")
+            except (sqlite3.Error, OSError) as e:
+                self._rollback()
+                self.stats_write_failed = True
+                self.stats_write_errors_total += 1
+                self.last_error = _safe_text(f"{type(e).__name__}: {e}")
+                self.last_error_at = time.time()
+                if self.log is not None:
+                    self.log.warning("pipeline_stats row not written", error=self.last_error)
+                return False
+            self.stats_write_failed = False
+            return True
+        finally:
+            self.write_status()
+
+    def status(self) -> dict:
+        t = self.totals()
+        if self.reading_paused_since is not None:
+            state = "paused"
+        elif self.failing_since is not None:
+            state = "retrying"
+        else:
+            state = "storing"
+        return {
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+            "state": state,
+            "received": t.received,
+            "stored": t.stored,
+            "rejected": t.rejected,
+            "pending_rows": t.pending,
+            "pending_bytes": self.pending_bytes,
+            "max_pending_bytes": self.max_pending_bytes,
+            "retries_total": self.retries_total,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "failing_since": self.failing_since,
+            "disk_full": self.disk_full_since is not None,
+            "disk_full_since": self.disk_full_since,
+            "reading_paused": self.reading_paused_since is not None,
+            "reading_paused_since": self.reading_paused_since,
+            "last_commit_at": self.last_commit_at,
+            "busy_timeout_ms": self.busy_timeout_ms,
+            "stats_write_errors_total": self.stats_write_errors_total,
+            "mirror_errors_total": self.mirror_errors,
+        }
+
+    def write_status(self) -> None:
+        if self.status_writer is None:
+            return
+        try:
+            self.status_writer.write(self.status())
+        except OSError as e:
+            self.status_write_errors_total += 1
+            if self.log is not None and self.status_write_errors_total == 1:
+                self.log.warning("status file not written", path=str(self.status_writer.path), error=str(e))
 
     def totals(self) -> Counts:
-        tot = Counts(received=self.n_pending)
+        pending = self.n_pending + len(self.rejects)
+        tot = Counts(received=pending, pending=pending)
         for c in self.counts.values():
             tot.received += c.received
             tot.stored += c.stored
@@ -212,13 +534,26 @@ class Ingestor:
         return tot
 
     def close(self) -> None:
-        self.flush()
-        self.write_stats()
-        for f in self.mirrors.values():
-            try:
-                f.close()
-            except OSError:
-                pass
+        """Last flush and the final stats row, each tried even if the other fails."""
+        try:
+            if self.failing_since is not None or self.stats_write_failed:
+                self._shorten_busy_timeout()
+            if not self.flush(force=True):
+                self._shorten_busy_timeout()
+        finally:
+            written = self.write_stats(final=True)
+            t = self.totals()
+            if self.log is not None:
+                if not written:
+                    self.log.error("final pipeline_stats row not written", received=t.received, stored=t.stored,
+                                   rejected=t.rejected, pending=t.pending, last_error=self.last_error)
+                if t.pending:
+                    self.log.error("rows not stored at exit", pending=t.pending, last_error=self.last_error)
+            for f in self.mirrors.values():
+                try:
+                    f.close()
+                except OSError:
+                    pass
 
 
 class LineSplitter:
@@ -247,6 +582,7 @@ class LineSplitter:
             self.ing.reject(self.buf[:LINE_MAX], f"line over the {LINE_MAX}-byte limit (no newline within it)", None)
             self.buf = b""
             self.discarding = True
+            self.ing.flush_if_full()
 
     def finish(self) -> None:
         """End of input: a last line without a newline is still a line."""
@@ -259,9 +595,19 @@ def replay(path: Path, ing: Ingestor) -> None:
     split = LineSplitter(ing)
     with open(path, "rb") as f:
         while chunk := f.read(READ_CHUNK):
+            wait_for_room(ing)
             split.push(chunk)
     split.finish()
-    ing.flush()
+    ing.flush(force=True)
+
+
+def wait_for_room(ing: Ingestor) -> None:
+    """Hold the reader while the pending lines are at the memory bound, retrying
+    the batch on its backoff; a database that stays unwritable holds it here,
+    logging each retry."""
+    while ing.backlogged():
+        time.sleep(max(ing.retry_in_s(), 0.01))
+        ing.flush()
 
 
 class Daemon:
@@ -285,35 +631,47 @@ class Daemon:
         poller = select.poll()
         poller.register(rfd, select.POLLIN)
         next_stats = time.monotonic() + self.stats_interval_s
+        ing = self.ing
         if self.log is not None:
-            self.log.info("ingesting", fifo=self.fifo_path)
+            self.log.info("ingesting", fifo=self.fifo_path, busy_timeout_ms=ing.busy_timeout_ms,
+                          max_pending_bytes=ing.max_pending_bytes)
+        ing.write_status()
         try:
             while not self.stopping:
-                try:
-                    ready = poller.poll(int(self.ing.flush_s * 1000))
-                except InterruptedError:  # pragma: no cover - PEP 475 retries poll
-                    ready = []
-                if ready:
-                    self._drain(rfd, split)
-                if self.ing.due():
-                    self.ing.flush()
+                if ing.backlogged():
+                    # Not reading: the pipe fills and the producers count their drops,
+                    # while memory stays bounded.  Short sleeps keep SIGTERM prompt.
+                    ing.set_reading_paused(True)
+                    time.sleep(min(ing.flush_s, max(ing.retry_in_s(), 0.01)))
+                else:
+                    ing.set_reading_paused(False)
+                    try:
+                        ready = poller.poll(int(ing.flush_s * 1000))
+                    except InterruptedError:  # pragma: no cover - PEP 475 retries poll
+                        ready = []
+                    if ready:
+                        self._drain(rfd, split)
+                if ing.due():
+                    ing.flush()
                 if time.monotonic() >= next_stats:
-                    self.ing.flush()
-                    self.ing.write_stats()
+                    ing.flush()
+                    ing.write_stats()
                     next_stats = time.monotonic() + self.stats_interval_s
-            # Producers are stopped before us: whatever they wrote is in the pipe now.
+            # Producers are stopped before us: whatever they wrote is in the pipe now
+            # (unless the pending lines are at their bound: then it stays there).
             self._drain(rfd, split)
             split.finish()
         finally:
-            self.ing.close()
+            ing.close()
             os.close(rfd)
             os.close(keepalive)
             if self.log is not None:
-                t = self.ing.totals()
-                self.log.info("stopped", received=t.received, stored=t.stored, rejected=t.rejected)
+                t = ing.totals()
+                self.log.info("stopped", received=t.received, stored=t.stored, rejected=t.rejected,
+                              pending=t.pending, retries_total=ing.retries_total)
 
     def _drain(self, rfd: int, split: LineSplitter) -> None:
-        while True:
+        while not self.ing.backlogged():
             try:
                 chunk = os.read(rfd, READ_CHUNK)
             except BlockingIOError:
@@ -325,8 +683,33 @@ class Daemon:
                 return
 
 
-def make_ingestor(data_dir: Path, *, batch_size=2000, flush_ms=200, mirror=False, log=None) -> Ingestor:
+def connect_store(data_dir: Path, schema: Schema, *, busy_timeout_ms: int = INGEST_BUSY_TIMEOUT_MS,
+                  wait: bool = False, log=None) -> sqlite3.Connection:
+    """db.connect; with wait, a locked, full or failing database is retried on
+    the same backoff as a batch instead of ending the process (a crash loop
+    under the supervisor).  A StoreError (unsafe path) is never retried."""
+    failures = 0
+    while True:
+        try:
+            return db.connect(db.db_path(data_dir), schema, busy_timeout_ms=busy_timeout_ms)
+        except (sqlite3.Error, OSError) as e:
+            retry = is_disk_full(e) if isinstance(e, OSError) else not is_row_error(e)
+            if not wait or not retry:
+                raise
+            failures += 1
+            delay_s = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(failures - 1, 16))
+            if log is not None:
+                log.warning("cannot open the database; retrying", error=_safe_text(f"{type(e).__name__}: {e}"),
+                            retry_in_s=round(delay_s, 2), disk_full=is_disk_full(e))
+            time.sleep(delay_s)
+
+
+def make_ingestor(data_dir: Path, *, batch_size=2000, flush_ms=200, mirror=False, log=None,
+                  max_pending_bytes: int = PENDING_MAX_BYTES, busy_timeout_ms: int = INGEST_BUSY_TIMEOUT_MS,
+                  wait_for_db: bool = False) -> Ingestor:
     schema = load_schema()
-    conn = db.connect(db.db_path(data_dir), schema)
+    conn = connect_store(data_dir, schema, busy_timeout_ms=busy_timeout_ms, wait=wait_for_db, log=log)
     mirror_dir = data_dir / "stream" if mirror else None
-    return Ingestor(conn, schema, batch_size=batch_size, flush_ms=flush_ms, mirror_dir=mirror_dir, log=log)
+    return Ingestor(conn, schema, batch_size=batch_size, flush_ms=flush_ms, mirror_dir=mirror_dir, log=log,
+                    status_file=ks_status.status_path(data_dir), max_pending_bytes=max_pending_bytes,
+                    busy_timeout_ms=busy_timeout_ms)
