@@ -45,6 +45,13 @@ def query(db: Path, sql: str, args=()):
         conn.close()
 
 
+@pytest.fixture(autouse=True)
+def _private_data_dir(tmp_path_factory, monkeypatch):
+    """Writers in the test process keep counters files under $KS_DATA_DIR (the Makefile
+    exports ./data): give every test its own, never the real one."""
+    monkeypatch.setenv("KS_DATA_DIR", str(tmp_path_factory.mktemp("ks-data")))
+
+
 @pytest.fixture
 def ks_env(tmp_path):
     data = tmp_path / "data"
