@@ -191,3 +191,50 @@ def test_finished_processes_fold_into_the_totals_once(data_env, tmp_path):
                {p: (a.written, a.stored, a.processes) for p, a in first.items()}
     finally:
         conn.close()
+
+
+def test_a_process_without_a_counters_file_is_counted_from_its_stats_line(data_env, tmp_path):
+    data, fifo = data_env
+    from kernelsight import db
+
+    env = {k: v for k, v in os.environ.items() if k != "KS_DATA_DIR"}  # no file for it
+    ensure_fifo(fifo)
+    ing = _ingest(data, fifo, {**env, "KS_FIFO": fifo})
+    try:
+        script = tmp_path / "writer.py"
+        script.write_text(WRITER)
+        subprocess.run([sys.executable, str(script), fifo, "30", "stats"], env=env, check=True, timeout=60)
+        wait_for(lambda: query(data / "kernelsight.db", "SELECT COUNT(*) FROM producer_stats") == [(1,)],
+                 what="its stats line")
+    finally:
+        ing.send_signal(signal.SIGTERM)
+        assert ing.wait(timeout=60) == 0
+    assert acc.read_counter_files(data) == []
+    conn = db.connect_readonly(db.db_path(data))
+    try:
+        (a,) = acc.reconcile(data, conn)
+    finally:
+        conn.close()
+    assert (a.producer, a.written_from, a.written, a.stored, a.unaccounted) == ("ks-scraper", "producer_stats",
+                                                                               31, 31, 0)
+
+
+def test_dropping_and_silent(data_env):
+    """A running writer that drops is "dropping"; one whose counters stood still for
+    three intervals is "silent"."""
+    data, fifo = data_env
+    from kernelsight import db
+
+    conn = db.connect(db.db_path(data))
+    w = LineWriter(fifo, producer="ks-unit")  # no reader: every line is dropped
+    try:
+        w.emit({"type": "x"})
+        (a,) = acc.reconcile(data, conn, interval_s=1.0)
+        assert a.status == "dropping" and a.dropped["no_reader"] == 1 and a.running_pids == [os.getpid()]
+        later = time.time_ns() + 10 * 10**9
+        (a,) = acc.reconcile(data, conn, interval_s=1.0, now_ns=later)
+        assert a.status == "silent"
+    finally:
+        w.close()
+        conn.close()
+    assert acc.read_counter_files(data)[0].live is False
