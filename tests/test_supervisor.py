@@ -190,3 +190,12 @@ def test_ingest_gets_longer_than_its_busy_timeout_to_stop():
     specs = {s.name: s for s in default_children(RunOptions(fifo="/nonexistent", tracers=False, collectors=False))}
     assert specs["ks-ingest"].stop_timeout_s == INGEST_STOP_TIMEOUT_S >= 5 + 10
     assert specs["ks-scraper"].stop_timeout_s == STOP_TIMEOUT_S
+
+
+def test_tracers_exclude_every_pipeline_process(tmp_path):
+    from kernelsight.children import RunOptions, default_children
+
+    specs = default_children(RunOptions(fifo="/nonexistent", collectors=False, data_dir=tmp_path))
+    tracers = [s for s in specs if "--exclude-pids-file" in s.argv]
+    assert tracers and all(s.argv[s.argv.index("--exclude-pids-file") + 1] == str(tmp_path / "run" / "pipeline.pids")
+                           and "--exclude-pid" in s.argv for s in tracers)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from .procutil import find_executable
 from .schema import load_schema
-from .supervisor import INGEST_STOP_TIMEOUT_S, ChildSpec
+from .supervisor import INGEST_STOP_TIMEOUT_S, PIDS_FILE, RUN_DIR, ChildSpec
 
 
 @dataclass
@@ -19,6 +20,7 @@ class RunOptions:
     interval_s: float = 1.0
     tracers: bool = True
     collectors: bool = True
+    data_dir: Path | None = None  # where the supervisor writes run/pipeline.pids
 
 
 def _tracer_specs(opts: RunOptions) -> list[ChildSpec]:
@@ -29,6 +31,8 @@ def _tracer_specs(opts: RunOptions) -> list[ChildSpec]:
         # DATA_DIR/run/pipeline.pids names every pipeline process as it comes and goes.
         argv = [path or exe, "--output", opts.fifo, "--interval", str(opts.interval_s),
                 "--exclude-pid", str(os.getpid()), "--exclude-pid", "@pid:ks-ingest"]
+        if opts.data_dir is not None:
+            argv += ["--exclude-pids-file", str(opts.data_dir / RUN_DIR / PIDS_FILE)]
         reason = None if path else f"{exe} is not built (run make build; it needs clang, bpftool and kernel BTF)"
         specs.append(ChildSpec(exe, argv, "producer", unavailable_reason=reason))
     return specs

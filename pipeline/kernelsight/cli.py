@@ -50,7 +50,8 @@ def run(
     # The supervisor runs in the foreground: its log goes to the terminal (stderr);
     # each child's stderr goes to DATA_DIR/logs/NAME.log.
     log = klog.configure("ks-supervisor")
-    specs = default_children(RunOptions(fifo=fifo, interval_s=interval, tracers=tracers, collectors=collectors))
+    specs = default_children(RunOptions(fifo=fifo, interval_s=interval, tracers=tracers, collectors=collectors,
+                                        data_dir=directory))
     print(f"ks run: data in {directory}, FIFO {fifo}, logs in {directory / 'logs'}; Ctrl-C stops", file=sys.stderr)
     raise typer.Exit(Supervisor(specs, directory, fifo, log, claim=held, interval_s=interval).run())
 
