@@ -16,7 +16,7 @@ PY_BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12"
 NATIVE_SOURCES := $(shell find native bpf -type f 2>/dev/null) CMakeLists.txt pyproject.toml \
 	$(shell find pipeline collectors schema -name __init__.py 2>/dev/null)
 
-.PHONY: setup build run test test-native bench scenarios clean apt
+.PHONY: setup build run test test-native bench soak scenarios clean apt
 
 setup: apt $(VENV)/.deps-stamp
 
@@ -57,6 +57,11 @@ test-native: setup
 
 bench: build
 	$(PY) -m bench && $(PY) docs/generate.py
+
+# Ten minutes of the real pipeline with synthetic producers at 50k lines/s and a
+# random stage SIGKILLed every 20 s; the figure goes to bench/results.json.
+soak: build
+	$(PY) -m bench soak && $(PY) docs/generate.py
 
 # Real faults injected with the whole pipeline up; table in bench/scenarios.json and docs/scenarios.md.
 scenarios: build

@@ -248,14 +248,20 @@ static void cnt_open(struct ks_out *o, const char *producer)
 		if (fd < 0 && errno != EEXIST)
 			break;
 	}
-	close(pfd);
-	if (fd < 0)
+	if (fd < 0) {
+		close(pfd);
 		return;
-	/* Blocking: only a reader testing liveness can hold it, for a moment. */
-	if (flock(fd, LOCK_EX) != 0 || ftruncate(fd, KS_CNT_FILE_SIZE) != 0) {
+	}
+	/* Blocking: only a reader testing liveness can hold it, for a moment.
+	 * Allocated, not ftruncate'd: a store into a hole of a mapped file on a
+	 * full filesystem is SIGBUS; without room we go on without the file. */
+	if (flock(fd, LOCK_EX) != 0 || posix_fallocate(fd, 0, KS_CNT_FILE_SIZE) != 0) {
+		unlinkat(pfd, name, 0);
+		close(pfd);
 		close(fd);
 		return;
 	}
+	close(pfd);
 	m = mmap(NULL, KS_CNT_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (m == MAP_FAILED) {
 		close(fd);

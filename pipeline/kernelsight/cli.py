@@ -60,7 +60,8 @@ def read_status(directory: Path) -> dict:
     """Supervisor state, the pipeline lock, the per-type counters and the per-producer
     line accounting, from status.json, DATA_DIR/run and the DB."""
     out: dict = {"data_dir": str(directory), "supervisor": "not running", "children": [], "counters": {},
-                 "pipeline_lock_pid": pipeline_lock_holder(directory), "accounting": None}
+                 "pipeline_lock_pid": pipeline_lock_holder(directory), "accounting": None,
+                 "ingest": _ingest_status(directory)}
     try:
         st = orjson.loads((directory / STATUS_FILE).read_bytes())
     except (OSError, orjson.JSONDecodeError):
@@ -92,6 +93,16 @@ def read_status(directory: Path) -> dict:
     finally:
         conn.close()
     return out
+
+
+def _ingest_status(directory: Path) -> dict | None:
+    """ks-ingest's own word on storing: disk full, failing, paused, or storing."""
+    from .ingest import describe_status, read_status as read_ingest_status
+
+    st = read_ingest_status(directory)
+    if st is not None:
+        st["summary"] = describe_status(st)
+    return st
 
 
 def _counters(conn: sqlite3.Connection) -> dict:
@@ -139,6 +150,8 @@ def status(
     print(f"supervisor: {s['supervisor']}" + (f" (pid {s['supervisor_pid']})" if "supervisor_pid" in s else ""))
     lock_pid = s.get("pipeline_lock_pid")
     print(f"pipeline lock held by pid {lock_pid}" if lock_pid else "pipeline lock: free (no `ks run` on this data dir)")
+    if s.get("ingest"):
+        print(f"ingest: {s['ingest']['summary']}")
     if s["children"]:
         print(f"{'child':<28} {'state':<12} {'pid':>7} {'restarts':>8}  attach / reason")
         for c in s["children"]:

@@ -12,6 +12,7 @@ ks_out.h) that outlives a kill -9.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -171,11 +172,15 @@ class CounterFileWriter:
             if fd < 0:
                 return None
             fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: only a reader testing liveness holds it, briefly
-            os.ftruncate(fd, acc.FILE_SIZE)
+            # Allocated, not ftruncate'd: a store into a hole of a mapped file on a
+            # full filesystem is SIGBUS; without room we go on without the file.
+            os.posix_fallocate(fd, 0, acc.FILE_SIZE)
             mm = mmap.mmap(fd, acc.FILE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError:
             if fd >= 0:
                 os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(data, acc.RUN_DIR, acc.PRODUCERS_DIR, name))
             return None
         acc.HEADER.pack_into(mm, 0, bytes(8), acc.VERSION, pid, ticks, time.time_ns(), producer.encode())
         w = cls(mm, fd, os.path.join(data, acc.RUN_DIR, acc.PRODUCERS_DIR, name))
