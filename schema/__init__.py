@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -134,6 +135,7 @@ def _is_int64(v) -> bool:
 _NOT_INT_LIST_BYTES = b"0123456789,-"
 # 2**63 has 19 digits: an element with fewer cannot be out of range.
 _INT64_DIGITS = 19
+_INT64_ARRAY_PACKERS: dict[int, object] = {}
 
 
 def _int_list_json(v) -> str | bool:
@@ -148,11 +150,16 @@ def _int_list_json(v) -> str | bool:
         return False
     if b[1:-1].translate(None, _NOT_INT_LIST_BYTES):
         return False
-    # orjson writes no integer below -2**63 (TypeError above) and reads none (a
-    # float), so only the top needs a check, and only in a text long enough to
-    # hold a 19-digit element.
-    if len(b) > _INT64_DIGITS + 1 and max(v) > INT64_MAX:
-        return False
+    # Only a text long enough to hold a 19-digit element needs the range check.
+    # struct packs in C and raises outside 64 bits: several times cheaper than max().
+    if len(b) > _INT64_DIGITS + 1:
+        pack = _INT64_ARRAY_PACKERS.get(len(v))
+        if pack is None:  # at most one per array length, and a line holds at most ~2k elements
+            pack = _INT64_ARRAY_PACKERS[len(v)] = struct.Struct(f"={len(v)}q").pack
+        try:
+            pack(*v)
+        except struct.error:
+            return False
     return b.decode()
 
 
@@ -171,13 +178,16 @@ def _build_validator(spec: EventSpec):
         "    try:",
         "        ts = o['ts']",
     ]
-    conds = [f"type(ts) is not int or ts < {TS_MIN_NS} or ts > {TS_MAX_NS}"]
+    # TS_MAX_NS is the int64 maximum: the range check below covers that bound.
+    conds = [f"type(ts) is not int or ts < {TS_MIN_NS}"]
     names = ["ts"]
+    int64s = ["ts"]  # int fields, range-checked together
     for i, f in enumerate(spec.fields):
         var = f"v{i}"
         body.append(f"        {var} = o[{f.name!r}]")
         if f.type == "int":
-            test = f"(type({var}) is not int or {var} > {INT64_MAX} or {var} < {INT64_MIN})"
+            test = f"type({var}) is not int"
+            int64s.append(f"({var} or 0)" if f.nullable else var)
         elif f.type == "float":
             # A finite float (x - x is nan for inf and nan), or an int that fits SQLite.
             # The bounds are literals: a constant is cheaper to load than a global.
@@ -195,6 +205,12 @@ def _build_validator(spec: EventSpec):
         "        raise RejectedLine(_slow(o), TYPE) from None",
         "    if " + " or ".join(conds) + ":",
         "        raise RejectedLine(_slow(o), TYPE)",
+        # One C call checks every int field against 64 bits: far cheaper than two
+        # comparisons with a multi-digit constant per field.
+        "    try:",
+        "        _pack_int64s(" + ", ".join(int64s) + ")",
+        "    except _StructError:",
+        "        raise RejectedLine(_slow(o), TYPE) from None",
         "    return (" + ", ".join(names) + ",)",
     ]
     ns = {
@@ -203,6 +219,8 @@ def _build_validator(spec: EventSpec):
         "_slow": lambda o: _slow_check(spec, o),
         "_dumps": orjson.dumps,
         "_int_list_json": _int_list_json,
+        "_pack_int64s": struct.Struct(f"={len(int64s)}q").pack,
+        "_StructError": struct.error,
     }
     exec(compile("\n".join(body), f"<validator {spec.type}>", "exec"), ns)  # noqa: S102 - generated from our own schema
     return ns["validate"]

@@ -32,6 +32,7 @@ import orjson
 from .. import db
 from ..fifo import open_reader
 from ..schema import LINE_MAX, RejectedLine, Schema, load_schema
+from . import spool as ks_spool
 from . import status as ks_status
 
 INVALID = "_invalid"  # bucket for lines whose type could not be read
@@ -184,6 +185,8 @@ class Ingestor:
         self.stats_write_errors_total = 0
         self.stats_write_failed = False  # the last pipeline_stats write failed
         self.status_write_errors_total = 0
+        # Set by the daemon: each COMMIT then records how far the spool is committed.
+        self.spool: ks_spool.Spool | None = None
 
     # -- the hot path -------------------------------------------------------
     def feed_lines(self, lines) -> None:
@@ -194,13 +197,15 @@ class Ingestor:
         parse, validate, append.
         """
         loads, validators, pending = orjson.loads, self.validators, self.pending
+        mirror = self.mirror_dir is not None
         appended = 0
         size_bytes = 0
         for line in lines:
             if not line:
                 continue
             try:
-                if len(line) > LINE_MAX:
+                n = len(line)
+                if n > LINE_MAX:
                     raise _Oversize
                 obj = loads(line)
                 t = obj["type"]
@@ -210,8 +215,8 @@ class Ingestor:
                 continue
             pending[t].append(row)
             appended += 1
-            size_bytes += len(line)
-            if self.mirror_dir is not None:
+            size_bytes += n
+            if mirror:
                 self._mirror(t, line)
         self.n_pending += appended
         self.pending_bytes += size_bytes
@@ -312,6 +317,8 @@ class Ingestor:
             rejects = self.rejects + refused if refused else self.rejects
             if rejects:
                 conn.executemany(REJECT_SQL, rejects)
+            if self.spool is not None:
+                conn.executemany(ks_spool.STATE_SQL, self.spool.state_rows())
             conn.execute("COMMIT")
         except BaseException as e:
             self._rollback()
@@ -512,6 +519,8 @@ class Ingestor:
             "busy_timeout_ms": self.busy_timeout_ms,
             "stats_write_errors_total": self.stats_write_errors_total,
             "mirror_errors_total": self.mirror_errors,
+            "spool_errors_total": self.spool.errors_total if self.spool is not None else 0,
+            "spool_bytes": self.spool.size_bytes if self.spool is not None else 0,
         }
 
     def write_status(self) -> None:
@@ -561,10 +570,16 @@ class LineSplitter:
     newline is reported once (its first LINE_MAX bytes) and skipped to its end,
     so junk without newlines cannot make the buffer grow without bound."""
 
-    def __init__(self, ingestor: Ingestor):
+    def __init__(self, ingestor: Ingestor, spool: ks_spool.Spool | None = None):
         self.ing = ingestor
         self.buf = b""
         self.discarding = False
+        self.spool = spool
+
+    def _fed(self) -> None:
+        # Before anything fed can be flushed: the spool offset the flush records.
+        if self.spool is not None:
+            self.spool.fed(len(self.buf), self.discarding)
 
     def push(self, chunk: bytes) -> None:
         data = self.buf + chunk if self.buf else chunk
@@ -572,23 +587,27 @@ class LineSplitter:
             nl = data.find(b"\n")
             if nl < 0:
                 self.buf = b""
+                self._fed()
                 return
             data = data[nl + 1 :]
             self.discarding = False
         lines = data.split(b"\n")
         self.buf = lines.pop()
+        self._fed()
         self.ing.feed_lines(lines)
         if len(self.buf) > LINE_MAX:
             self.ing.reject(self.buf[:LINE_MAX], f"line over the {LINE_MAX}-byte limit (no newline within it)", None)
             self.buf = b""
             self.discarding = True
+            self._fed()
             self.ing.flush_if_full()
 
     def finish(self) -> None:
         """End of input: a last line without a newline is still a line."""
-        if self.buf and not self.discarding:
-            self.ing.feed_lines((self.buf,))
-        self.buf = b""
+        last, self.buf = self.buf, b""
+        self._fed()
+        if last and not self.discarding:
+            self.ing.feed_lines((last,))
 
 
 def replay(path: Path, ing: Ingestor) -> None:
@@ -611,12 +630,15 @@ def wait_for_room(ing: Ingestor) -> None:
 
 
 class Daemon:
-    def __init__(self, fifo_path: str, ing: Ingestor, *, stats_interval_s: float = 5.0, log=None):
+    def __init__(self, fifo_path: str, ing: Ingestor, *, stats_interval_s: float = 5.0, log=None,
+                 spool: ks_spool.Spool | None = None):
         self.fifo_path = fifo_path
         self.ing = ing
         self.stats_interval_s = stats_interval_s
         self.log = log
         self.stopping = False
+        self.spool = spool  # planned already (open_spool): read_end is where its uncommitted bytes start
+        ing.spool = spool
 
     def _stop(self, signum, _frame) -> None:
         self.stopping = True
@@ -627,17 +649,21 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         rfd, keepalive = open_reader(self.fifo_path)
-        split = LineSplitter(self.ing)
+        spool = self.spool
+        split = LineSplitter(self.ing, spool)
         poller = select.poll()
         poller.register(rfd, select.POLLIN)
-        next_stats = time.monotonic() + self.stats_interval_s
         ing = self.ing
         if self.log is not None:
             self.log.info("ingesting", fifo=self.fifo_path, busy_timeout_ms=ing.busy_timeout_ms,
-                          max_pending_bytes=ing.max_pending_bytes)
+                          max_pending_bytes=ing.max_pending_bytes, spool=spool is not None)
         ing.write_status()
         try:
-            while not self.stopping:
+            # The FIFO is open (writers are not refused) but not read until the
+            # spool's lines, which were read from it earlier, are back in.
+            recovered = spool is None or self._recover(split)
+            next_stats = time.monotonic() + self.stats_interval_s
+            while recovered and not self.stopping:
                 if ing.backlogged():
                     # Not reading: the pipe fills and the producers count their drops,
                     # while memory stays bounded.  Short sleeps keep SIGTERM prompt.
@@ -657,12 +683,19 @@ class Daemon:
                     ing.flush()
                     ing.write_stats()
                     next_stats = time.monotonic() + self.stats_interval_s
-            # Producers are stopped before us: whatever they wrote is in the pipe now
-            # (unless the pending lines are at their bound: then it stays there).
-            self._drain(rfd, split)
-            split.finish()
+                if spool is not None and not ing.n_pending and not ing.rejects:
+                    spool.maybe_reset(split)
+            if recovered:
+                # Producers are stopped before us: whatever they wrote is in the pipe now
+                # (unless the pending lines are at their bound: then it stays there).
+                self._drain(rfd, split)
+                split.finish()
         finally:
             ing.close()
+            if spool is not None:
+                if not ing.n_pending and not ing.rejects:
+                    spool.maybe_reset(split, force=True)  # a clean stop leaves it empty
+                spool.close()
             os.close(rfd)
             os.close(keepalive)
             if self.log is not None:
@@ -670,10 +703,39 @@ class Daemon:
                 self.log.info("stopped", received=t.received, stored=t.stored, rejected=t.rejected,
                               pending=t.pending, retries_total=ing.retries_total)
 
+    def _recover(self, split: LineSplitter) -> bool:
+        """Replay the spool's bytes past the committed offset: lines a killed
+        ks-ingest had read and not committed.  False when stopped before the end
+        (then the FIFO is not read: its bytes would land past unreplayed ones)."""
+        spool, ing = self.spool, self.ing
+        split.discarding = spool.fed_discarding
+        pending_bytes = spool.size_bytes - spool.read_end
+        if pending_bytes > 0:
+            received_before = ing.totals().received
+            while spool.read_end < spool.size_bytes:
+                while ing.backlogged() and not self.stopping:  # wait_for_room, but SIGTERM ends it
+                    time.sleep(max(ing.retry_in_s(), 0.01))
+                    ing.flush()
+                if self.stopping:
+                    return False
+                chunk = spool.replay_chunk(READ_CHUNK)
+                if not chunk:  # unreadable: left in the spool for a later start
+                    break
+                split.push(chunk)
+            ing.flush()
+            if self.log is not None:
+                self.log.info("recovered lines from the spool", lines=ing.totals().received - received_before,
+                              bytes=pending_bytes, committed=not ing.n_pending and not ing.rejects,
+                              partial_line_bytes=len(split.buf))
+        if not ing.n_pending and not ing.rejects:
+            spool.maybe_reset(split, force=True)
+        return True
+
     def _drain(self, rfd: int, split: LineSplitter) -> None:
+        read = self.spool.read if self.spool is not None else os.read
         while not self.ing.backlogged():
             try:
-                chunk = os.read(rfd, READ_CHUNK)
+                chunk = read(rfd, READ_CHUNK)
             except BlockingIOError:
                 return
             if not chunk:  # cannot happen while we hold the keep-alive writer
@@ -688,10 +750,15 @@ def connect_store(data_dir: Path, schema: Schema, *, busy_timeout_ms: int = INGE
     """db.connect; with wait, a locked, full or failing database is retried on
     the same backoff as a batch instead of ending the process (a crash loop
     under the supervisor).  A StoreError (unsafe path) is never retried."""
+    return _retrying(lambda: db.connect(db.db_path(data_dir), schema, busy_timeout_ms=busy_timeout_ms),
+                     "cannot open the database; retrying", wait=wait, log=log)
+
+
+def _retrying(fn, what: str, *, wait: bool, log=None):
     failures = 0
     while True:
         try:
-            return db.connect(db.db_path(data_dir), schema, busy_timeout_ms=busy_timeout_ms)
+            return fn()
         except (sqlite3.Error, OSError) as e:
             retry = is_disk_full(e) if isinstance(e, OSError) else not is_row_error(e)
             if not wait or not retry:
@@ -699,9 +766,37 @@ def connect_store(data_dir: Path, schema: Schema, *, busy_timeout_ms: int = INGE
             failures += 1
             delay_s = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** min(failures - 1, 16))
             if log is not None:
-                log.warning("cannot open the database; retrying", error=_safe_text(f"{type(e).__name__}: {e}"),
-                            retry_in_s=round(delay_s, 2), disk_full=is_disk_full(e))
+                log.warning(what, error=_safe_text(f"{type(e).__name__}: {e}"), retry_in_s=round(delay_s, 2),
+                            disk_full=is_disk_full(e))
             time.sleep(delay_s)
+
+
+def read_spool_state(conn: sqlite3.Connection) -> dict[str, int]:
+    """ingest_state (created here: the table is ks-ingest's own)."""
+    conn.execute(ks_spool.STATE_TABLE_SQL)
+    rows = conn.execute("SELECT key, value FROM ingest_state").fetchall()
+    return {k: v for k, v in rows if k in ks_spool.STATE_KEYS and type(v) is int}
+
+
+def open_spool(data_dir: Path, conn: sqlite3.Connection, *, log=None) -> ks_spool.Spool | None:
+    """The daemon's spool, with the bytes a killed ks-ingest left uncommitted
+    located (read_end); None, logged, when there can be none: ks-ingest then
+    runs as without it.  A locked or full database is waited out."""
+    try:
+        spool = ks_spool.Spool.open(data_dir, log)
+    except (OSError, ks_spool.SpoolBusy) as e:
+        if log is not None:
+            log.warning("running without a spool: a kill -9 loses the lines read and not committed",
+                        error=_safe_text(str(e)))
+        return None
+    try:
+        state = _retrying(lambda: read_spool_state(conn), "cannot read the spool state; retrying", wait=True,
+                          log=log)
+        spool.plan_recovery(state)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
 
 
 def make_ingestor(data_dir: Path, *, batch_size=2000, flush_ms=200, mirror=False, log=None,
