@@ -53,7 +53,7 @@ DAY_MIN = 1440
 FULL_MIN = int(os.environ.get("KS_BENCH_STORAGE_FULL_MIN", "60"))
 DAYS = int(os.environ.get("KS_BENCH_STORAGE_DAYS", "30"))
 DECIMATE = int(os.environ.get("KS_BENCH_STORAGE_DECIMATE", "10"))
-HK_EVERY_MIN = int(os.environ.get("KS_BENCH_STORAGE_HK_MIN", "120"))
+HK_EVERY_MIN = int(os.environ.get("KS_BENCH_STORAGE_HK_MIN", "240"))
 PRUNE_MIN = int(os.environ.get("KS_BENCH_STORAGE_PRUNE_MIN", "120"))
 START = 1_800_000_000 * NS // MIN * MIN
 
@@ -284,7 +284,7 @@ def run() -> list[dict]:
         mo = thirty_days(root / "month")
     mib = 2**20
     cfg = Config().storage
-    growth = fr["rollup_bytes_per_day"] + (fr["features_bytes_per_day"] + fr["forecasts_bytes_per_day"]) / 17280 * 1440
+    growth = fr["rollup_bytes_per_day"] + (fr["features_bytes_per_day"] + fr["forecasts_bytes_per_day"]) / 17280 * 288
     steady = fr["raw_bytes_per_day"] * cfg.raw_retention_h / 24 + fr["rollup_bytes_per_day"] * cfg.rollup_retention_d
     day30 = mo["daily"][-1] if mo["daily"] else (DAYS, mo["final_used"], mo["final_file"])
     return [
@@ -298,7 +298,7 @@ def run() -> list[dict]:
                   f"{fr['rollup_s_per_hour']:.2f} s of CPU per hour of data"},
         {"name": "db_bytes_per_day_default", "value": round(growth), "unit": "B/day", "ratio": None,
          "notes": f"= {growth / mib:.1f} MiB/day: steady-state growth at the defaults once raw rows reach their "
-                  f"{cfg.raw_retention_h:g} h horizon (rollups + one feature vector and forecast per minute), measured "
+                  f"{cfg.raw_retention_h:g} h horizon (rollups + one feature vector and forecast per 5 min), measured "
                   f"at full rate; the full-rate steady state would be {steady / mib:,.0f} MiB "
                   f"(48 h raw + 30 d rollups), so the {cfg.max_db_mb:g} MiB cap binds on this workload"},
         {"name": "storage_30d_db_mb", "value": round(day30[2] / mib, 1), "unit": "MiB",

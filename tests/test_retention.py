@@ -280,10 +280,10 @@ def test_time_retention(store):
     roll_lo = conn.execute("SELECT MIN(ts) FROM memory_metrics_1m").fetchone()[0]
     assert roll_lo > now - 2 * 3600 * NS
     assert conn.execute("SELECT MIN(ts) FROM pipeline_stats").fetchone()[0] > now - 3600 * NS
-    # features older than the raw horizon: one vector per minute (the last of it)
+    # features older than the raw horizon: one vector per 5 minutes (the last of them)
     old = conn.execute("SELECT ts FROM features WHERE ts <= ? ORDER BY ts", (raw_lo,)).fetchall()
-    assert old and all((t - 1) // MIN != (u - 1) // MIN for (t,), (u,) in zip(old, old[1:]))
-    assert all(t % MIN == 0 for (t,) in old)
+    assert old and all((t - 1) // (5 * MIN) != (u - 1) // (5 * MIN) for (t,), (u,) in zip(old, old[1:]))
+    assert all(t % (5 * MIN) == 0 for (t,) in old)
     assert conn.execute("SELECT COUNT(*) FROM features WHERE ts > ?", (now - 3600 * NS + MIN,)).fetchone()[0] >= 700
     # closed observations past their retention go; open ones and recent ones stay
     rules = {r[0] for r in conn.execute("SELECT rule FROM observations")}

@@ -184,8 +184,8 @@ a minute already rolled up are not added to it.
 | raw event rows | `raw_retention_h`, and only once their minute is rolled up |
 | `producer_stats`, `pipeline_stats`, `rejected_events` | `raw_retention_h` |
 | `<table>_1m` rollups | `rollup_retention_d` |
-| `features` | every vector for `raw_retention_h`, then the last of each minute for `rollup_retention_d` |
-| `oom_forecasts` | every row for `raw_retention_h`, then the last of each minute for `observation_retention_d` |
+| `features` | every vector for `raw_retention_h`, then the last of each 5 minutes for `rollup_retention_d` (any past vector can be computed again from the rollups) |
+| `oom_forecasts` | every row for `raw_retention_h`, then the last of each 5 minutes for `observation_retention_d` |
 | `observations` | open ones always; closed ones until `last_seen` is `observation_retention_d` old |
 
 Size cap: while the pages in use plus the WAL exceed `max_db_mb`, the oldest

@@ -12,8 +12,8 @@ Retention (config [storage]):
     is rolled up (up to the rollup watermark);
   * producer_stats, pipeline_stats, rejected_events: after raw_retention_h;
   * <table>_1m rollups: after rollup_retention_d;
-  * features and oom_forecasts: one row per rollup step (the last of each
-    minute) is kept after raw_retention_h, the rest deleted; features go after
+  * features and oom_forecasts: one row per THIN_STEP_S (the last of each
+    5 minutes) is kept after raw_retention_h, the rest deleted; features go after
     rollup_retention_d, oom_forecasts after observation_retention_d;
   * observations: closed ones whose last_seen is older than observation_retention_d.
   * size cap: while the pages in use plus the WAL exceed max_db_mb, the oldest
@@ -44,6 +44,10 @@ CAP_STEP_NS = 600 * NS  # oldest raw data removed per round while over the cap
 CAP_ROLLUP_STEP_NS = 6 * 3600 * NS  # oldest rollups removed per round while still over it
 ACCOUNTING = ("producer_stats", "pipeline_stats", "rejected_events")
 THINNED = ("features", "oom_forecasts")
+# Past the raw horizon one vector (and forecast) per 5 minutes is kept: vectors are wide
+# (~2 KiB) and a vector for any past window can be computed again from the rollups;
+# these sample the agent's own judgement for baselines and reports.
+THIN_STEP_S = 300
 SIZE_SAMPLE_S = 600  # one size sample per 10 min, two days of them kept
 SIZE_SAMPLES_KEEP_S = 2 * 86_400
 DBSTAT_EVERY_S = 86_400  # dbstat reads every page: once a day
@@ -118,27 +122,31 @@ class Housekeeper:
         st = RunStats(now_ns=now_ns)
         pr = retention.Pruner(self.conn, self.cfg.storage.prune_batch_rows, self.cfg.storage.prune_batch_target_ms,
                               deadline)
-        if do_rollup:
-            for p in self.plans.values():
-                if deadline is not None and time.monotonic() > deadline:
-                    st.complete = False
-                    break
-                try:
-                    st.rollup_rows += rollup.rollup_table(self.conn, p, now_ns, self.step_ns, deadline, st.detail,
-                                                          oldest_ns=now_ns - int(self.cfg.storage.rollup_retention_d * DAY_NS))
-                except sqlite3.OperationalError as e:
-                    if "no such table" not in str(e):
-                        raise
-        if do_prune:
-            self._retention(pr, now_ns)
-            st.cap_pruned = self._size_cap(pr, now_ns)
-            if pr.deleted:
-                st.vacuumed_pages = pr.vacuum()
-        used_wal = retention.file_bytes(self.db_file)[1]
-        if pr.deleted or used_wal > TRUNCATE_WAL_BYTES:
-            retention.checkpoint(self.conn, truncate=True)
-        if pr.out_of_time():
-            st.complete = False
+        roll_from = now_ns - int(self.cfg.storage.rollup_retention_d * DAY_NS)
+        try:
+            if do_rollup:
+                for p in self.plans.values():
+                    if deadline is not None and time.monotonic() > deadline:
+                        st.complete = False
+                        break
+                    try:
+                        st.rollup_rows += rollup.rollup_table(self.conn, p, now_ns, self.step_ns, deadline, st.detail,
+                                                              oldest_ns=roll_from)
+                    except sqlite3.OperationalError as e:
+                        if "no such table" not in str(e):
+                            raise
+            if do_prune:
+                self._retention(pr, now_ns)
+                st.cap_pruned = self._size_cap(pr, now_ns)
+                if pr.deleted:
+                    st.vacuumed_pages = pr.vacuum()
+            used_wal = retention.file_bytes(self.db_file)[1]
+            if pr.deleted or used_wal > TRUNCATE_WAL_BYTES:
+                retention.checkpoint(self.conn, truncate=True)
+            if pr.out_of_time():
+                st.complete = False
+        finally:
+            pr.close()
         self._record_size(now_ns)
         if rotate:
             lc = self.cfg.logs
@@ -189,7 +197,7 @@ class Housekeeper:
             pr.delete_where("observations", "status = 'closed' AND last_seen < ?", (obs_before // NS,), "last_seen")
 
     def _thin(self, pr: retention.Pruner, table: str, upto_ns: int) -> None:
-        """Keep the last row of each rollup step older than upto_ns; a watermark
+        """Keep the last row of each THIN_STEP_S older than upto_ns; a watermark
         remembers how far that has been done, so each span is thinned once."""
         key = f"thin:{table}"
         wm = state.get_int(self.conn, key)
@@ -197,9 +205,9 @@ class Housekeeper:
             first = self.conn.execute(f"SELECT MIN(ts) FROM {table}").fetchone()[0]
             if first is None:
                 return
-            wm = first // self.step_ns * self.step_ns
+            wm = first // (THIN_STEP_S * NS) * (THIN_STEP_S * NS)
         span = 3600 * NS  # one hour of rows per transaction at most
-        step = self.step_ns
+        step = THIN_STEP_S * NS
         sql = (f"DELETE FROM {table} WHERE ts > ? AND ts <= ? AND ts NOT IN "
                f"(SELECT MAX(ts) FROM {table} WHERE ts > ? AND ts <= ? GROUP BY (ts - 1) / ?)")
         while wm < upto_ns and not pr.out_of_time():

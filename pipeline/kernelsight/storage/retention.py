@@ -19,13 +19,16 @@ from pathlib import Path
 
 MIN_BATCH = 100
 MAX_BATCH = 1_000_000
-VACUUM_PAGES_START = 2048
+VACUUM_PAGES_START = 256
+CHECKPOINT_EVERY_TXN = 4
 
 
 class Pruner:
     def __init__(self, conn: sqlite3.Connection, batch_rows: int, target_ms: float, deadline: float | None = None):
         self.conn = conn
-        self.batch = max(MIN_BATCH, int(batch_rows))
+        self.batch_start = max(MIN_BATCH, int(batch_rows))
+        # per table: a row of syscall_stats costs several of memory_metrics to delete
+        self.batch: dict[str, int] = {}
         self.target_ms = float(target_ms)
         self.deadline = deadline
         self.vacuum_pages = VACUUM_PAGES_START
@@ -34,19 +37,26 @@ class Pruner:
         self.txn_max_ms = 0.0
         self.txn_ms: list[float] = []
         self.vacuumed_pages = 0
+        self._txn_since_checkpoint = 0
+        # An automatic checkpoint runs inside COMMIT once the WAL passes 1000 pages and
+        # would be timed as holding the writer, which it does not: checkpoint between
+        # batches instead (PASSIVE: ks-ingest keeps writing meanwhile).
+        self.autocheckpoint = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+
+    def close(self) -> None:
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={int(self.autocheckpoint)}")
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
 
-    def _adapt(self, n: int, elapsed_ms: float, done_all: bool) -> int:
-        """Next batch size: proportional to how far the last one was from the target,
-        grown at most 2x (a batch that ran out of rows says little) and cut at most 4x."""
-        if elapsed_ms <= 0:
-            return min(MAX_BATCH, n * 2)
-        want = n * self.target_ms / elapsed_ms
-        if done_all:
-            want = max(want, n)  # fewer rows than asked for: keep the size
-        return int(min(MAX_BATCH, max(MIN_BATCH, n / 4, min(want * 0.9, n * 2))))
+    def _adapt(self, n: int, done: int, elapsed_ms: float) -> int:
+        """Next batch size from the last one's time per row, aiming a little under the
+        target; grown at most 2x per batch, cut as far as the last batch says."""
+        if done <= 0 or elapsed_ms <= 0:
+            return n
+        want = 0.6 * self.target_ms * done / elapsed_ms  # headroom: equal batches vary by 2x
+        return int(min(MAX_BATCH, max(MIN_BATCH, min(want, n * 2))))
 
     def _timed(self, sql: str, args: tuple) -> tuple[int, float]:
         t0 = time.perf_counter()
@@ -60,6 +70,10 @@ class Pruner:
         ms = (time.perf_counter() - t0) * 1e3
         self.txn_max_ms = max(self.txn_max_ms, ms)
         self.txn_ms.append(ms)
+        self._txn_since_checkpoint += 1
+        if self._txn_since_checkpoint >= CHECKPOINT_EVERY_TXN:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._txn_since_checkpoint = 0
         return n, ms
 
     def delete_upto(self, table: str, ts_max: int, where: str = "", args: tuple = ()) -> int:
@@ -68,13 +82,16 @@ class Pruner:
         extra = f" AND ({where})" if where else ""
         sql = (f"DELETE FROM {table} WHERE rowid IN "
                f"(SELECT rowid FROM {table} WHERE ts <= ?{extra} ORDER BY ts LIMIT ?)")
+        return self._batches(table, sql, (ts_max, *args))
+
+    def _batches(self, table: str, sql: str, args: tuple) -> int:
         total = 0
         while not self.out_of_time():
-            n_ask = self.batch
-            n, ms = self._timed(sql, (ts_max, *args, n_ask))
+            n_ask = self.batch.get(table, self.batch_start)
+            n, ms = self._timed(sql, (*args, n_ask))
             self.batches += 1
             total += n
-            self.batch = self._adapt(n_ask, ms, n < n_ask)
+            self.batch[table] = self._adapt(n_ask, n, ms)
             if n < n_ask:
                 break
         self.deleted += total
@@ -83,17 +100,7 @@ class Pruner:
     def delete_where(self, table: str, where: str, args: tuple, order: str = "rowid") -> int:
         """Batched delete of the rows matching `where` (for tables keyed otherwise than by ts)."""
         sql = f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} ORDER BY {order} LIMIT ?)"
-        total = 0
-        while not self.out_of_time():
-            n_ask = self.batch
-            n, ms = self._timed(sql, (*args, n_ask))
-            self.batches += 1
-            total += n
-            self.batch = self._adapt(n_ask, ms, n < n_ask)
-            if n < n_ask:
-                break
-        self.deleted += total
-        return total
+        return self._batches(table, sql, args)
 
     def vacuum(self) -> int:
         """Give free pages back to the file system (auto_vacuum=INCREMENTAL databases only)."""
@@ -117,11 +124,12 @@ class Pruner:
             ms = (time.perf_counter() - t0) * 1e3
             self.txn_max_ms = max(self.txn_max_ms, ms)
             self.txn_ms.append(ms)
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             left = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
             done += free - left
             if left >= free:
                 break
-            self.vacuum_pages = self._adapt(self.vacuum_pages, ms, n < self.vacuum_pages)
+            self.vacuum_pages = self._adapt(self.vacuum_pages, free - left, ms)
         self.vacuumed_pages += done
         return done
 
