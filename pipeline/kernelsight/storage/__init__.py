@@ -189,7 +189,8 @@ a minute already rolled up are not added to it.
 | `observations` | open ones always; closed ones until `last_seen` is `observation_retention_d` old |
 
 Size cap: while the pages in use plus the WAL exceed `max_db_mb`, the oldest
-raw rows go first, ten minutes at a time, down to the newest `raw_min_h`; then
+raw rows go first, ten minutes at a time, down to the newest `raw_min_h` (feature
+vectors and forecasts are thinned as far); then
 the oldest rollups and thinned vectors, six hours at a time; then raw rows
 down to the newest rolled-up minute; each time down to 90 % of the cap.
 

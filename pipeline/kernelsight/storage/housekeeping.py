@@ -246,8 +246,14 @@ class Housekeeper:
         raw = [t for t in list(self.plans) + list(ACCOUNTING) if t in have]
         older = [p.rollup for p in self.plans.values() if p.rollup in have] + [t for t in THINNED if t in have]
         floor = now_ns - int(self.cfg.storage.raw_min_h * 3600 * NS)
-        # oldest raw first, down to raw_min_h; then the oldest rollups; then raw down to the watermark
+        # oldest raw first, down to raw_min_h (feature vectors and forecasts thinned as far); then the
+        # oldest rollups; then raw down to the watermark
         pruned = self._cap_raw(pr, raw, over, floor)
+        for t in THINNED:
+            if t in have and over() and not pr.out_of_time():
+                n = pr.deleted
+                self._thin(pr, t, floor)
+                pruned |= pr.deleted > n
         while over() and not pr.out_of_time():
             oldest = [o for o in (self.conn.execute(f"SELECT MIN(ts) FROM {t}").fetchone()[0] for t in older)
                       if o is not None]
