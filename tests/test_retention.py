@@ -403,6 +403,9 @@ def test_storage_status(store):
     d, conn = store
     fill(conn, T0, 5)
     Housekeeper(conn, d, cfg()).run(T0 + 5 * MIN + 31 * NS)
+    assert storage_status(d, cfg())["bytes_per_day_estimated"] is None  # 5 min of data: too little to judge
+    fill(conn, T0 + 5 * MIN, 60, seed=4)
+    Housekeeper(conn, d, cfg()).run(T0 + 65 * MIN + 31 * NS)
     st = storage_status(d, cfg())
     assert st["total_bytes"] == st["db_bytes"] + st["wal_bytes"] > 0
     assert st["raw_oldest_ts"] == T0 + NS + 1000 - NS and st["raw_newest_ts"] >= T0 + 4 * MIN

@@ -90,7 +90,7 @@ def storage_status(data_dir: Path, cfg: Config | None = None) -> dict:
         out["bytes_per_day_measured"] = measured_bytes_per_day(state.get(conn, "size_samples", []))
         out["bytes_per_day_estimated"] = estimated_bytes_per_day(state.get(conn, "dbstat"), cfg)
         samples = state.get(conn, "size_samples", []) or []
-        out["last_housekeeping_ts"] = samples[-1][0] * NS if samples else None
+        out["size_sampled_ts"] = samples[-1][0] * NS if samples else None  # housekeeping samples every 10 min
     except sqlite3.Error as e:
         out["error"] = str(e)
     finally:

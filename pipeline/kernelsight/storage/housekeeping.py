@@ -297,9 +297,12 @@ class Housekeeper:
             write["size_samples"] = samples
         last = state.get(self.conn, "dbstat", None)
         if last is None or now_s - last.get("ts", 0) >= DBSTAT_EVERY_S:
-            sizes = table_bytes(self.conn)
-            if sizes is not None:
-                write["dbstat"] = {"ts": now_s, "bytes": sizes, "spans": self._spans()}
+            spans = self._spans()
+            # bytes per second of data means little over a few pages: wait for an hour of it
+            if max(spans.values(), default=0) >= 3600:
+                sizes = table_bytes(self.conn)
+                if sizes is not None:
+                    write["dbstat"] = {"ts": now_s, "bytes": sizes, "spans": spans}
         if write:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
