@@ -198,7 +198,12 @@ def _build_validator(spec: EventSpec):
         else:  # int_array: serialised once, and the JSON text both checked and stored
             body.append(f"        j{i} = _int_list_json({var}) if {var} is not None else None")
             test = f"j{i} is False"
-        conds.append(f"({var} is not None and {test})" if f.nullable else f"{var} is None or {test}")
+        if f.nullable:
+            conds.append(f"({var} is not None and {test})")
+        elif f.type == "int_array":
+            conds.append(f"{var} is None or {test}")
+        else:  # None fails the type test by itself
+            conds.append(test)
         names.append(f"j{i}" if f.type == "int_array" else var)
     body += [
         "    except KeyError:",
