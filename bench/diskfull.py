@@ -43,7 +43,9 @@ def run_diskfull(log=print) -> dict:
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FS_MB}m,mode=0700", "tmpfs", str(mnt)], check=True)
     data_dir, fifo = mnt / "data", str(tmp / "fifo")
-    env = {**os.environ, "KS_DATA_DIR": str(data_dir), "KS_FIFO": fifo}
+    from bench.soak import _schema_dir  # the soak producer's lines need the soak event type
+
+    env = {**os.environ, "KS_DATA_DIR": str(data_dir), "KS_FIFO": fifo, "KS_SCHEMA_DIR": str(_schema_dir(tmp))}
     ks = Path(sys.executable).with_name("ks")
     filler = mnt / "filler"
     res: dict = {}
@@ -61,7 +63,7 @@ def run_diskfull(log=print) -> dict:
         prod = subprocess.Popen([sys.executable, str(repo / "bench" / "soak_producer.py"), fifo, str(PRODUCER_RATE)],
                                 env=env, stdout=subprocess.PIPE)
         t0 = time.monotonic()
-        full = _wait(lambda: (_status(ks, data_dir, env).get("ingest") or {}).get("disk_full"), 300)
+        full = _wait(lambda: (_status(ks, data_dir, env).get("ingest") or {}).get("disk_full"), 120)
         res["seconds_to_full"] = round(time.monotonic() - t0, 1)
         st = _status(ks, data_dir, env)
         res["status_when_full"] = (st.get("ingest") or {}).get("summary")
@@ -92,6 +94,10 @@ def run_diskfull(log=print) -> dict:
     res["accounting"] = [{k: p[k] for k in ("producer", "written", "stored", "rejected", "dropped_total",
                                              "unaccounted")} for p in (st.get("accounting") or {}).get("producers", [])]
     res["unaccounted"] = sum(abs(p["unaccounted"]) for p in res["accounting"])
+    import shutil
+
+    shutil.copytree(data_dir / "logs", tmp / "logs", dirs_exist_ok=True)  # kept for a look after the run
+    res["logs"] = str(tmp / "logs")
     subprocess.run(["umount", str(mnt)], check=False)
     return res
 

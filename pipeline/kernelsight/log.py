@@ -15,9 +15,31 @@ from pathlib import Path
 import structlog
 
 
+class _LossyStream:
+    """A log stream that never raises: a child's stderr is a file in the data dir,
+    and a full disk must cost log lines (counted), not the process."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.lost_lines = 0
+
+    def write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+        except (OSError, ValueError):
+            self.lost_lines += 1
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def configure(component: str, level: str | None = None, log_file: str | None = None) -> structlog.BoundLogger:
     level_name = (level or os.environ.get("KS_LOG_LEVEL", "info")).upper()
-    stream = open(log_file, "a", buffering=1) if log_file else sys.stderr  # noqa: SIM115 - lives as long as the process
+    raw = open(log_file, "a", buffering=1) if log_file else sys.stderr  # noqa: SIM115 - lives as long as the process
+    stream = _LossyStream(raw)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import contextlib
 import os
 import signal
 import stat
@@ -212,14 +213,20 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace path with data in one rename (mode 0600)."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk must not keep a half-written file
+        raise
 
 
 class Supervisor:
     def __init__(self, specs: list[ChildSpec], data_dir: Path, fifo: str, log, *,
                  claim: Claim | None = None, interval_s: float | None = None):
+        self._failing_writes: dict[str, str] = {}
         self.children = [Child(s) for s in specs]
         self.data_dir = data_dir
         self.fifo = fifo
@@ -309,8 +316,9 @@ class Supervisor:
         try:
             write_atomic(self.pids_path, "".join(f"{p}\n" for p in pids).encode())
             self._pids_written = pids
+            self._failing_writes.pop("pipeline.pids", None)
         except OSError as e:
-            self.log.warning("cannot write pipeline.pids", error=str(e))
+            self._write_failed("pipeline.pids", e)
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -340,7 +348,19 @@ class Supervisor:
         }
 
     def write_status(self) -> None:
-        write_atomic(self.status_path, orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
+        try:
+            write_atomic(self.status_path, orjson.dumps(self.status(), option=orjson.OPT_INDENT_2))
+        except OSError as e:  # e.g. the data dir's disk is full: keep supervising
+            self._write_failed("status.json", e)
+            return
+        if self._failing_writes.pop("status.json", None):
+            self.log.info("status.json written again")
+
+    def _write_failed(self, what: str, e: OSError) -> None:
+        """Log a failing state-file write once per streak, not every second."""
+        if what not in self._failing_writes:
+            self._failing_writes[what] = str(e)
+            self.log.warning(f"cannot write {what}; supervising on", error=str(e))
 
     def _terminate(self, group: list[Child]) -> None:
         for c in group:

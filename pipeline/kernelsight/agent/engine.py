@@ -447,7 +447,8 @@ class Agent:
                                       severity=obs["severity"], summary=obs["summary"])
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                conn.execute("ROLLBACK")
             raise
 
     def close(self) -> None:

@@ -110,7 +110,8 @@ def save_baseline(conn: sqlite3.Connection, b: Baseline, data_dir: Path | None) 
         conn.executemany(f"INSERT INTO {TABLE} (name, hour, {', '.join(STATS)}, since_ts, until_ts, learned_ts) VALUES ({marks})", rows)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+            conn.execute("ROLLBACK")
         raise
     if data_dir is None:
         return None

@@ -71,7 +71,8 @@ def write_matrix(conn: sqlite3.Connection, m: FeatureMatrix) -> int:
         conn.executemany(sql, rows)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+            conn.execute("ROLLBACK")
         raise
     return len(rows)
 

@@ -35,6 +35,15 @@ class StatusWriter:
         self.slots = [path.with_name(f".{path.name}.slot{i}") for i in (0, 1)]
         self.link = path.with_name(f".{path.name}.link")
         self.next_slot = 0
+        for slot in self.slots:  # allocated now, so a disk that fills later cannot stop the updates
+            try:
+                fd = os.open(slot, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, STATUS_MODE)
+                try:
+                    os.posix_fallocate(fd, 0, STATUS_SIZE_BYTES)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # already full: write() says so when it is called
         try:  # never rewrite the slot the status name points at
             ino = os.stat(path).st_ino
             self.next_slot = next((1 - i for i, s in enumerate(self.slots) if os.stat(s).st_ino == ino), 0)
