@@ -6,6 +6,8 @@
   events.md      the event and table reference, from schema/events/*.json
   benchmarks.md  the benchmark table, from bench/results.json
   scenarios.md   the fault-injection table, from bench/scenarios.json
+  config.md      every configuration key, from kernelsight.config
+  storage.md     rollups and retention per table, from kernelsight.storage and the schema
 
 A development tool: it reads the checkout, so it is not in the runtime package.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import orjson
 
+from kernelsight import config, storage
 from kernelsight.schema import markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,6 +118,9 @@ def pages(repo: Path = REPO) -> dict[Path, str]:
         DOCS / "events.md": events_page(),
         DOCS / "benchmarks.md": benchmarks_page(repo / "bench" / "results.json"),
         DOCS / "scenarios.md": scenarios_page(repo / "bench" / "scenarios.json"),
+        DOCS / "config.md": HEADER.format(src="pipeline/kernelsight/config.py") + config.markdown(),
+        DOCS / "storage.md": HEADER.format(src="pipeline/kernelsight/storage/__init__.py and schema/events/*.json")
+        + storage.markdown(),
     }
 
 

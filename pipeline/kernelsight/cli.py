@@ -61,7 +61,7 @@ def read_status(directory: Path) -> dict:
     line accounting, from status.json, DATA_DIR/run and the DB."""
     out: dict = {"data_dir": str(directory), "supervisor": "not running", "children": [], "counters": {},
                  "pipeline_lock_pid": pipeline_lock_holder(directory), "accounting": None,
-                 "ingest": _ingest_status(directory)}
+                 "ingest": _ingest_status(directory), "storage": None}
     try:
         st = orjson.loads((directory / STATUS_FILE).read_bytes())
     except (OSError, orjson.JSONDecodeError):
@@ -81,6 +81,9 @@ def read_status(directory: Path) -> dict:
         conn = db.connect_readonly(db.db_path(directory))
     except db.StoreError:
         return out
+    from .storage import storage_status
+
+    out["storage"] = storage_status(directory)
     try:
         out["counters"] = _counters(conn)
         out["accounting"] = _accounting(directory, conn)
@@ -152,6 +155,10 @@ def status(
     print(f"pipeline lock held by pid {lock_pid}" if lock_pid else "pipeline lock: free (no `ks run` on this data dir)")
     if s.get("ingest"):
         print(f"ingest: {s['ingest']['summary']}")
+    if s.get("storage"):
+        from .storage import status_lines
+
+        print("\n".join(status_lines(s["storage"])))
     if s["children"]:
         print(f"{'child':<28} {'state':<12} {'pid':>7} {'restarts':>8}  attach / reason")
         for c in s["children"]:
