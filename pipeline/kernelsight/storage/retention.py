@@ -50,6 +50,12 @@ class Pruner:
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
 
+    def _yield(self, held_ms: float) -> None:
+        """Leave the writer lock free as long as we held it (at most the target).  A
+        writer waiting on it (ks-ingest) polls from SQLite's busy handler, every 100 ms
+        once it has waited a while: back-to-back batches would starve it."""
+        time.sleep(min(held_ms, self.target_ms) / 1e3)
+
     def _adapt(self, n: int, done: int, elapsed_ms: float) -> int:
         """Next batch size from the last one's time per row, aiming a little under the
         target; grown at most 2x per batch, cut as far as the last batch says."""
@@ -70,6 +76,7 @@ class Pruner:
         ms = (time.perf_counter() - t0) * 1e3
         self.txn_max_ms = max(self.txn_max_ms, ms)
         self.txn_ms.append(ms)
+        self._yield(ms)
         self._txn_since_checkpoint += 1
         if self._txn_since_checkpoint >= CHECKPOINT_EVERY_TXN:
             self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -124,6 +131,7 @@ class Pruner:
             ms = (time.perf_counter() - t0) * 1e3
             self.txn_max_ms = max(self.txn_max_ms, ms)
             self.txn_ms.append(ms)
+            self._yield(ms)
             self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             left = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
             done += free - left
