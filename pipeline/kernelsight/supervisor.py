@@ -35,6 +35,8 @@ import orjson
 
 from .accounting import proc_start_ticks
 from .fifo import hold_fifo
+from .config import load as load_config
+from .log import rotate_if_needed
 from .procutil import Backoff, die_with_parent_preexec
 
 BACKOFF_START_S = 1.0
@@ -227,6 +229,7 @@ class Supervisor:
     def __init__(self, specs: list[ChildSpec], data_dir: Path, fifo: str, log, *,
                  claim: Claim | None = None, interval_s: float | None = None):
         self._failing_writes: dict[str, str] = {}
+        self.logs = load_config().logs
         self.children = [Child(s) for s in specs]
         self.data_dir = data_dir
         self.fifo = fifo
@@ -267,7 +270,10 @@ class Supervisor:
         return out
 
     def start(self, c: Child) -> None:
-        logf = open(self.log_dir / f"{c.spec.name}.log", "ab")  # noqa: SIM115 - handed to the child
+        log_path = self.log_dir / f"{c.spec.name}.log"
+        with contextlib.suppress(OSError):  # a log that cannot rotate now is tried at the next start
+            rotate_if_needed(log_path, self.logs.max_bytes, self.logs.keep)
+        logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             c.proc = subprocess.Popen(
                 self._resolve(c.spec.argv),

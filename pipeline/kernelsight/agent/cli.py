@@ -39,9 +39,11 @@ def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (defa
     from .engine import Agent
 
     log = klog.configure("ks-agent")
+    from ..config import ConfigError
+
     try:
         agent = Agent(_dir(data_dir), log=log)
-    except db.StoreError as e:
+    except (db.StoreError, ConfigError) as e:
         print(f"ks agent: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
     step = interval or FEATURE_STEP_S

@@ -219,7 +219,8 @@ class Housekeeper:
                 state.put(self.conn, key, hi)
                 self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                    self.conn.execute("ROLLBACK")
                 raise
             ms = (time.perf_counter() - t0) * 1e3
             pr.txn_max_ms = max(pr.txn_max_ms, ms)
@@ -310,7 +311,8 @@ class Housekeeper:
                     state.put(self.conn, k, v)
                 self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                    self.conn.execute("ROLLBACK")
                 raise
 
     def _spans(self) -> dict:

@@ -71,7 +71,8 @@ class Pruner:
             n = self.conn.execute(sql, args).rowcount
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                self.conn.execute("ROLLBACK")
             raise
         ms = (time.perf_counter() - t0) * 1e3
         self.txn_max_ms = max(self.txn_max_ms, ms)

@@ -155,7 +155,8 @@ def ensure_view(conn: sqlite3.Connection, plan: TablePlan) -> None:
         conn.execute(want)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+            conn.execute("ROLLBACK")
         raise
 
 
@@ -204,7 +205,8 @@ def rollup_table(conn: sqlite3.Connection, plan: TablePlan, now_ns: int, step_ns
             state.put(conn, watermark_key(plan.table), hi)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                conn.execute("ROLLBACK")
             raise
         if stats is not None:
             stats["rollup_txn_max_ms"] = max(stats.get("rollup_txn_max_ms", 0.0), (time.perf_counter() - t0) * 1e3)
