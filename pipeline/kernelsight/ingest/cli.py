@@ -11,7 +11,7 @@ import typer
 
 from .. import db, log as klog
 from ..fifo import FifoError, default_fifo_path
-from .daemon import PENDING_MAX_BYTES, Daemon, make_ingestor, replay
+from .daemon import PENDING_MAX_BYTES, Daemon, make_ingestor, open_spool, replay
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -57,7 +57,9 @@ def main(
             if t.pending:
                 raise typer.Exit(1)
             return
-        Daemon(fifo or default_fifo_path(), ing, stats_interval_s=stats_interval, log=log).run()
+        # The replay file is its own spool; the daemon's keeps what it read and has not committed.
+        spool = open_spool(directory, ing.conn, log=log)
+        Daemon(fifo or default_fifo_path(), ing, stats_interval_s=stats_interval, log=log, spool=spool).run()
     except (FifoError, db.StoreError) as e:
         _refuse(log, e)
 

@@ -13,6 +13,10 @@ memory, is rolled back cleanly and retried with a doubling backoff; reading
 goes on until the pending lines reach a memory bound, then stops, so the pipe
 fills and the producers count their drops.  DATA_DIR/ingest_status.json says
 so (status.py).
+
+The daemon takes the FIFO's bytes through DATA_DIR/run/ingest.spool (spool.py)
+and each COMMIT records how far the spool is committed, so lines read and not
+yet committed outlive a kill -9: the next start replays them first.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from . import status as ks_status
 INVALID = "_invalid"  # bucket for lines whose type could not be read
 UNKNOWN = "_unknown"  # bucket for well-formed lines of an unknown type (bounded cardinality)
 READ_CHUNK = 1 << 20
+# PEP 475 resumes poll() after the SIGTERM handler: stopping is seen only once
+# it returns, so it never waits longer than this, whatever --flush-ms says.
+POLL_MAX_MS = 500
 
 # Below the supervisor's stop timeout, so a locked database cannot hold a
 # stopping ks-ingest past it; a longer lock is a retry, not a lost batch.
@@ -663,6 +670,7 @@ class Daemon:
             # spool's lines, which were read from it earlier, are back in.
             recovered = spool is None or self._recover(split)
             next_stats = time.monotonic() + self.stats_interval_s
+            spool_errors_reported = 0
             while recovered and not self.stopping:
                 if ing.backlogged():
                     # Not reading: the pipe fills and the producers count their drops,
@@ -672,7 +680,7 @@ class Daemon:
                 else:
                     ing.set_reading_paused(False)
                     try:
-                        ready = poller.poll(int(ing.flush_s * 1000))
+                        ready = poller.poll(min(int(ing.flush_s * 1000), POLL_MAX_MS))
                     except InterruptedError:  # pragma: no cover - PEP 475 retries poll
                         ready = []
                     if ready:
@@ -683,8 +691,12 @@ class Daemon:
                     ing.flush()
                     ing.write_stats()
                     next_stats = time.monotonic() + self.stats_interval_s
-                if spool is not None and not ing.n_pending and not ing.rejects:
-                    spool.maybe_reset(split)
+                if spool is not None:
+                    if not ing.n_pending and not ing.rejects:
+                        spool.maybe_reset(split)
+                    if spool.errors_total != spool_errors_reported:
+                        spool_errors_reported = spool.errors_total
+                        ing.write_status()
             if recovered:
                 # Producers are stopped before us: whatever they wrote is in the pipe now
                 # (unless the pending lines are at their bound: then it stays there).
@@ -785,18 +797,24 @@ def open_spool(data_dir: Path, conn: sqlite3.Connection, *, log=None) -> ks_spoo
     try:
         spool = ks_spool.Spool.open(data_dir, log)
     except (OSError, ks_spool.SpoolBusy) as e:
-        if log is not None:
-            log.warning("running without a spool: a kill -9 loses the lines read and not committed",
-                        error=_safe_text(str(e)))
-        return None
+        return _without_spool(e, log)
     try:
         state = _retrying(lambda: read_spool_state(conn), "cannot read the spool state; retrying", wait=True,
                           log=log)
         spool.plan_recovery(state)
+    except OSError as e:  # the spool's own read failed: left untouched for a later start
+        spool.close()
+        return _without_spool(e, log)
     except BaseException:
         spool.close()
         raise
     return spool
+
+
+def _without_spool(e: Exception, log) -> None:
+    if log is not None:
+        log.warning("running without a spool: a kill -9 loses the lines read and not committed",
+                    error=_safe_text(str(e)))
 
 
 def make_ingestor(data_dir: Path, *, batch_size=2000, flush_ms=200, mirror=False, log=None,
