@@ -51,9 +51,9 @@ def run_diskfull(log=print) -> dict:
     res: dict = {}
     sup = prod = None
     try:
-        sup = subprocess.Popen([str(ks), "run", "--data-dir", str(data_dir), "--fifo", fifo], env=env,
-                               stdout=subprocess.DEVNULL, stderr=open(tmp / "supervisor.log", "wb"),  # noqa: SIM115
-                               start_new_session=True)
+        with open(tmp / "supervisor.log", "wb") as sup_log:
+            sup = subprocess.Popen([str(ks), "run", "--data-dir", str(data_dir), "--fifo", fifo], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=sup_log, start_new_session=True)
         assert _wait(lambda: (data_dir / "kernelsight.db").exists(), 60), "pipeline did not start"
         free_mb = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize / 2**20
         with open(filler, "wb") as f:

@@ -99,9 +99,9 @@ def run_soak(seconds: float, rate_per_s: float, kill_every_s: float, producers: 
     data_dir, fifo = tmp / "data", str(tmp / "fifo")
     env = {**os.environ, "KS_SCHEMA_DIR": str(_schema_dir(tmp)), "KS_DATA_DIR": str(data_dir), "KS_FIFO": fifo}
     ks = Path(sys.executable).with_name("ks")
-    sup = subprocess.Popen([str(ks), "run", "--data-dir", str(data_dir), "--fifo", fifo], env=env,
-                           stdout=subprocess.DEVNULL, stderr=open(tmp / "supervisor.log", "wb"),  # noqa: SIM115
-                           start_new_session=True)
+    with open(tmp / "supervisor.log", "wb") as sup_log:
+        sup = subprocess.Popen([str(ks), "run", "--data-dir", str(data_dir), "--fifo", fifo], env=env,
+                               stdout=subprocess.DEVNULL, stderr=sup_log, start_new_session=True)
     res = SoakResult(seconds=seconds, rate_per_s=rate_per_s)
     prods: list[subprocess.Popen] = []
     try:

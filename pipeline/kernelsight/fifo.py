@@ -280,17 +280,23 @@ class LineWriter:
             if self._fd is None:
                 c.dropped_no_reader_total += 1
                 return False
-        for attempt in (0, 1):
+        deadline = None
+        while True:
             try:
                 os.write(self._fd, line)
                 c.lines_written_total += 1
                 return True
             except BlockingIOError:
-                if attempt == 0 and self.block_s > 0:
-                    select.select([], [self._fd], [], self.block_s)
-                    continue
-                c.dropped_full_total += 1
-                return False
+                # A full pipe: wait for room up to block_s in all.  Writers racing
+                # for the same room can lose a wakeup to another; that is no drop
+                # while time is left.
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.block_s
+                if now >= deadline:
+                    c.dropped_full_total += 1
+                    return False
+                select.select([], [self._fd], [], deadline - now)
             except BrokenPipeError:
                 os.close(self._fd)
                 self._fd = None
@@ -300,7 +306,6 @@ class LineWriter:
             except OSError:
                 c.write_errors_total += 1
                 return False
-        return False  # pragma: no cover - the loop always returns
 
     def emit(self, event: dict) -> bool:
         return self.write_line(orjson.dumps(event) + b"\n")
