@@ -43,7 +43,7 @@ def run_diskfull(log=print) -> dict:
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FS_MB}m,mode=0700", "tmpfs", str(mnt)], check=True)
     data_dir, fifo = mnt / "data", str(tmp / "fifo")
-    from bench.soak import _schema_dir  # the soak producer's lines need the soak event type
+    from bench.soak import _schema_dir, stop_pipeline  # the soak producer's lines need the soak event type
 
     env = {**os.environ, "KS_DATA_DIR": str(data_dir), "KS_FIFO": fifo, "KS_SCHEMA_DIR": str(_schema_dir(tmp))}
     ks = Path(sys.executable).with_name("ks")
@@ -83,12 +83,7 @@ def run_diskfull(log=print) -> dict:
             prod.kill()
             prod.wait()
         if sup is not None:
-            sup.send_signal(signal.SIGINT)
-            try:
-                sup.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(sup.pid, signal.SIGKILL)
-                sup.wait()
+            stop_pipeline(sup)
     st = _status(ks, data_dir, env)
     res["full"] = bool(full)
     res["accounting"] = [{k: p[k] for k in ("producer", "written", "stored", "rejected", "dropped_total",

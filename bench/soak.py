@@ -56,6 +56,16 @@ class SoakResult:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def stop_pipeline(sup: subprocess.Popen, timeout_s: float = 90) -> None:
+    """Ctrl-C to `ks run`, as a user would; its whole group killed if it hangs."""
+    sup.send_signal(signal.SIGINT)
+    try:
+        sup.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(sup.pid, signal.SIGKILL)
+        sup.wait()
+
+
 def _schema_dir(tmp: Path) -> Path:
     d = tmp / "schema"
     shutil.copytree(REPO / "schema", d, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
@@ -147,12 +157,7 @@ def run_soak(seconds: float, rate_per_s: float, kill_every_s: float, producers: 
                 p.wait()
             if p.stdout:
                 p.stdout.close()
-        sup.send_signal(signal.SIGINT)
-        try:
-            sup.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(sup.pid, signal.SIGKILL)
-            sup.wait()
+        stop_pipeline(sup)
 
     db = data_dir / "kernelsight.db"
     for f in finals:

@@ -7,6 +7,8 @@ import socket
 import sqlite3
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .schema import SCHEMA_VERSION, SQL_TYPES, Schema, load_schema
@@ -161,10 +163,19 @@ def _write_meta(conn: sqlite3.Connection, schema: Schema) -> None:
         "schema_version": str(SCHEMA_VERSION),
         "schema_digest": schema.digest,
     }
-    conn.execute("BEGIN")
-    try:
+    with transaction(conn, "BEGIN"):
         conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta.items())
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_ts', ?)", (str(time.time_ns()),))
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    """One write transaction on an autocommit connection: COMMIT at the end, ROLLBACK
+    on any error, but never after a COMMIT that failed (SQLite has already rolled
+    back then, e.g. on a full disk, and a second error would hide the first)."""
+    conn.execute(begin)
+    try:
+        yield conn
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import db
+from ..db import transaction
 from ..config import Config, load as load_config
 from ..log import rotate_data_logs
 from ..schema import Schema, load_schema
@@ -213,15 +214,9 @@ class Housekeeper:
         while wm < upto_ns and not pr.out_of_time():
             hi = min(wm + span, upto_ns)
             t0 = time.perf_counter()
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self.conn):
                 n = self.conn.execute(sql, (wm, hi, wm, hi, step)).rowcount
                 state.put(self.conn, key, hi)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
-                    self.conn.execute("ROLLBACK")
-                raise
             ms = (time.perf_counter() - t0) * 1e3
             pr.txn_max_ms = max(pr.txn_max_ms, ms)
             pr.txn_ms.append(ms)
@@ -305,15 +300,9 @@ class Housekeeper:
                 if sizes is not None:
                     write["dbstat"] = {"ts": now_s, "bytes": sizes, "spans": spans}
         if write:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self.conn):
                 for k, v in write.items():
                     state.put(self.conn, k, v)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
-                    self.conn.execute("ROLLBACK")
-                raise
 
     def _spans(self) -> dict:
         """Seconds of data each raw and rollup table holds now (for bytes per day)."""

@@ -17,6 +17,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from ..db import transaction
+
 MIN_BATCH = 100
 MAX_BATCH = 1_000_000
 VACUUM_PAGES_START = 256
@@ -66,14 +68,8 @@ class Pruner:
 
     def _timed(self, sql: str, args: tuple) -> tuple[int, float]:
         t0 = time.perf_counter()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn):
             n = self.conn.execute(sql, args).rowcount
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
-                self.conn.execute("ROLLBACK")
-            raise
         ms = (time.perf_counter() - t0) * 1e3
         self.txn_max_ms = max(self.txn_max_ms, ms)
         self.txn_ms.append(ms)
