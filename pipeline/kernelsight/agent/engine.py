@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import db
+from ..db import transaction
 from ..config import Config, load as load_config
 from ..features import catalog as fcat
 from ..features.baseline import learn_baseline, load_baseline, save_baseline
@@ -423,8 +424,7 @@ class Agent:
 
     def _persist(self, changes, now_s: float, now_ns: int, fc) -> None:
         conn = self.rw
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             self.store.save_forecast(now_ns, fc)
             for ch in changes:
                 t = ch.tracked
@@ -445,11 +445,6 @@ class Agent:
                     if self.log is not None:
                         self.log.info("observation " + ch.kind, id=t.obs_id, label=t.finding.label,
                                       severity=obs["severity"], summary=obs["summary"])
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
-                conn.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         self.ro.close()

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from ..db import transaction
 from .catalog import FEATURE_STEP_S
 from .engine import FeatureMatrix, FeatureVector
 
@@ -104,15 +105,9 @@ def save_baseline(conn: sqlite3.Connection, b: Baseline, data_dir: Path | None) 
         for name, s in stats.items():
             rows.append((name, hour, *[s[k] for k in STATS], b.meta["since_ts"], b.meta["until_ts"], b.meta["learned_ts"]))
     marks = ",".join("?" * (len(STATS) + 5))
-    conn.execute("BEGIN")
-    try:
+    with transaction(conn, "BEGIN"):
         conn.execute(f"DELETE FROM {TABLE}")
         conn.executemany(f"INSERT INTO {TABLE} (name, hour, {', '.join(STATS)}, since_ts, until_ts, learned_ts) VALUES ({marks})", rows)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
-            conn.execute("ROLLBACK")
-        raise
     if data_dir is None:
         return None
     path = Path(data_dir) / JSON_NAME

@@ -29,6 +29,7 @@ import time
 import numpy as np
 import orjson
 
+from ..db import transaction
 from .catalog import NAMES
 from .engine import FeatureMatrix
 
@@ -66,14 +67,8 @@ def write_matrix(conn: sqlite3.Connection, m: FeatureMatrix) -> int:
     for i in range(len(m)):
         rd = {n: r[i] for n, r in zip(names, reasons) if r[i] is not None}
         rows.append((int(m.ts[i]), m.window_s, now, orjson.dumps(rd).decode(), *vals[i].tolist()))
-    conn.execute("BEGIN")
-    try:
+    with transaction(conn, "BEGIN"):
         conn.executemany(sql, rows)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
-            conn.execute("ROLLBACK")
-        raise
     return len(rows)
 
 

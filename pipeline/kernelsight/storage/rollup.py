@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from ..db import transaction
 from . import state
 from .plan import TablePlan
 
@@ -149,15 +150,9 @@ def ensure_view(conn: sqlite3.Connection, plan: TablePlan) -> None:
     raw = {r[1] for r in conn.execute(f"PRAGMA table_info({plan.table})")}
     if not raw or any(f.name not in raw for f in plan.fields):
         return  # the raw table is older than the schema: db.connect adds the columns first
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute(f"DROP VIEW IF EXISTS {plan.view}")
         conn.execute(want)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
-            conn.execute("ROLLBACK")
-        raise
 
 
 def watermark_key(table: str) -> str:
@@ -197,17 +192,11 @@ def rollup_table(conn: sqlite3.Connection, plan: TablePlan, now_ns: int, step_ns
             hi = closed_end if nxt is None else max(hi, min(int(bucket_end(nxt, step_ns)) - step_ns, closed_end))
         out = aggregate(plan, rows, step_ns)
         t0 = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             conn.execute(f"DELETE FROM {plan.rollup} WHERE ts > ? AND ts <= ?", (wm, hi))
             if out:
                 conn.executemany(insert, out)
             state.put(conn, watermark_key(plan.table), hi)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # a failed COMMIT (disk full) has already rolled back
-                conn.execute("ROLLBACK")
-            raise
         if stats is not None:
             stats["rollup_txn_max_ms"] = max(stats.get("rollup_txn_max_ms", 0.0), (time.perf_counter() - t0) * 1e3)
             stats["rollup_raw_rows"] = stats.get("rollup_raw_rows", 0) + len(rows)
