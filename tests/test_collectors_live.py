@@ -140,7 +140,9 @@ def test_execsnoop_and_exitsnoop_live(probe, validator):
             p = subprocess.Popen(["/bin/sh", "-c", f"exit {i % 3}", marker])
             p.wait()
             pids.append(p.pid)
-        k = subprocess.Popen(["/bin/sleep", "30", marker])
+        # The marker rides on the shell's argv ($0), never on sleep's, which would reject it and exit 1
+        # before the kill lands.
+        k = subprocess.Popen(["/bin/sh", "-c", "exec /bin/sleep 30", marker])
         k.kill()
         k.wait()
         ok1 = ex.wait_for(lambda evs: sum(1 for e in evs if e["type"] == "exec" and marker in e["args"]) >= 11, 10)

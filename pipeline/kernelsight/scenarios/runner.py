@@ -40,7 +40,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DETECT_WITHIN_S = 30.0
+DETECT_WITHIN_S = 30.0  # the goal, reported per scenario
+GIVE_UP_S = 2 * DETECT_WITHIN_S  # a late detection is still measured (and fails the goal), not lost
 WARM_S = 20.0
 POLL_S = 0.5
 SEVERE = ("high", "critical")
@@ -329,14 +330,14 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
                 say(f"{sc.name}: {hit['label']} opened (#{hit['id']}, {hit['severity']})")
         if hit is not None and onset is not None and now - detect_seen >= sc.hold_s:
             break
-        if onset is not None and now - onset > DETECT_WITHIN_S + 5 and hit is None:
+        if onset is not None and now - onset > GIVE_UP_S and hit is None:
             break
         if now - t0 > sc.max_inject_s:
             break
         if not inj.running() and hit is None and inj.proc.returncode not in (0, -signal.SIGTERM):
             res.error = f"the injector failed (exit {inj.proc.returncode}); see its log"
             break
-        if not inj.running() and (onset is None or hit is not None or now - onset > DETECT_WITHIN_S + 5):
+        if not inj.running() and (onset is None or hit is not None or now - onset > GIVE_UP_S):
             break
         time.sleep(POLL_S)
     res.injector_rc = inj.stop()
