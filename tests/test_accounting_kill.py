@@ -241,3 +241,69 @@ def test_kill_9_ingest_under_the_supervisor_loses_no_line_uncounted(env):
         assert x.running_pids == [] and x.dropped["no_reader"] == 0, (p, figures)
     assert accts["ks-scraper"].written > 0 and accts["ks-scraper"].processes == 1
     assert acc.read_counter_files(env.data) == [], "every finished writer folded"
+
+
+def test_agent_raises_a_stalled_ingest_and_a_silent_producer(env):
+    """`ks run` with ks-scraper and the agent, plus a loadgen.  SIGSTOP of ks-ingest fills the pipe:
+    the writers count "pipe full" drops and, once ks-ingest runs again and stores their stats, the
+    agent opens one Telemetry Loss observation naming them.  SIGSTOP of ks-scraper: a running
+    producer that writes nothing opens Silent Producer naming it.  Both close once the stall ends."""
+    if tool("ks-scraper") is None:
+        pytest.skip("ks-scraper is not built (make build)")
+    log = open(env.tmp / "ks-run.log", "wb")  # noqa: SIM115 - closed below
+    run = subprocess.Popen([tool("ks"), "run", "--data-dir", str(env.data), "--fifo", env.fifo, "--interval", "1",
+                            "--no-tracers", "--no-collectors"], env=env.env, stderr=log)
+    lg = None
+
+    def status():
+        out = subprocess.run([tool("ks"), "status", "--json", "--data-dir", str(env.data)], env=env.env,
+                             capture_output=True, timeout=60)
+        return orjson.loads(out.stdout)
+
+    def child_pid(st, name):
+        return next(c for c in st["children"] if c["name"] == name)["pid"]
+
+    def observation(label, status=None):
+        sql = "SELECT id, status, summary, processes FROM observations WHERE label=?"
+        r = query(env.db, sql + (" AND status=?" if status else "") + " ORDER BY id",
+                  (label, status) if status else (label,)) if env.db.exists() else []
+        return r[-1] if r else None
+
+    try:
+        st = wait_for(lambda: (s := status())["supervisor"] == "running" and all(
+            child_pid(s, n) for n in ("ks-ingest", "ks-agent", "ks-scraper")) and s, what="pipeline running")
+        lg = loadgen(env, stats_every=100, pause_s=0.0002)
+        wait_for(lambda: rows(env, "SELECT COUNT(*) FROM features") >= 4, timeout=90, what="the agent past warm-up")
+        ingest_pid = child_pid(st, "ks-ingest")
+        os.kill(ingest_pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: any(a.dropped["full"] for a in accounts(env).values()), timeout=60,
+                     what="a writer counting pipe-full drops")
+        finally:
+            os.kill(ingest_pid, signal.SIGCONT)
+        loss = wait_for(lambda: observation("Telemetry Loss", "open"), timeout=90, what="Telemetry Loss opened")
+        print("Telemetry Loss:", loss[2])
+        assert "ks-loadgen" in loss[2] and "full" in loss[2], loss[2]
+        scraper_pid = child_pid(st, "ks-scraper")
+        os.kill(scraper_pid, signal.SIGSTOP)
+        try:
+            silent = wait_for(lambda: observation("Silent Producer", "open"), timeout=90, what="Silent Producer")
+        finally:
+            os.kill(scraper_pid, signal.SIGCONT)
+        print("Silent Producer:", silent[2])
+        assert f"ks-scraper (pid {scraper_pid})" in silent[2], silent[2]
+        assert wait_for(lambda: (o := observation("Silent Producer")) and o[1] == "closed", timeout=120,
+                        what="Silent Producer closed")
+        lg.send_signal(signal.SIGTERM)
+        assert lg.wait(timeout=30) == 0
+        assert wait_for(lambda: (o := observation("Telemetry Loss")) and o[1] == "closed", timeout=120,
+                        what="Telemetry Loss closed")
+        assert len(query(env.db, "SELECT id FROM observations WHERE label='Telemetry Loss'")) >= 1
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 0
+    finally:
+        for p in (lg, run):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        log.close()

@@ -35,6 +35,7 @@ from ..features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
 from ..features.engine import FeatureVector, compute_range
 from ..features.store import read_matrix, write_matrix
 from ..storage.housekeeping import Housekeeper
+from .telemetry import TelemetryWatch
 from .attribution import ProcessSampler, connection_makers, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
 from .rules import Context, Rule, RuleSet, evaluate, load_rules
@@ -104,6 +105,7 @@ class Agent:
         self.last_vector: FeatureVector | None = None  # the stored vector the last step evaluated
         # Rollups, retention and rotation, once a minute: the agent holds the read-write connection.
         self.housekeeper = Housekeeper(self.rw, data_dir, self.config, log=log) if housekeeping else None
+        self.telemetry = TelemetryWatch(data_dir)  # the pipeline's own losses, as observations
 
     # -- inputs ---------------------------------------------------------------
     def _baseline(self, now_s: float):
@@ -231,6 +233,7 @@ class Agent:
                 ctx.active.add(rule.id)
                 findings.append(self._finding(rule, ctx, values, vec.window_s, fc, now_ns))
         findings += self._anomalies(ctx, values, {f.metric for f in findings})
+        findings += self.telemetry.findings(self.ro, now_ns)
         changes = self.tracker.update(now_s, findings)
         self._persist(changes, now_s, now_ns, fc)
         return changes
