@@ -38,7 +38,7 @@ from ..storage.housekeeping import Housekeeper
 from .telemetry import TelemetryWatch
 from .attribution import ProcessSampler, connection_makers, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
-from .rules import Context, Rule, RuleSet, evaluate, load_rules
+from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
 from .signals import agent_signals, io_worst
 from .store import ObservationStore
 from .tracker import BAND_WORDS, Finding, Tracked, Tracker, band, escalate
@@ -106,6 +106,7 @@ class Agent:
         # Rollups, retention and rotation, once a minute: the agent holds the read-write connection.
         self.housekeeper = Housekeeper(self.rw, data_dir, self.config, log=log) if housekeeping else None
         self.telemetry = TelemetryWatch(data_dir)  # the pipeline's own losses, as observations
+        self.deviating_since: dict[str, float] = {}  # feature -> when its baseline deviation began
 
     # -- inputs ---------------------------------------------------------------
     def _baseline(self, now_s: float):
@@ -232,7 +233,8 @@ class Agent:
             if evaluate(rule, ctx, self.tracker.is_open(rule.id)):
                 ctx.active.add(rule.id)
                 findings.append(self._finding(rule, ctx, values, vec.window_s, fc, now_ns))
-        findings += self._anomalies(ctx, values, {f.metric for f in findings})
+        anomalies = self._anomalies(ctx, values, {f.metric for f in findings})
+        findings = self._one_per_incident(findings, anomalies, now_s)
         findings += self.telemetry.findings(self.ro, now_ns)
         changes = self.tracker.update(now_s, findings)
         self._persist(changes, now_s, now_ns, fc)
@@ -316,11 +318,53 @@ class Agent:
             out.append(Finding(
                 key=f"anomaly:{name}", rule_id="baseline_deviation", label="Baseline Deviation",
                 category=feature_category(name), observation_type="anomaly",
-                severity="medium" if abs(z) >= 2 * s.anomaly_z else "low", metric=name, value=v,
+                severity=("high" if abs(z) >= 2 * s.anomaly_open_z else "medium" if abs(z) >= s.anomaly_open_z
+                          else "low"), metric=name, value=v,
                 baseline_mean=mean, zscore=z, trend=self.trend(name, v), summary=summary,
                 hints=[f"Compare {name} with related signals around the same time",
                        "If this is a planned change, learn a new baseline (ks-features baseline learn)"],
             ))
+        return out
+
+    def _one_per_incident(self, fired: list[Finding], anomalies: list[Finding], now_s: float) -> list[Finding]:
+        """Fold evidence into the incident it belongs to instead of opening one observation per signal.
+
+        A primary rule firing is an incident.  Secondary rules and baseline deviations that coincide
+        with one become its correlated signals (same category first, else the most severe); in the
+        reopen window after an incident they are its tail.  Alone, a secondary rule opens as before,
+        and a deviation opens only when large (anomaly_open_z) and sustained (anomaly_sustain_s).
+        Whatever is already open stays open until it clears: it began before, so it is not explained
+        by what came after."""
+        s = self.rules.settings
+        secondary = {r.id for r in self.rules.rules if r.secondary}
+        primaries = [f for f in fired if f.rule_id not in secondary]
+        tail = any(t.finding.rule_id not in secondary and t.finding.rule_id != "baseline_deviation"
+                   and t.closed_at is not None and now_s - t.closed_at <= s.reopen_within_s
+                   for t in self.tracker.recently_closed.values())
+
+        def host(f: Finding) -> Finding | None:
+            pool = [p for p in primaries if p.category == f.category] or primaries
+            return max(pool, key=lambda p: SEVERITIES.index(p.severity)) if pool else None
+
+        out = list(primaries)
+        for f in fired:
+            if f.rule_id not in secondary:
+                continue
+            h = None if self.tracker.is_open(f.key) else host(f)
+            if h is not None:
+                h.correlated.append(f"{f.label}: {f.summary}")
+            elif self.tracker.is_open(f.key) or not tail:
+                out.append(f)
+        deviating = {}
+        for a in anomalies:
+            since = deviating[a.metric] = self.deviating_since.get(a.metric, now_s)
+            h = None if self.tracker.is_open(a.key) else host(a)
+            if h is not None:
+                h.correlated.append(f"Baseline deviation: {a.summary}")
+            elif self.tracker.is_open(a.key) or (
+                    not tail and abs(a.zscore or 0.0) >= s.anomaly_open_z and now_s - since >= s.anomaly_sustain_s):
+                out.append(a)
+        self.deviating_since = deviating
         return out
 
     def _attribute(self, kinds: list[str], now_ns: int) -> list[dict]:
@@ -397,7 +441,11 @@ class Agent:
         lead = next((c for c in changes if c.startswith(("new process", "deployment_event"))), None)
         if lead:
             summary += f", after {lead.split(': ', 1)[1]}"
-        summary += f"; for {human_duration(dur)} ({BAND_WORDS[b]})"
+        if dur < FEATURE_STEP_S:
+            # First sight: it held over the window just judged, which is all that is known yet.
+            summary += f"; seen over the last {human_duration(FEATURE_WINDOW_S)}, new"
+        else:
+            summary += f"; for {human_duration(dur)} ({BAND_WORDS[b]})"
         hints = list(f.hints)
         if f.processes:
             top = f.processes[0]

@@ -106,6 +106,10 @@ class Rule:
     correlated: list[tuple[str, Condition]]
     attribution: list[str] = field(default_factory=list)
     extra: str | None = None  # a second feature the summary quotes as {extra}
+    # A consequence or a context of other faults (a slow trend, a read/write latency ratio): while
+    # another incident is open it is that incident's evidence, and it opens its own observation only
+    # on a quiet host.
+    secondary: bool = False
 
     def features(self) -> set[str]:
         out = {self.metric} | ({self.extra} if self.extra else set())
@@ -124,6 +128,11 @@ class Settings:
     anomaly_z: float = 4.0
     anomaly_min_rel_change: float = 0.5
     anomaly_max_open: int = 5
+    # A deviation with no rule behind it opens an observation of its own only when it is this
+    # large and has held this long with no incident open (or just ended) to explain it;
+    # otherwise it is evidence of the incident it coincides with.
+    anomaly_open_z: float = 8.0
+    anomaly_sustain_s: float = 30.0
     auto_baseline_after_s: float = 600.0
     auto_baseline_span_s: float = 86400.0
 
@@ -181,6 +190,7 @@ def load_rules(path: Path | None = None) -> RuleSet:
                 correlated=[(text, parse_condition(cond, where)) for text, cond in r.get("correlated", {}).items()],
                 attribution=list(r.get("attribution", [])),
                 extra=r.get("extra"),
+                secondary=bool(r.get("secondary", False)),
             ))
         except KeyError as e:
             raise RuleError(f"{where}: missing key {e}") from None

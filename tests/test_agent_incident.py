@@ -1,0 +1,81 @@
+"""One observation per incident: deviations and secondary rules that coincide with an
+incident become its evidence; alone, a deviation opens only when large and sustained."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernelsight.agent.engine import Agent
+from kernelsight.agent.rules import load_rules
+from kernelsight.agent.tracker import Finding
+
+RULES = load_rules()
+
+
+@pytest.fixture
+def agent(tmp_path):
+    (tmp_path / "data").mkdir(mode=0o700)
+    a = Agent(tmp_path / "data", stream=False, housekeeping=False)
+    yield a
+    a.close()
+
+
+def rule_finding(rule_id: str) -> Finding:
+    r = RULES.by_id(rule_id)
+    return Finding(key=r.id, rule_id=r.id, label=r.label, category=r.category, observation_type="symptom",
+                   severity=r.severity, metric=r.metric, value=1.0, summary=f"{r.label} summary")
+
+
+def deviation(name: str, z: float, category: str = "scheduler") -> Finding:
+    return Finding(key=f"anomaly:{name}", rule_id="baseline_deviation", label="Baseline Deviation",
+                   category=category, observation_type="anomaly", severity="medium", metric=name, value=10.0,
+                   zscore=z, summary=f"{name} is {z:.1f} standard deviations above normal")
+
+
+def test_secondary_rules_are_marked():
+    assert {r.id for r in RULES.rules if r.secondary} == {"read_amplification", "steady_demand_growth",
+                                                          "event_loop_starvation"}
+
+
+def test_coinciding_signals_fold_into_the_incident_of_their_category(agent):
+    cpu, io = rule_finding("cpu_saturation"), rule_finding("io_saturation")
+    out = agent._one_per_incident([cpu, io, rule_finding("read_amplification"), rule_finding("steady_demand_growth")],
+                                  [deviation("ctx_switches_per_sec", 30.0), deviation("io_await_ms", 12.0, "io")],
+                                  now_s=100.0)
+    assert [f.rule_id for f in out] == ["cpu_saturation", "io_saturation"]
+    assert any(c.startswith("Read Amplification:") for c in io.correlated)
+    assert any(c.startswith("Baseline deviation: io_await_ms") for c in io.correlated)
+    assert any(c.startswith("Steady Demand Growth:") for c in cpu.correlated)  # load has no incident: most severe
+    assert any(c.startswith("Baseline deviation: ctx_switches_per_sec") for c in cpu.correlated)
+
+
+def test_a_lone_deviation_opens_only_when_large_and_sustained(agent):
+    small, big = deviation("a_per_sec", 5.0), deviation("b_per_sec", 9.0)
+    for t in (0.0, 10.0, 25.0):
+        assert agent._one_per_incident([], [small, big], now_s=t) == []
+    out = agent._one_per_incident([], [small, big], now_s=31.0)
+    assert [f.metric for f in out] == ["b_per_sec"]
+    # A gap resets the clock: it must hold without interruption.
+    agent._one_per_incident([], [], now_s=32.0)
+    assert agent._one_per_incident([], [big], now_s=40.0) == []
+
+
+def test_a_lone_secondary_rule_still_opens_but_not_in_an_incident_tail(agent):
+    lone = rule_finding("read_amplification")
+    assert agent._one_per_incident([lone], [], now_s=0.0) == [lone]
+    # An incident that just closed: what shows up in the next minute is its tail.
+    agent.tracker.update(100.0, [rule_finding("io_saturation")])
+    agent.tracker.update(105.0, [])
+    agent.tracker.update(116.0, [])
+    assert not agent.tracker.is_open("io_saturation")
+    assert agent._one_per_incident([rule_finding("read_amplification")], [], now_s=120.0) == []
+    assert agent._one_per_incident([rule_finding("read_amplification")], [], now_s=200.0) != []
+
+
+def test_what_is_open_already_stays_open_when_an_incident_starts(agent):
+    sec = rule_finding("steady_demand_growth")
+    agent.tracker.update(0.0, [sec])
+    cpu = rule_finding("cpu_saturation")
+    out = agent._one_per_incident([cpu, rule_finding("steady_demand_growth")], [], now_s=5.0)
+    assert [f.rule_id for f in out] == ["cpu_saturation", "steady_demand_growth"]
+    assert cpu.correlated == []
