@@ -38,7 +38,7 @@ NORMAL = {
     "page_faults_per_sec": 3000, "memory_reclaim_scan_pages_per_sec": 0, "memory_direct_reclaim_pages_per_sec": 0,
     "psi_memory_some_pct": 0, "oom_kills_per_min": 0, "io_p50_ms_max": 0.2, "io_p95_ms_max": 1.0,
     "io_p99_ms_max": 2.0, "disk_queue_depth_avg": 0.1, "io_queue_depth_at_issue_avg": 0.5, "tcp_time_wait": 10,
-    "tcp_active_opens_per_sec": 1, "tcp_established": 5, "tcp_retransmit_pct": 0, "net_tx_packets_per_sec": 20,
+    "tcp_active_opens_per_sec": 1, "tcp_established": 5, "tcp_retransmit_pct": 0, "net_tx_packets_per_sec": 20, "tcp_out_segs_per_sec": 30,
     "tcp_syn_recv": 0, "tcp_listen_drops_per_sec": 0, "net_errors_per_sec": 0, "net_drops_per_sec": 0,
     "load_avg_1m": 0.3, "procs_running_avg": 1, "runq_latency_p95_us": 50, "psi_cpu_some_pct": 1,
     "forks_per_sec": 3, "tasks_total": 120, "cpu_iowait_pct": 0, "load_avg_5m": 0.3, "load_per_cpu_ratio": 0.15,
@@ -69,7 +69,7 @@ FIRES = {
     "io_queue_congestion": ({"disk_queue_depth_avg": 40}, {}, set(), 0),
     "read_amplification": ({"io_read_latency_p95_ms": 30, "io_write_latency_p95_ms": 2}, {}, set(), 0),
     "connection_churning": ({"tcp_time_wait": 2500}, {}, set(), 0),
-    "network_degradation": ({"tcp_retransmit_pct": 3, "net_tx_packets_per_sec": 5000}, {}, set(), 0),
+    "network_degradation": ({"tcp_retransmit_pct": 3, "tcp_out_segs_per_sec": 5000}, {}, set(), 0),
     "syn_flood": ({"tcp_syn_recv": 400}, {}, set(), 0),
     "nic_issue": ({"net_errors_per_sec": 5}, {}, set(), 0),
     "oversubscription": ({"procs_running_avg": 9, "load_avg_1m": 3, "cpu_utilization_pct": 99,
@@ -82,10 +82,10 @@ FIRES = {
 }
 
 
-def ctx(values=None, slopes=None, active=None, risk=0, baseline=None) -> Context:
+def ctx(values=None, slopes=None, active=None, risk=0, baseline=None, cores=2, mem_gb=24.0) -> Context:
     slopes = slopes or {}
     return Context({**NORMAL, **(values or {})}, BASELINE if baseline is None else baseline,
-                   lambda name, span=None: slopes.get(name, 0.0), set(active or ()), 2, risk)
+                   lambda name, span=None: slopes.get(name, 0.0), set(active or ()), cores, risk, mem_gb=mem_gb)
 
 
 def test_every_interpretation_row_has_a_rule():
@@ -375,9 +375,9 @@ def test_agent_stores_the_vector_it_evaluates_and_ks_features_computes_the_same(
     seen: dict[int, dict] = {}  # step end -> the values the rules were evaluated on
     real_context = engine.Context
 
-    def spy(values, *args):
+    def spy(values, *args, **kw):
         seen[agent.last_vector.ts] = dict(values)
-        return real_context(values, *args)
+        return real_context(values, *args, **kw)
 
     monkeypatch.setattr(engine, "Context", spy)
     agent = Agent(tmp_path, stream=False)
@@ -407,3 +407,28 @@ def test_agent_stores_the_vector_it_evaluates_and_ks_features_computes_the_same(
     doc = json.loads(cli.stdout)
     assert doc["ts"] == t and doc["window_s"] == FEATURE_WINDOW_S
     assert doc["values"] == rows[t].values and doc["reasons"] == rows[t].reasons
+
+
+# Rules whose floor is per core or per GiB: what fires on this 2-CPU, 24 GiB VM.
+SCALED = ("scheduling_thrash", "cpu_saturation", "serialization_bottleneck", "file_system_issue",
+          "write_buffer_saturation", "connection_churning", "process_explosion", "cpu_starvation")
+
+
+@pytest.mark.parametrize("rule_id", SCALED)
+def test_floors_scale_with_the_machine(rule_id):
+    """The same absolute figures that are a fault on 2 CPUs and 24 GiB are a normal day on 64 CPUs and 1 TiB."""
+    rule = RULES.by_id(rule_id)
+    values, slopes, active, risk = FIRES[rule_id]
+    assert evaluate(rule, ctx(values, slopes, active, risk), False)
+    assert not evaluate(rule, ctx(values, slopes, active, risk, cores=64, mem_gb=1024.0), False)
+
+
+def test_dz_joins_the_floor_to_the_hosts_own_normal():
+    rule = RULES.by_id("scheduling_thrash")
+    busy = {"ctx_switches_per_sec": 75000}
+    # No baseline yet: the host-normalised floor alone decides.
+    assert evaluate(rule, ctx(busy, baseline={}), False)
+    # A host whose normal is 70k switches/s: 75k is not off its normal.
+    normal_busy = {"ctx_switches_per_sec": {"n": 100, "mean": 70000, "std": 4000, "median": 70000, "mad": 3000}}
+    assert not evaluate(rule, ctx(busy, baseline=normal_busy), False)
+    assert evaluate(rule, ctx({"ctx_switches_per_sec": 150000}, baseline=normal_busy), False)

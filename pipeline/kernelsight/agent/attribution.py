@@ -173,3 +173,25 @@ def connection_makers(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
     except sqlite3.OperationalError:
         return []
     return [{"comm": c, "pid": p, "state_changes": n, "time_waits": tw or 0} for c, p, n, tw in rows]
+
+
+def retransmitters(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
+    """Network namespaces by TCP segments retransmitted since since_ns, with their interfaces
+    (the scraper reads every namespace's counters).  Which socket or process retransmits would
+    need a per-socket tracer (tcp:tcp_retransmit_skb); the namespace and its interfaces name
+    where the loss is."""
+    try:
+        rows = conn.execute(
+            "SELECT netns, MAX(retrans_segs_total) - MIN(retrans_segs_total), "
+            "MAX(out_segs_total) - MIN(out_segs_total), MAX(interfaces) FROM tcp_retransmit_stats "
+            "WHERE ts >= ? GROUP BY netns ORDER BY 2 DESC LIMIT ?", (since_ns, TOP_N)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    out = []
+    for ns, retrans, sent, ifaces in rows:
+        if not retrans:
+            continue
+        out.append({"comm": f"netns {ns}" if ns is not None else "host", "interfaces": ifaces or "lo only",
+                    "retransmitted_segments": retrans,
+                    "retransmit_pct": round(100.0 * retrans / sent, 2) if sent else None})
+    return out

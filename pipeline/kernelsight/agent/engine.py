@@ -36,7 +36,7 @@ from ..features.engine import FeatureVector, compute_range
 from ..features.store import read_matrix, write_matrix
 from ..storage.housekeeping import Housekeeper
 from .telemetry import TelemetryWatch
-from .attribution import ProcessSampler, connection_makers, slow_syscalls, spawners
+from .attribution import ProcessSampler, connection_makers, retransmitters, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
 from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
 from .signals import agent_signals, io_worst
@@ -75,6 +75,18 @@ def feature_category(name: str) -> str:
     return "load"
 
 
+def host_mem_gb(proc_root: str = "/proc") -> float | None:
+    """MemTotal in GiB, or None (then rules with a mem_gb floor cannot fire: no data is no evidence)."""
+    try:
+        with open(f"{proc_root}/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemTotal:"):
+                    return int(line.split()[1]) / (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _fmt(v: float | None, spec: str = ".3g") -> str:
     return "n/a" if v is None else format(v, spec)
 
@@ -98,6 +110,7 @@ class Agent:
         self.baseline = None
         self.baseline_loaded_at = -math.inf
         self.cores = os.cpu_count() or 1
+        self.mem_gb = host_mem_gb(proc_root)  # rules' floors per GiB of RAM (mem_gb)
         self.log = log
         self.last_streamed: dict[str, tuple[str, str]] = {}
         self.last_step_s: float | None = None
@@ -227,7 +240,7 @@ class Agent:
             # pipeline's own start-up burst is in it.  Judge nothing yet.
             return []
         ctx = Context(values, self._baseline_stats(values.keys(), now_ns), self.slope, set(), self.cores,
-                      RISK_LEVELS.index(fc.risk))
+                      RISK_LEVELS.index(fc.risk), mem_gb=self.mem_gb)
         findings = []
         for rule in self.rules.rules:
             if evaluate(rule, ctx, self.tracker.is_open(rule.id)):
@@ -375,6 +388,8 @@ class Agent:
                 rows = slow_syscalls(self.ro, since)
             elif kind == "connection_makers":
                 rows = connection_makers(self.ro, since)
+            elif kind == "retransmitters":
+                rows = retransmitters(self.ro, since)
             elif kind == "spawners":
                 rows = spawners(self.ro, since) or self.sampler.cpu_users()
             else:

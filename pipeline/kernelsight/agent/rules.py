@@ -10,12 +10,16 @@ Conditions are `LEFT OP RIGHT`, OP one of < <= > >= ==, each side a number or
     feature          the feature's current value
     z(feature)       z-score against the learned baseline
     rz(feature)      robust z-score (median/MAD)
+    dz(feature)      robust z-score, or +inf while no baseline is learned for the feature:
+                     "and off this host's own normal", which before any baseline
+                     leaves the decision to the rule's host-normalised floor
     mean(feature)    the baseline mean
     slope(feature)   change per minute over the last minute of the agent's history
     slope(feature,S) the same over the last S seconds (needs history covering 80 % of S)
     rule(id)         1 when rule `id` is active this interval, else 0
     risk(oom)        OOM forecast level: 0 NORMAL, 1 ELEVATED, 2 WARNING, 3 CRITICAL
     cores            the number of CPUs
+    mem_gb           the host's RAM in GiB (MemTotal)
 A condition over a value that is missing (null feature, no baseline) is false:
 no data is never evidence.
 """
@@ -36,7 +40,8 @@ _OPS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__
 _COND = re.compile(r"^\s*(.+?)\s*(<=|>=|==|<|>)\s*(.+?)\s*$")
 _SIDE = re.compile(r"^(?:(-?[0-9.eE+-]+)\s*\*\s*)?([A-Za-z_][A-Za-z0-9_]*)(?:\(([A-Za-z0-9_]+)(?:,([0-9.]+))?\))?$")
 _NUMBER = re.compile(r"^-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?$")
-_FUNCS = {"z", "rz", "mean", "slope", "rule", "risk"}
+_FUNCS = {"z", "rz", "dz", "mean", "slope", "rule", "risk"}
+HOST_TERMS = ("cores", "mem_gb")  # properties of the machine, not features
 
 
 class RuleError(ValueError):
@@ -52,7 +57,7 @@ class Term:
     span_s: float | None = None  # slope(feature, S)
 
     def features(self) -> set[str]:
-        if self.name and self.func in (None, "z", "rz", "mean", "slope") and self.name != "cores":
+        if self.name and self.func in (None, "z", "rz", "dz", "mean", "slope") and self.name not in HOST_TERMS:
             return {self.name}
         return set()
 
@@ -200,8 +205,10 @@ def load_rules(path: Path | None = None) -> RuleSet:
 class Context:
     """What a condition can see this interval."""
 
-    def __init__(self, values: dict, baseline: dict, history, active: set[str], cores: int, oom_risk: int):
+    def __init__(self, values: dict, baseline: dict, history, active: set[str], cores: int, oom_risk: int,
+                 mem_gb: float | None = None):
         self.values = values
+        self.mem_gb = mem_gb
         self.baseline = baseline  # feature -> {"mean","std","median","mad"}
         self.history = history  # callable(feature, span_s | None) -> slope per minute or None
         self.active = active
@@ -222,11 +229,13 @@ class Context:
         if t.number is not None:
             return t.number
         if t.func is None:
-            v = self.cores if t.name == "cores" else self.values.get(t.name)
+            v = self.cores if t.name == "cores" else self.mem_gb if t.name == "mem_gb" else self.values.get(t.name)
         elif t.func == "z":
             v = self.z(t.name)
         elif t.func == "rz":
             v = self.z(t.name, robust=True)
+        elif t.func == "dz":
+            v = self.z(t.name, robust=True) if self.baseline.get(t.name) else math.inf
         elif t.func == "mean":
             v = (self.baseline.get(t.name) or {}).get("mean")
         elif t.func == "slope":
