@@ -79,3 +79,20 @@ def test_what_is_open_already_stays_open_when_an_incident_starts(agent):
     out = agent._one_per_incident([cpu, rule_finding("steady_demand_growth")], [], now_s=5.0)
     assert [f.rule_id for f in out] == ["cpu_saturation", "steady_demand_growth"]
     assert cpu.correlated == []
+
+
+def test_storage_errnos_are_counted_by_call_and_errno(tmp_path):
+    from kernelsight import db
+    from kernelsight.agent.signals import agent_signals, fs_errors
+
+    conn = db.connect(db.db_path(tmp_path / "d"))
+    rows = [  # ENOENT is a probe, not a storage error; ENOSPC and EIO are
+        (1_000, "openat", 500, 400, "[2,13]", "[390,10]"),
+        (2_000, "write", 80, 80, "[28]", "[80]"),
+        (3_000, "read", 10, 5, "[5]", "[5]"),
+    ]
+    conn.executemany("INSERT INTO syscall_stats (ts, syscall, count, errors, top_errnos, top_errno_counts, "
+                     "interval_s) VALUES (?, ?, ?, ?, ?, ?, 1.0)", rows)
+    assert fs_errors(conn, 0, 10_000) == {"openat EACCES": 10, "write ENOSPC": 80, "read EIO": 5}
+    assert agent_signals(conn, 10_000, 10.0)["syscall_fs_errors_per_sec"] == 95 / 10.0
+    conn.close()

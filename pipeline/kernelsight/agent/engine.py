@@ -39,7 +39,7 @@ from .telemetry import TelemetryWatch
 from .attribution import ProcessSampler, connection_makers, retransmitters, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
 from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
-from .signals import agent_signals, io_worst
+from .signals import agent_signals, fs_errors, io_worst
 from .store import ObservationStore
 from .tracker import BAND_WORDS, Finding, Tracked, Tracker, band, escalate
 
@@ -359,6 +359,13 @@ class Agent:
             pool = [p for p in primaries if p.category == f.category] or primaries
             return max(pool, key=lambda p: SEVERITIES.index(p.severity)) if pool else None
 
+        # Two rules that name the same condition (File System Issue by errno and by openat storm): one.
+        by_label: dict[str, Finding] = {}
+        for p in list(primaries):
+            first = by_label.setdefault(p.label, p)
+            if first is not p:
+                first.correlated.append(f"{p.label}: {p.summary}")
+                primaries.remove(p)
         out = list(primaries)
         for f in fired:
             if f.rule_id not in secondary:
@@ -390,6 +397,9 @@ class Agent:
                 rows = connection_makers(self.ro, since)
             elif kind == "retransmitters":
                 rows = retransmitters(self.ro, since)
+            elif kind == "fs_errors":
+                errs = fs_errors(self.ro, now_ns - int(FEATURE_WINDOW_S * 1e9), now_ns)
+                rows = [{"comm": k, "failed_calls": n} for k, n in sorted(errs.items(), key=lambda x: -x[1])]
             elif kind == "spawners":
                 rows = spawners(self.ro, since) or self.sampler.cpu_users()
             else:

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import sqlite3
 
+import orjson
+
 SLOW_READ_NS = 100_000_000  # "frequent read() > 100 ms" (docs/design.md, "Signal interpretation")
 AGENT_SIGNALS = ("syscall_futex_p95_ms", "syscall_epoll_wait_p95_ms", "syscall_read_slow_calls",
-                 "syscall_openat_errors_per_sec", "syscall_openat_error_pct")
+                 "syscall_openat_errors_per_sec", "syscall_openat_error_pct", "syscall_fs_errors_per_sec")
+# Errors that always mean something is wrong with storage or its limits, whichever call met them
+# (ENOENT and EAGAIN are how programs probe and poll; these are not).
+FS_ERRNOS = {5: "EIO", 13: "EACCES", 23: "ENFILE", 24: "EMFILE", 28: "ENOSPC", 30: "EROFS", 122: "EDQUOT"}
 
 
 def _one(conn: sqlite3.Connection, sql: str, args) -> tuple | None:
@@ -62,4 +67,26 @@ def agent_signals(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dic
                           "syscall IN ('read','pread64','readv','preadv','preadv2') AND latency_ns > ?",
                     (lo, end_ns, SLOW_READ_NS))
         out["syscall_read_slow_calls"] = float(slow[0]) if slow else 0.0
+        out["syscall_fs_errors_per_sec"] = sum(fs_errors(conn, lo, end_ns).values()) / window_s
+    return out
+
+
+def fs_errors(conn: sqlite3.Connection, lo_ns: int, hi_ns: int) -> dict[str, int]:
+    """Calls failed with an errno of FS_ERRNOS in (lo_ns, hi_ns], by "syscall errno" (from each
+    interval's top errnos per syscall, so a rare errno behind four commoner ones is not seen)."""
+    out: dict[str, int] = {}
+    try:
+        rows = conn.execute("SELECT syscall, top_errnos, top_errno_counts FROM syscall_stats "
+                            "WHERE ts > ? AND ts <= ? AND errors > 0", (lo_ns, hi_ns)).fetchall()
+    except sqlite3.OperationalError:
+        return out
+    for name, errs, counts in rows:
+        try:
+            pairs = zip(orjson.loads(errs or "[]"), orjson.loads(counts or "[]"))
+        except orjson.JSONDecodeError:
+            continue
+        for e, n in pairs:
+            if e in FS_ERRNOS and isinstance(n, int):
+                key = f"{name} {FS_ERRNOS[e]}"
+                out[key] = out.get(key, 0) + n
     return out
