@@ -492,3 +492,50 @@ def test_cli_signal_writes_final_stats(sig):
     last = json.loads(out.splitlines()[-1])
     assert last["type"] == "producer_stats"
     assert last["lines_written_total"] == len(out.splitlines()) - 1
+
+
+def _snmp_tcp(path: Path) -> dict[str, int]:
+    lines = [ln.split() for ln in path.read_text().splitlines() if ln.startswith("Tcp:")]
+    return dict(zip(lines[0][1:], map(int, lines[1][1:])))
+
+
+def test_every_network_namespace_has_its_own_tcp_line(tmp_path):
+    """Traffic inside another network namespace (a container, one end of a veth pair) is
+    invisible in the host's /proc/net/snmp: the scraper reads each namespace through one of
+    its processes.  Oracle: that namespace's own /proc/PID/net/snmp, once its traffic is over."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to make a network namespace")
+    ns = f"kst{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    holder = None
+    try:
+        subprocess.run(["ip", "link", "add", f"{ns}a", "type", "veth", "peer", "name", f"{ns}b", "netns", ns],
+                       check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        # Some TCP inside the namespace, over its own loopback, then quiet.
+        code = ("import socket; s = socket.create_server(('127.0.0.1', 0)); "
+                "c = socket.create_connection(s.getsockname()); a, _ = s.accept(); "
+                "c.sendall(b'x' * 100000); a.recv(1); c.close(); a.close()")
+        subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], check=True)
+        holder = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "60"])
+        wait = time.monotonic() + 10
+        while time.monotonic() < wait and not Path(f"/proc/{holder.pid}/ns/net").exists():
+            time.sleep(0.05)
+        time.sleep(0.2)  # `ip netns exec` has entered the namespace and exec'd sleep
+        ino = os.stat(f"/proc/{holder.pid}/ns/net").st_ino
+        assert ino != os.stat("/proc/self/ns/net").st_ino
+        oracle = _snmp_tcp(Path(f"/proc/{holder.pid}/net/snmp"))
+        ev = Scraper("/proc", "/sys").collect()
+        lines = {e["netns"]: e for e in ev if e["type"] == "tcp_retrans"}
+        assert os.stat("/proc/self/ns/net").st_ino in lines, "the scraper's own namespace"
+        mine = lines[ino]
+        assert mine["interfaces"] == f"{ns}b"
+        assert mine["out_segs_total"] == oracle["OutSegs"] > 0 and mine["in_segs_total"] == oracle["InSegs"]
+        assert mine["active_opens_total"] == oracle["ActiveOpens"] == 1
+        for e in lines.values():
+            assert len(json.dumps(e)) < LINE_MAX
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
