@@ -42,7 +42,7 @@ NORMAL = {
     "tcp_syn_recv": 0, "tcp_listen_drops_per_sec": 0, "net_errors_per_sec": 0, "net_drops_per_sec": 0,
     "load_avg_1m": 0.3, "procs_running_avg": 1, "runq_latency_p95_us": 50, "psi_cpu_some_pct": 1,
     "forks_per_sec": 3, "tasks_total": 120, "cpu_iowait_pct": 0, "load_avg_5m": 0.3, "load_per_cpu_ratio": 0.15,
-    "disk_util_max_pct": 1,
+    "disk_util_max_pct": 1, "disk_await_ms_worst": 0.5, "disk_queue_depth_worst": 0.1, "disk_util_worst_pct": 1,
 }
 BASELINE = {"tasks_total": {"n": 100, "mean": 120, "std": 5, "median": 120, "mad": 3},
             "syscall_futex_p95_ms": {"n": 100, "mean": 0.05, "std": 0.02, "median": 0.05, "mad": 0.01},
@@ -66,8 +66,8 @@ FIRES = {
     "memory_overflow": ({"swap_used_pct": 20, "swap_out_pages_per_sec": 500}, {}, set(), 0),
     "disk_thrashing": ({"page_faults_major_per_sec": 800}, {}, set(), 0),
     "io_tail_latency": ({"io_p95_ms_max": 15, "io_p99_ms_max": 150}, {}, set(), 0),
-    "io_saturation": ({"io_p50_ms_max": 20}, {}, set(), 0),
-    "io_queue_congestion": ({"disk_queue_depth_avg": 40}, {}, set(), 0),
+    "io_saturation": ({"io_p50_ms_max": 20, "disk_util_worst_pct": 90}, {}, set(), 0),
+    "io_queue_congestion": ({"disk_queue_depth_worst": 40}, {}, set(), 0),
     "read_amplification": ({"io_read_latency_p95_ms": 30, "io_write_latency_p95_ms": 2}, {}, set(), 0),
     "connection_churning": ({"tcp_time_wait": 2500}, {}, set(), 0),
     "network_degradation": ({"tcp_retransmit_pct": 3, "tcp_out_segs_per_sec": 5000}, {}, set(), 0),
@@ -433,3 +433,18 @@ def test_dz_joins_the_floor_to_the_hosts_own_normal():
     normal_busy = {"ctx_switches_per_sec": {"n": 100, "mean": 70000, "std": 4000, "median": 70000, "mad": 3000}}
     assert not evaluate(rule, ctx(busy, baseline=normal_busy), False)
     assert evaluate(rule, ctx({"ctx_switches_per_sec": 150000}, baseline=normal_busy), False)
+
+
+def test_io_saturation_without_ebpf_from_sys_block_and_a_clear_over_missing_data():
+    rule = RULES.by_id("io_saturation")
+    no_ebpf = {"io_p50_ms_max": None, "io_p95_ms_max": None, "io_p99_ms_max": None}
+    assert evaluate(rule, ctx({**no_ebpf, "disk_await_ms_worst": 80, "disk_util_worst_pct": 100}), False)
+    # The device went idle: no await at all is no evidence the saturation goes on.
+    assert not evaluate(rule, ctx({**no_ebpf, "disk_await_ms_worst": None, "disk_util_worst_pct": 0}), True)
+
+
+def test_a_few_very_slow_ios_are_judged():
+    slow = io_worst({"io_traced_iops": 0.2, "io_read_latency_p95_ms": 2000.0}, FEATURE_WINDOW_S)
+    assert slow["io_p95_ms_max"] == 2000.0
+    few = io_worst({"io_traced_iops": 0.2, "io_read_latency_p95_ms": 30.0}, FEATURE_WINDOW_S)
+    assert few["io_p95_ms_max"] is None

@@ -96,3 +96,24 @@ def test_storage_errnos_are_counted_by_call_and_errno(tmp_path):
     assert fs_errors(conn, 0, 10_000) == {"openat EACCES": 10, "write ENOSPC": 80, "read EIO": 5}
     assert agent_signals(conn, 10_000, 10.0)["syscall_fs_errors_per_sec"] == 95 / 10.0
     conn.close()
+
+
+def test_the_worst_device_is_judged_not_the_sum(tmp_path):
+    from kernelsight import db
+    from kernelsight.agent.signals import disk_worst
+
+    conn = db.connect(db.db_path(tmp_path / "d"))
+    s = 1_000_000_000
+    rows = []
+    for k in range(11):  # 10 s: sda saturated (and dm-0 on top of it), nvme0n1 fast and busy
+        rows.append((k * s, "sda", 10 * k, 1000 * k, 9_000 * k, 1000 * k))        # 100 ms per I/O, depth 9
+        rows.append((k * s, "dm-0", 10 * k, 1000 * k, 9_000 * k, 1000 * k))
+        rows.append((k * s, "nvme0n1", 5000 * k, 500 * k, 400 * k, 300 * k))      # 0.1 ms per I/O
+    conn.executemany("INSERT INTO block_stats (ts, device, reads_completed_total, read_time_ms_total, "
+                     "weighted_io_time_ms_total, io_time_ms_total, writes_completed_total, write_time_ms_total) "
+                     "VALUES (?, ?, ?, ?, ?, ?, 0, 0)", rows)
+    w = disk_worst(conn, 10 * s, 15.0)
+    assert w["disk_await_ms_worst"] == 100.0
+    assert w["disk_queue_depth_worst"] == 9.0  # not 18: dm-0 carries sda's I/Os, a max does not add them
+    assert w["disk_util_worst_pct"] == 100.0
+    conn.close()

@@ -39,7 +39,7 @@ from .telemetry import TelemetryWatch
 from .attribution import ProcessSampler, connection_makers, retransmitters, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
 from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
-from .signals import agent_signals, fs_errors, io_worst
+from .signals import agent_signals, disk_worst, fs_errors, io_worst
 from .store import ObservationStore
 from .tracker import BAND_WORDS, Finding, Tracked, Tracker, band, escalate
 
@@ -222,6 +222,7 @@ class Agent:
         # None of these is a catalog feature (a test holds that): they add to the vector, never replace it.
         values.update(agent_signals(self.ro, now_ns, FEATURE_WINDOW_S))
         values.update(io_worst(values, FEATURE_WINDOW_S))
+        values.update(disk_worst(self.ro, now_ns, FEATURE_WINDOW_S))
         self.history.append((now_s, values))
         while self.history and self.history[0][0] < now_s - s.history_s:
             self.history.popleft()

@@ -21,7 +21,7 @@ Conditions are `LEFT OP RIGHT`, OP one of < <= > >= ==, each side a number or
     cores            the number of CPUs
     mem_gb           the host's RAM in GiB (MemTotal)
 A condition over a value that is missing (null feature, no baseline) is false:
-no data is never evidence.
+no data is never evidence; so a `clear` condition over missing data counts as met.
 """
 
 from __future__ import annotations
@@ -248,6 +248,9 @@ class Context:
             return None
         return t.factor * float(v)
 
+    def missing(self, c: Condition) -> bool:
+        return self.term(c.left) is None or self.term(c.right) is None
+
     def holds(self, c: Condition) -> bool:
         a, b = self.term(c.left), self.term(c.right)
         return a is not None and b is not None and _OPS[c.op](a, b)
@@ -261,4 +264,6 @@ def evaluate(rule: Rule, ctx: Context, is_open: bool) -> bool:
         return fired
     if not rule.clear:
         return False
-    return not all(ctx.holds(c) for c in rule.clear)
+    # A clear condition over missing data counts as met: no data is no evidence that the
+    # condition goes on (a device gone idle has no await; a tracer that stopped has no p50).
+    return not all(ctx.holds(c) or ctx.missing(c) for c in rule.clear)

@@ -11,7 +11,8 @@ import orjson
 
 SLOW_READ_NS = 100_000_000  # "frequent read() > 100 ms" (docs/design.md, "Signal interpretation")
 AGENT_SIGNALS = ("syscall_futex_p95_ms", "syscall_epoll_wait_p95_ms", "syscall_read_slow_calls",
-                 "syscall_openat_errors_per_sec", "syscall_openat_error_pct", "syscall_fs_errors_per_sec")
+                 "syscall_openat_errors_per_sec", "syscall_openat_error_pct", "syscall_fs_errors_per_sec",
+                 "disk_await_ms_worst", "disk_queue_depth_worst", "disk_util_worst_pct")
 # Errors that always mean something is wrong with storage or its limits, whichever call met them
 # (ENOENT and EAGAIN are how programs probe and poll; these are not).
 FS_ERRNOS = {5: "EIO", 13: "EACCES", 23: "ENFILE", 24: "EMFILE", 28: "ENOSPC", 30: "EROFS", 122: "EDQUOT"}
@@ -24,7 +25,8 @@ def _one(conn: sqlite3.Connection, sql: str, args) -> tuple | None:
         return None
 
 
-MIN_IOS_FOR_LATENCY = 20  # fewer I/Os than this in the window: too few to judge tail latency
+MIN_IOS_FOR_LATENCY = 20  # fewer I/Os than this in the window: too few to judge tail latency ...
+EXTREME_LATENCY_MS = 500.0  # ... unless they are this slow: a dying disk completes few, very slow I/Os
 
 
 def io_worst(values: dict, window_s: float) -> dict[str, float | None]:
@@ -35,7 +37,8 @@ def io_worst(values: dict, window_s: float) -> dict[str, float | None]:
         vals = [v for v in (values.get(f"io_read_latency_{q}_ms"), values.get(f"io_write_latency_{q}_ms"))
                 if v is not None]
         enough = iops is not None and iops * window_s >= MIN_IOS_FOR_LATENCY
-        out[f"io_{q}_ms_max"] = max(vals) if vals and enough else None
+        extreme = bool(vals) and max(vals) >= EXTREME_LATENCY_MS
+        out[f"io_{q}_ms_max"] = max(vals) if vals and (enough or extreme) else None
     return out
 
 
@@ -89,4 +92,37 @@ def fs_errors(conn: sqlite3.Connection, lo_ns: int, hi_ns: int) -> dict[str, int
             if e in FS_ERRNOS and isinstance(n, int):
                 key = f"{name} {FS_ERRNOS[e]}"
                 out[key] = out.get(key, 0) + n
+    return out
+
+
+
+def disk_worst(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dict[str, float | None]:
+    """The worst block device over the window, from /sys/block counters (no eBPF needed):
+    mean await per completed I/O, mean queue depth and utilisation, each the maximum over devices.
+    A maximum, not a sum: a device-mapper or md device and the disk under it carry the same I/O,
+    and a fast NVMe must not hide a saturated disk beside it.  None without two samples of a device
+    or (await) without a completed I/O."""
+    lo = end_ns - int(window_s * 1e9)
+    out: dict[str, float | None] = {"disk_await_ms_worst": None, "disk_queue_depth_worst": None,
+                                    "disk_util_worst_pct": None}
+    try:
+        rows = conn.execute(
+            "SELECT device, MIN(ts), MAX(ts), "
+            "MAX(read_time_ms_total + write_time_ms_total) - MIN(read_time_ms_total + write_time_ms_total), "
+            "MAX(reads_completed_total + writes_completed_total) - MIN(reads_completed_total + writes_completed_total), "
+            "MAX(weighted_io_time_ms_total) - MIN(weighted_io_time_ms_total), "
+            "MAX(io_time_ms_total) - MIN(io_time_ms_total) "
+            "FROM block_stats WHERE ts > ? AND ts <= ? GROUP BY device", (lo, end_ns)).fetchall()
+    except sqlite3.OperationalError:
+        return out
+    for _dev, t0, t1, busy_ms, ios, weighted_ms, io_ms in rows:
+        span_ms = (t1 - t0) / 1e6 if t0 is not None and t1 is not None else 0.0
+        if span_ms <= 0:
+            continue
+        if ios and ios > 0 and busy_ms is not None and busy_ms >= 0:
+            out["disk_await_ms_worst"] = max(out["disk_await_ms_worst"] or 0.0, busy_ms / ios)
+        if weighted_ms is not None and weighted_ms >= 0:
+            out["disk_queue_depth_worst"] = max(out["disk_queue_depth_worst"] or 0.0, weighted_ms / span_ms)
+        if io_ms is not None and io_ms >= 0:
+            out["disk_util_worst_pct"] = max(out["disk_util_worst_pct"] or 0.0, min(100.0, 100.0 * io_ms / span_ms))
     return out
