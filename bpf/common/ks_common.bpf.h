@@ -88,4 +88,58 @@ static __always_inline __u32 ks_slot(__u64 v)
 	return s & (KS_HIST_SLOTS - 1);
 }
 
+/*
+ * Generic tracers: a bpf/NAME.bpf.c with no bpf/NAME.c is loaded by the
+ * generic loader (common/ks_generic.c), which prints each record of the ring
+ * buffer `events` as one JSON line, decoded with the object's BTF.  Declare
+ * the record struct and the line's "type" (the event key in
+ * schema/events/NAME.json) once, at file scope:
+ *
+ *   struct oom_kill_event { __u64 ts; __u32 pid; char comm[16]; ... };
+ *   KS_EVENT(struct oom_kill_event, "oom_victim");
+ *
+ * It defines the ring buffer `events` (KS_EVENT_RB_BYTES, 256 KiB unless
+ * defined before this header) and two read-only globals the loader reads
+ * through BTF: ks_event_type (the type string) and ks_event_record (a pointer
+ * whose BTF type names the record struct; never used by the programs).
+ *
+ * Record members, in the line in struct order under their own names:
+ *   __u64 ts                  bpf_ktime_get_ns(); becomes the line's "ts"
+ *                             (Unix epoch ns).  Without it: read time.
+ *   integers (1-8 bytes), bool, enums   JSON integers (bool as 0/1)
+ *   char[N] (any 1-byte element)        JSON string up to the first NUL
+ *   X_null (integer)          not printed; non-zero writes member X as null
+ *   _anything                 not printed (padding, internal)
+ * Anything else (pointers, nested structs, floats, bitfields, other arrays)
+ * is refused at start-up with one message.
+ */
+#ifndef KS_EVENT_RB_BYTES
+#define KS_EVENT_RB_BYTES (256 * 1024)
+#endif
+#define KS_EVENT_TYPE_MAX 64
+#define KS_EVENT(record, type_name)                                               \
+	struct {                                                                  \
+		__uint(type, BPF_MAP_TYPE_RINGBUF);                               \
+		__uint(max_entries, KS_EVENT_RB_BYTES);                           \
+	} events SEC(".maps");                                                    \
+	_Static_assert(sizeof(type_name) <= KS_EVENT_TYPE_MAX, "event type too long"); \
+	const volatile char ks_event_type[] SEC(".rodata.ks_event") = type_name;  \
+	record *const volatile ks_event_record SEC(".rodata.ks_event") = 0
+
+/* Reserve a record in `events`, counting a drop when the ring buffer is full. */
+#define KS_EVENT_RESERVE(record)                                                  \
+	({                                                                        \
+		record *__e = bpf_ringbuf_reserve(&events, sizeof(record), 0);   \
+		if (!__e)                                                         \
+			ks_count(KS_CNT_RB_DROP);                                 \
+		__e;                                                              \
+	})
+
+/* Submit a reserved record and count it. */
+static __always_inline void ks_event_submit(void *e)
+{
+	bpf_ringbuf_submit(e, 0);
+	ks_count(KS_CNT_EVENTS);
+}
+
 #endif

@@ -680,10 +680,11 @@ double ks_hist_percentile(const uint64_t *h, int n, double p)
  * (fallback_label) when tracefs has them all.  Honours --attach.  Returns
  * 1 = tp_btf, 0 = fallback, -1 = error (one line printed).
  */
-static int choose_mode(struct ks_tracer *t, const char *cat, const char *const *names, const char *fallback_label)
+static int choose_mode(struct ks_tracer *t, const char *cat, const char *const *names, const char *fallback_label,
+		       bool fallback_only)
 {
 	const char *want = t->opts->attach ? t->opts->attach : "auto";
-	bool btf_ok = true, tp_ok = tracefs_ok();
+	bool btf_ok = !fallback_only, tp_ok = tracefs_ok();
 
 	for (int i = 0; names[i]; i++) {
 		if (!ks_tp_exists(cat, names[i])) {
@@ -691,7 +692,7 @@ static int choose_mode(struct ks_tracer *t, const char *cat, const char *const *
 			return -1;
 		}
 	}
-	if (strcmp(want, "tracepoint") != 0)
+	if (strcmp(want, "tracepoint") != 0 && btf_ok)
 		for (int i = 0; names[i] && btf_ok; i++)
 			btf_ok = ks_probe_tp_btf(names[i]);
 	else
@@ -699,7 +700,8 @@ static int choose_mode(struct ks_tracer *t, const char *cat, const char *const *
 	if (btf_ok)
 		return 1;
 	if (strcmp(want, "tp_btf") == 0) {
-		fprintf(stderr, "%s: --attach tp_btf requested but tp_btf programs cannot be attached here\n", t->producer);
+		fprintf(stderr, "%s: --attach tp_btf requested but %s\n", t->producer,
+			fallback_only ? "this tracer has no tp_btf programs" : "tp_btf programs cannot be attached here");
 		return -1;
 	}
 	if (!tp_ok && strcmp(fallback_label, "raw_tp") != 0) {
@@ -781,7 +783,7 @@ int ks_tracer_main(const struct ks_tracer_desc *d, int argc, char **argv)
 	parse_args(d, argc, argv);
 	if (tracer_init(&t, d->name, &ks_opts) != 0)
 		return 1;
-	mode = choose_mode(&t, d->tp_category, d->tps, d->fallback);
+	mode = choose_mode(&t, d->tp_category, d->tps, d->fallback, d->fallback_only);
 	if (mode < 0)
 		goto cleanup;
 	t.tp_btf = mode == 1;

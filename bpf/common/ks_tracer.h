@@ -73,6 +73,7 @@ struct ks_tracer_desc {
 	const char *tp_category;           /* "block": tracepoints tps[] live there */
 	const char *tps[KS_MAX_TPS];       /* probed for tp_btf; NULL-terminated */
 	const char *fallback;              /* attach_mode without tp_btf: "tracepoint" or "raw_tp" */
+	bool fallback_only;                /* the object has no tp_btf programs: never probe tp_btf */
 	/* NAME_bpf__open(), keeping the skeleton; NULL with errno set */
 	struct bpf_object_skeleton *(*open)(void);
 	/* before load: own rodata, extra checks; -1 after one message (the pid
