@@ -108,7 +108,7 @@ static __always_inline int on_enter(__u64 nr, __s64 arg0)
 
 static __noinline void count_errno(__u32 idx, __u32 err)
 {
-	struct ks_sc_errkey k = { .idx = idx, .err = err };
+	struct ks_sc_errkey k = { .idx = idx, .err = err, .tgid = bpf_get_current_pid_tgid() >> 32 };
 	__u64 one = 1, *v;
 
 	v = bpf_map_lookup_elem(&sc_errnos, &k);

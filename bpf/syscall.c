@@ -152,15 +152,75 @@ static int on_event(void *ctx, void *data, size_t size)
 }
 
 struct errsum { unsigned err; uint64_t n; };
+/* One process's failures of one call with one errno in an interval. */
+struct procerr { uint32_t tgid, nr, err; uint64_t n; };
+
+#define ERRNOS_PER_CALL 16   /* distinct errnos summed per syscall before its top TOP_ERRNOS */
+#define PROC_ERRORS_TOP 8    /* syscall_errors lines per interval, most failures first ... */
+#define PROC_ERRORS_MIN 10   /* ... of at least this many failures */
+
+static int by_count_desc(const void *a, const void *b)
+{
+	const struct procerr *x = a, *y = b;
+
+	return x->n < y->n ? 1 : x->n > y->n ? -1 : 0;
+}
+
+static void add_errsum(struct errsum *sums, unsigned err, uint64_t n)
+{
+	for (int i = 0; i < ERRNOS_PER_CALL; i++) {
+		if (sums[i].n == 0 || sums[i].err == err) {
+			sums[i].err = err;
+			sums[i].n += n;
+			return;
+		}
+	}
+	/* more distinct errnos than slots: the rarest ones are left out of the top list */
+}
+
+static void emit_proc_errors(struct ks_tracer *t, struct procerr *pe, int n, double interval_s, uint64_t now)
+{
+	qsort(pe, n, sizeof(*pe), by_count_desc);
+	for (int i = 0; i < n && i < PROC_ERRORS_TOP && pe[i].n >= PROC_ERRORS_MIN; i++) {
+		struct ks_json j;
+		char nb[32], eb[16], comm[32] = "", path[48];
+		const char *en = strerrorname_np((int)pe[i].err);
+		FILE *f;
+
+		if (!en) {
+			snprintf(eb, sizeof(eb), "E%u", pe[i].err);
+			en = eb;
+		}
+		snprintf(path, sizeof(path), "/proc/%u/comm", pe[i].tgid);
+		f = fopen(path, "re");
+		if (f) {  /* gone already: the line keeps its pid and an empty comm */
+			if (!fgets(comm, sizeof(comm), f))
+				comm[0] = 0;
+			fclose(f);
+			comm[strcspn(comm, "\n")] = 0;
+		}
+		ks_json_begin(&j, "syscall_errors", now);
+		ks_json_u64(&j, "pid", pe[i].tgid);
+		ks_json_str(&j, "comm", comm);
+		ks_json_str(&j, "syscall", sc_name(pe[i].nr, nb, sizeof(nb)));
+		ks_json_u64(&j, "errno", pe[i].err);
+		ks_json_str(&j, "errno_name", en);
+		ks_json_u64(&j, "count", pe[i].n);
+		ks_json_f64(&j, "interval_s", interval_s);
+		ks_emit(t, &j, false);
+	}
+}
 
 static void tick(struct ks_tracer *t, double interval_s)
 {
 	unsigned old = skel->bss->cur_slot & 1;
 	static struct errsum errs[KS_SC_MAX][TOP_ERRNOS];
+	static struct errsum sums[KS_SC_MAX][ERRNOS_PER_CALL];
 	static struct ks_sc_errkey dels[KS_SC_ERRNO_ENTRIES];
+	static struct procerr pe[KS_SC_ERRNO_ENTRIES];
 	uint64_t ev[t->ncpu];
 	struct ks_sc_errkey k, nk;
-	int ndel = 0;
+	int ndel = 0, npe = 0;
 	uint64_t now = ks_now_epoch_ns();
 
 	/* Flip the slot; programs already past the slot read finish within
@@ -168,8 +228,10 @@ static void tick(struct ks_tracer *t, double interval_s)
 	skel->bss->cur_slot = old ^ 1;
 	usleep(2000);
 
-	/* errno counts of the old slot: keep the top TOP_ERRNOS per syscall */
+	/* errno counts of the old slot, per (syscall, errno, process): summed per
+	 * syscall for its top TOP_ERRNOS, and kept per process for syscall_errors */
 	memset(errs, 0, sizeof(errs));
+	memset(sums, 0, sizeof(sums));
 	if (bpf_map_get_next_key(errno_fd, NULL, &k) == 0) {
 		for (;;) {
 			int more = bpf_map_get_next_key(errno_fd, &k, &nk) == 0;
@@ -180,20 +242,26 @@ static void tick(struct ks_tracer *t, double interval_s)
 
 				for (int i = 0; i < t->ncpu; i++)
 					n += ev[i];
-				for (int i = 0; i < TOP_ERRNOS; i++) {
-					if (n > errs[nr][i].n) {
-						memmove(&errs[nr][i + 1], &errs[nr][i], (TOP_ERRNOS - 1 - i) * sizeof(errs[0][0]));
-						errs[nr][i].err = k.err;
-						errs[nr][i].n = n;
-						break;
-					}
-				}
+				add_errsum(sums[nr], k.err, n);
+				if (npe < KS_SC_ERRNO_ENTRIES)
+					pe[npe++] = (struct procerr){ .tgid = k.tgid, .nr = nr, .err = k.err, .n = n };
 				if (ndel < KS_SC_ERRNO_ENTRIES)
 					dels[ndel++] = k;
 			}
 			if (!more)
 				break;
 			k = nk;
+		}
+	}
+	for (unsigned nr = 0; nr < KS_SC_MAX; nr++) {
+		for (int e = 0; e < ERRNOS_PER_CALL && sums[nr][e].n; e++) {
+			for (int i = 0; i < TOP_ERRNOS; i++) {
+				if (sums[nr][e].n > errs[nr][i].n) {
+					memmove(&errs[nr][i + 1], &errs[nr][i], (TOP_ERRNOS - 1 - i) * sizeof(errs[0][0]));
+					errs[nr][i] = sums[nr][e];
+					break;
+				}
+			}
 		}
 	}
 	for (int i = 0; i < ndel; i++)
@@ -263,6 +331,7 @@ static void tick(struct ks_tracer *t, double interval_s)
 		ks_json_str(&j, "top_errno_names", names);
 		ks_emit(t, &j, false);
 	}
+	emit_proc_errors(t, pe, npe, interval_s, now);
 }
 
 static struct bpf_object_skeleton *open_skel(void)

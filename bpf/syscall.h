@@ -6,7 +6,7 @@
 #include "ks_shared.h"
 
 #define KS_SC_MAX 512            /* syscall numbers tracked (x86_64 uses < 512) */
-#define KS_SC_ERRNO_ENTRIES 4096 /* distinct (slot, syscall, errno) per interval pair */
+#define KS_SC_ERRNO_ENTRIES 16384 /* distinct (slot, syscall, errno, process) per interval pair */
 
 /* per CPU, per syscall, per interval slot; index = slot * KS_SC_MAX + nr */
 struct ks_sc_stat {
@@ -20,6 +20,8 @@ struct ks_sc_stat {
 struct ks_sc_errkey {
 	__u32 idx;                   /* slot * KS_SC_MAX + nr */
 	__u32 err;                   /* positive errno */
+	__u32 tgid;                  /* the failing process: which one probes, which one is broken */
+	__u32 pad;
 };
 
 struct ks_sc_event {

@@ -39,7 +39,7 @@ from .telemetry import TelemetryWatch
 from .attribution import ProcessSampler, connection_makers, retransmitters, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
 from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
-from .signals import agent_signals, disk_worst, fs_errors, io_worst
+from .signals import agent_signals, disk_worst, failing_processes, fs_errors, io_worst
 from .store import ObservationStore
 from .tracker import BAND_WORDS, Finding, Tracked, Tracker, band, escalate
 
@@ -398,6 +398,9 @@ class Agent:
                 rows = connection_makers(self.ro, since)
             elif kind == "retransmitters":
                 rows = retransmitters(self.ro, since)
+            elif kind == "failing_processes":
+                rows = failing_processes(self.ro, now_ns - int(FEATURE_WINDOW_S * 1e9), now_ns,
+                                         FEATURE_WINDOW_S) or []
             elif kind == "fs_errors":
                 errs = fs_errors(self.ro, now_ns - int(FEATURE_WINDOW_S * 1e9), now_ns)
                 rows = [{"comm": k, "failed_calls": n} for k, n in sorted(errs.items(), key=lambda x: -x[1])]

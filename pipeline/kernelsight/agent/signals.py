@@ -12,7 +12,8 @@ import orjson
 SLOW_READ_NS = 100_000_000  # "frequent read() > 100 ms" (docs/design.md, "Signal interpretation")
 AGENT_SIGNALS = ("syscall_futex_p95_ms", "syscall_epoll_wait_p95_ms", "syscall_read_slow_calls",
                  "syscall_openat_errors_per_sec", "syscall_openat_error_pct", "syscall_fs_errors_per_sec",
-                 "disk_await_ms_worst", "disk_queue_depth_worst", "disk_util_worst_pct")
+                 "disk_await_ms_worst", "disk_queue_depth_worst", "disk_util_worst_pct",
+                 "syscall_openat_top_process_errors_per_sec")
 # Errors that always mean something is wrong with storage or its limits, whichever call met them
 # (ENOENT and EAGAIN are how programs probe and poll; these are not).
 FS_ERRNOS = {5: "EIO", 13: "EACCES", 23: "ENFILE", 24: "EMFILE", 28: "ENOSPC", 30: "EROFS", 122: "EDQUOT"}
@@ -71,6 +72,9 @@ def agent_signals(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dic
                     (lo, end_ns, SLOW_READ_NS))
         out["syscall_read_slow_calls"] = float(slow[0]) if slow else 0.0
         out["syscall_fs_errors_per_sec"] = sum(fs_errors(conn, lo, end_ns).values()) / window_s
+        top = failing_processes(conn, lo, end_ns, window_s, syscall="openat", limit=1)
+        if top is not None:
+            out["syscall_openat_top_process_errors_per_sec"] = top[0]["failed_per_sec"] if top else 0.0
     return out
 
 
@@ -126,3 +130,21 @@ def disk_worst(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dict[s
         if io_ms is not None and io_ms >= 0:
             out["disk_util_worst_pct"] = max(out["disk_util_worst_pct"] or 0.0, min(100.0, 100.0 * io_ms / span_ms))
     return out
+
+
+def failing_processes(conn: sqlite3.Connection, lo_ns: int, hi_ns: int, window_s: float,
+                      syscall: str | None = None, limit: int = 5) -> list[dict] | None:
+    """Processes by failed calls per second over the window (the syscall tracer's syscall_errors
+    lines), with their call and errno mix; None when that table is absent (an older tracer)."""
+    where, args = "ts > ? AND ts <= ?", [lo_ns, hi_ns]
+    if syscall is not None:
+        where += " AND syscall = ?"
+        args.append(syscall)
+    try:
+        rows = conn.execute(
+            f"SELECT pid, MAX(comm), SUM(count), GROUP_CONCAT(DISTINCT syscall || ' ' || errno_name) "
+            f"FROM syscall_errors WHERE {where} GROUP BY pid ORDER BY 3 DESC LIMIT ?", (*args, limit)).fetchall()
+    except sqlite3.OperationalError:
+        return None
+    return [{"pid": pid, "comm": comm or "?", "failed_per_sec": round(n / window_s, 1), "errors": mix or ""}
+            for pid, comm, n, mix in rows]
