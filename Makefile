@@ -8,7 +8,8 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 export KS_DATA_DIR ?= $(CURDIR)/data
 
 APT_PACKAGES := build-essential cmake pkg-config clang llvm libbpf-dev bpftool \
-	libelf-dev zlib1g-dev libbpf-tools python3-venv python3-dev stress-ng fio chromium
+	libelf-dev zlib1g-dev libbpf-tools python3-venv python3-dev stress-ng fio chromium \
+	sysbench linux-perf apache2-utils wrk iperf3 nftables iproute2 sqlite3 xz-utils
 PY_BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12"
 
 # Python is installed editable (every .py is live); only native sources, the
@@ -48,10 +49,11 @@ run: build
 test: build test-native
 	$(PY) -m pytest -q tests
 
-# Native unit tests under AddressSanitizer + UBSan.  No native code starts a
-# thread, so there is nothing for a TSan build (option KS_TSAN) to check.
+# Native unit tests under AddressSanitizer + UBSan, the generic tracers' BTF
+# decoder among them (so the eBPF objects are built here too).  No native code
+# starts a thread, so there is nothing for a TSan build (option KS_TSAN) to check.
 test-native: setup
-	cmake -S . -B build/asan -DKS_BUILD_TESTS=ON -DKS_SANITIZE=ON -DKS_BUILD_BPF=OFF -DKS_BUILD_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake -S . -B build/asan -DKS_BUILD_TESTS=ON -DKS_SANITIZE=ON -DKS_BUILD_BPF=ON -DKS_BUILD_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	cmake --build build/asan -j2 >/dev/null
 	cd build/asan && ctest --output-on-failure
 
