@@ -68,3 +68,75 @@ def test_live_process_with_a_non_utf8_name(tmp_path: Path):
         p.wait()
         p.stdout.close()
 
+
+
+def _thread_switches(pid: int) -> int:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_bytes().splitlines():
+            if line.startswith((b"voluntary_ctxt_switches:", b"nonvoluntary_ctxt_switches:")):
+                total += int(line.split()[1])
+    return total
+
+
+def test_switches_of_every_thread_count(tmp_path: Path):
+    """`perf bench sched pipe -T` ping-pongs between two threads of one process; /proc/PID/status
+    counts its main thread only.  The sampler sums the threads; oracle: the threads' own status."""
+    import shutil
+    import time
+
+    import pytest
+
+    if shutil.which("perf") is None:
+        pytest.skip("perf is not installed (apt-get install linux-perf)")
+    p = subprocess.Popen(["perf", "bench", "sched", "pipe", "-T", "-l", "100000000"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(list(Path(f"/proc/{p.pid}/task").iterdir())) < 3:
+            time.sleep(0.05)
+        sampler = ProcessSampler(window_s=15.0)
+        sampler.sample(1.0)
+        time.sleep(1.0)
+        sampler.sample(1.0)
+        time.sleep(1.0)
+        before = _thread_switches(p.pid)
+        sampler.sample(1.0)
+        after = _thread_switches(p.pid)
+        s = sampler.cur[p.pid]
+        assert s.threads >= 3 and before <= s.ctxt <= after  # the threads' sum, read between the two
+        main_only = parse_proc_sample(Path(f"/proc/{p.pid}/stat").read_bytes(),
+                                      Path(f"/proc/{p.pid}/status").read_bytes())
+        assert s.ctxt > 10 * main_only.ctxt  # the main thread only waits for the workers
+        top = sampler.context_switchers()[0]
+        assert top["pid"] == p.pid  # named by its process, whatever perf calls its threads
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_fork_storm_that_never_execs_is_named_by_its_parent():
+    """Children forked and left to sleep, no exec: no exec event exists, the sampler's new
+    processes by parent name the forker."""
+    code = ("import os, sys, time\n"
+            "sys.stdin.readline()\n"
+            "for _ in range(40):\n"
+            "    if os.fork() == 0:\n"
+            "        time.sleep(20); os._exit(0)\n"
+            "sys.stdout.write('forked\\n'); sys.stdout.flush(); time.sleep(20)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        sampler = ProcessSampler()
+        sampler.sample(1.0)
+        p.stdin.write(b"go\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == b"forked\n"
+        sampler.sample(1.0)
+        top = sampler.forkers()[0]
+        assert top["pid"] == p.pid and top["new_children"] == 40
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(p.pid)], check=False)
+        p.kill()
+        p.wait()
+        p.stdin.close()
+        p.stdout.close()

@@ -31,6 +31,8 @@ class ProcSample:
     ctxt: int
     nonvol_ctxt: int
     start_ticks: int  # clock ticks after boot
+    ppid: int = 0
+    threads: int = 1
 
 
 def parse_proc_sample(stat: bytes, status: bytes) -> ProcSample | None:
@@ -49,9 +51,10 @@ def parse_proc_sample(stat: bytes, status: bytes) -> ProcSample | None:
                 vol = int(line.split()[1])
             elif line.startswith(b"nonvoluntary_ctxt_switches:"):
                 nonvol = int(line.split()[1])
-        # fields after comm: state(0) ... minflt(7) majflt(9) utime(11) stime(12) ... starttime(19) rss(21)
+        # fields after comm: state(0) ppid(1) ... minflt(7) majflt(9) utime(11) stime(12) ... num_threads(17)
+        # starttime(19) rss(21)
         return ProcSample(comm, f[0].decode("ascii", "replace"), int(f[21]) * PAGE_KB, int(f[11]) + int(f[12]),
-                          int(f[7]), int(f[9]), vol + nonvol, nonvol, int(f[19]))
+                          int(f[7]), int(f[9]), vol + nonvol, nonvol, int(f[19]), int(f[1]), int(f[17]))
     except (IndexError, ValueError):
         return None
 
@@ -65,13 +68,43 @@ def _read_proc(proc: Path, pid: int) -> ProcSample | None:
     return parse_proc_sample(stat, status)
 
 
+def _ctxt_of_threads(task_dir: Path) -> tuple[int, int] | None:
+    """Context switches summed over a process's threads: /proc/PID/status counts its main thread only."""
+    vol = nonvol = 0
+    try:
+        for entry in os.scandir(task_dir):
+            try:
+                status = (Path(entry.path) / "status").read_bytes()
+            except OSError:
+                continue  # a thread gone meanwhile
+            for line in status.splitlines():
+                if line.startswith(b"voluntary_ctxt_switches:"):
+                    vol += int(line.split()[1])
+                elif line.startswith(b"nonvoluntary_ctxt_switches:"):
+                    nonvol += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return vol + nonvol, nonvol
+
+
+# Threads whose status is read per sample, at most: the busiest multi-threaded processes first.
+THREAD_READS_MAX = 2000
+
+
 class ProcessSampler:
-    def __init__(self, proc_root: str = "/proc"):
+    """Every process each agent step; rates over the feature window (the oldest sample kept
+    that is at most window_s old), not over the process's lifetime."""
+
+    def __init__(self, proc_root: str = "/proc", window_s: float = 15.0):
         self.proc = Path(proc_root)
-        self.prev: dict[int, ProcSample] = {}
+        self.window_s = window_s
+        self.prev: dict[int, ProcSample] = {}  # the sample rates are taken against (about window_s ago)
         self.cur: dict[int, ProcSample] = {}
-        self.first: dict[int, ProcSample] = {}  # first sight of each pid, for growth over a longer span
+        self.history: list[tuple[float, dict[int, ProcSample]]] = []
+        self.first: dict[int, ProcSample] = {}  # first sight of each pid
         self.dt_s = 0.0
+        self.clock = 0.0
+        self.new_children: dict[int, int] = {}  # parent pid -> children first seen this step
 
     def sample(self, dt_s: float) -> None:
         cur = {}
@@ -80,7 +113,33 @@ class ProcessSampler:
                 s = _read_proc(self.proc, int(entry.name))
                 if s is not None:
                     cur[int(entry.name)] = s
-        self.prev, self.cur, self.dt_s = self.cur, cur, dt_s
+        # Multi-threaded processes that ran since the last step: switches of all their threads.
+        busy = sorted((pid for pid, s in cur.items() if s.threads > 1 and pid in self.cur
+                       and s.cpu_ticks > self.cur[pid].cpu_ticks), key=lambda pid: -cur[pid].threads)
+        budget = THREAD_READS_MAX
+        for pid in busy:
+            if cur[pid].threads > budget:
+                continue
+            budget -= cur[pid].threads
+            c = _ctxt_of_threads(self.proc / str(pid) / "task")
+            if c is not None:
+                cur[pid].ctxt, cur[pid].nonvol_ctxt = c
+        # Carry the thread sums of processes not re-read this step, so deltas never go negative.
+        for pid, s in cur.items():
+            old = self.cur.get(pid)
+            if old is not None and s.threads > 1 and s.ctxt < old.ctxt:
+                s.ctxt, s.nonvol_ctxt = old.ctxt, old.nonvol_ctxt
+        self.new_children = {}
+        if self.cur:
+            for pid, s in cur.items():
+                if pid not in self.cur:
+                    self.new_children[s.ppid] = self.new_children.get(s.ppid, 0) + 1
+        self.clock += dt_s
+        self.history.append((self.clock, cur))
+        while len(self.history) > 2 and self.history[1][0] <= self.clock - self.window_s:
+            self.history.pop(0)
+        t_prev, prev = self.history[0] if len(self.history) > 1 else (self.clock - dt_s, self.cur)
+        self.prev, self.cur, self.dt_s = prev, cur, max(self.clock - t_prev, dt_s)
         self.first = {pid: self.first.get(pid, s) for pid, s in cur.items()}
 
     def _top(self, key, label: str, unit: str) -> list[dict]:
@@ -106,18 +165,29 @@ class ProcessSampler:
         return rows[:TOP_N]
 
     def memory_growers(self) -> list[dict]:
+        """Growth over the window (prev); a process born inside it, over its life."""
         rows = []
         for pid, s in self.cur.items():
-            f = self.first.get(pid)
-            if f is not None and s.rss_kb - f.rss_kb > 0:
-                rows.append({"pid": pid, "comm": s.comm, "rss_growth_mb": round((s.rss_kb - f.rss_kb) / 1024, 1),
+            f = self.prev.get(pid)
+            base = f.rss_kb if f is not None and f.start_ticks == s.start_ticks else 0
+            if s.rss_kb - base > 0:
+                rows.append({"pid": pid, "comm": s.comm, "rss_growth_mb": round((s.rss_kb - base) / 1024, 1),
                              "rss_mb": round(s.rss_kb / 1024, 1)})
         rows.sort(key=lambda r: r["rss_growth_mb"], reverse=True)
-        if rows:
+        if rows and rows[0]["rss_growth_mb"] >= 1.0:
             return rows[:TOP_N]
-        # Nothing grew since we first saw it: the biggest are the next best suspects.
+        # Nothing grew in the window: the biggest are the next best suspects.
         big = sorted(self.cur.items(), key=lambda kv: kv[1].rss_kb, reverse=True)[:TOP_N]
         return [{"pid": pid, "comm": s.comm, "rss_mb": round(s.rss_kb / 1024, 1)} for pid, s in big]
+
+    def forkers(self) -> list[dict]:
+        """Parents of the processes that appeared since the last step (a fork bomb that never
+        execs is seen here, not in exec events), most children first."""
+        rows = []
+        for ppid, n in sorted(self.new_children.items(), key=lambda kv: -kv[1])[:TOP_N]:
+            parent = self.cur.get(ppid)
+            rows.append({"pid": ppid, "comm": parent.comm if parent else "?", "new_children": n})
+        return rows
 
     def _uptime_s(self) -> float:
         with open(self.proc / "uptime") as f:
@@ -152,16 +222,33 @@ def slow_syscalls(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
 
 
 def spawners(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
-    """Parents with the most execs, from the execsnoop collector's table when it exists."""
-    for table, parent_col in (("exec_events", "ppid"),):
+    """Parents by execs of their children (the execsnoop collector's table), each with the
+    commands it ran; the parent named by its own exec event when there is one in the span."""
+    try:
+        rows = conn.execute(
+            "SELECT ppid, COUNT(*), GROUP_CONCAT(DISTINCT comm) FROM exec_events WHERE ts >= ? "
+            "GROUP BY ppid ORDER BY COUNT(*) DESC LIMIT ?", (since_ns, TOP_N)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    out = []
+    for ppid, n, comms in rows:
+        name = None
         try:
-            rows = conn.execute(
-                f"SELECT comm, COUNT(*) FROM {table} WHERE ts >= ? GROUP BY comm ORDER BY COUNT(*) DESC LIMIT ?",
-                (since_ns, TOP_N)).fetchall()
+            r = conn.execute("SELECT comm FROM exec_events WHERE pid = ? ORDER BY ts DESC LIMIT 1", (ppid,)).fetchone()
+            name = r[0] if r else None
         except sqlite3.OperationalError:
-            continue
-        return [{"comm": c, "execs": n} for c, n in rows]
-    return []
+            pass
+        if name is None:
+            name = _comm_of(ppid)
+        out.append({"pid": ppid, "comm": name or "?", "execs": n, "running": (comms or "")[:120]})
+    return out
+
+
+def _comm_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n").decode("utf-8", "backslashreplace")
+    except OSError:
+        return None
 
 
 def connection_makers(conn: sqlite3.Connection, since_ns: int) -> list[dict]:

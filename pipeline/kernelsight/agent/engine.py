@@ -104,7 +104,7 @@ class Agent:
         s = self.rules.settings
         self.tracker = Tracker(s.clear_after_s, s.reopen_within_s)
         self.history: deque[tuple[float, dict]] = deque()
-        self.sampler = ProcessSampler(proc_root)
+        self.sampler = ProcessSampler(proc_root, window_s=FEATURE_WINDOW_S)
         # pid -> (first seen, comm, peak RSS kB); kept a while after exit for recent_changes
         self.proc_first_seen: dict[int, tuple[float, str, int]] = {}
         self.baseline = None
@@ -405,7 +405,7 @@ class Agent:
                 errs = fs_errors(self.ro, now_ns - int(FEATURE_WINDOW_S * 1e9), now_ns)
                 rows = [{"comm": k, "failed_calls": n} for k, n in sorted(errs.items(), key=lambda x: -x[1])]
             elif kind == "spawners":
-                rows = spawners(self.ro, since) or self.sampler.cpu_users()
+                rows = spawners(self.ro, since) or self.sampler.forkers()
             else:
                 rows = getattr(self.sampler, kind)()
             for r in rows[:3]:
@@ -430,8 +430,8 @@ class Agent:
             by_comm.setdefault(comm, []).append(t)
         for comm, ts in sorted(by_comm.items(), key=lambda kv: -len(kv[1]))[:3]:
             rel = ts[0] - first_seen_s
-            out.append(f"new process: {comm}" + (f" x{len(ts)}" if len(ts) > 1 else "") +
-                       f" started at T{rel:+.0f}s")
+            out.append((rel, f"new process: {comm}" + (f" x{len(ts)}" if len(ts) > 1 else "") +
+                        f" started at T{rel:+.0f}s"))
         try:
             rows = self.ro.execute(
                 "SELECT comm, COUNT(*), MIN(ts) FROM exec_events WHERE ts >= ? AND ts <= ? GROUP BY comm "
@@ -443,17 +443,21 @@ class Agent:
         for comm, n, t0 in rows:
             rel = t0 / 1e9 - first_seen_s
             if DEPLOY_COMMS.match(comm or ""):
-                out.append(f"deployment_event: {comm} ran at T{rel:+.0f}s")
+                out.append((rel, f"deployment_event: {comm} ran at T{rel:+.0f}s"))
             elif n >= EXEC_BURST and rel >= -EXEC_BURST_SPAN_S:
-                out.append(f"exec burst: {comm} x{n} since T{rel:+.0f}s")
+                out.append((rel, f"exec burst: {comm} x{n} since T{rel:+.0f}s"))
         try:
-            oom = self.ro.execute("SELECT COUNT(*) FROM oom_kill_events WHERE ts >= ?",
-                                  (int((first_seen_s - horizon) * 1e9),)).fetchone()[0]
+            oom = self.ro.execute("SELECT COUNT(*), MIN(ts) FROM oom_kill_events WHERE ts >= ?",
+                                  (int((first_seen_s - horizon) * 1e9),)).fetchone()
         except sqlite3.OperationalError:
-            oom = 0
-        if oom:
-            out.append(f"oom_kill: {oom} process(es) killed by the OOM killer")
-        return out[:6]
+            oom = (0, None)
+        if oom[0]:
+            out.append((oom[1] / 1e9 - first_seen_s,
+                        f"oom_kill: {oom[0]} process(es) killed by the OOM killer"))
+        # Nearest to the onset first, and what came before it ahead of what came after:
+        # the change just before a fault is its likeliest cause.
+        out.sort(key=lambda x: (x[0] > FEATURE_STEP_S, abs(x[0])))
+        return [text for _, text in out[:6]]
 
     def _agent_start(self) -> float:
         # Processes already running when the agent started are not "new".
@@ -476,11 +480,18 @@ class Agent:
         else:
             summary += f"; for {human_duration(dur)} ({BAND_WORDS[b]})"
         hints = list(f.hints)
+        def suspect(p: dict) -> str:
+            what = ", ".join(f"{k} {v}" for k, v in p.items() if k not in ("kind", "comm", "pid", "unit"))
+            pid = f" (pid {p['pid']})" if "pid" in p else ""
+            return f"({p['kind'].replace('_', ' ')}): {p['comm']}{pid}: {what}"
+
         if f.processes:
-            top = f.processes[0]
-            what = ", ".join(f"{k} {v}" for k, v in top.items() if k not in ("kind", "comm", "pid", "unit"))
-            pid = f" (pid {top['pid']})" if "pid" in top else ""
-            hints.insert(0, f"Top suspect ({top['kind'].replace('_', ' ')}): {top['comm']}{pid}: {what}")
+            hints.insert(0, f"Top suspect {suspect(f.processes[0])}")
+        onset = t.onset_processes[0] if t.onset_processes else None
+        if onset is not None and (not f.processes or (onset.get("pid"), onset.get("comm")) != (
+                f.processes[0].get("pid"), f.processes[0].get("comm"))):
+            # What led when it began may be gone or overtaken now: keep it beside the current one.
+            hints.insert(1 if f.processes else 0, f"Suspect at onset {suspect(onset)}")
         if self.baseline is None:
             hints.append("No baseline learned yet: run `ks-features baseline learn` after a normal period")
         return {

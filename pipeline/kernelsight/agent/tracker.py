@@ -74,6 +74,7 @@ class Tracked:
     obs_id: int | None = None  # row id in the store
     updates: int = 0
     peak_severity: str = "low"
+    onset_processes: list[dict] = field(default_factory=list)  # the suspects when it opened
 
     def duration(self, now: float) -> float:
         end = self.closed_at if self.closed_at is not None else now
@@ -109,7 +110,7 @@ class Tracker:
                     t.closed_at = None
                     kind = "reopened"
                 else:
-                    t = Tracked(f.key, f, first_seen=now, last_seen=now)
+                    t = Tracked(f.key, f, first_seen=now, last_seen=now, onset_processes=list(f.processes))
                     kind = "opened"
                 self.open[f.key] = t
             else:
