@@ -31,7 +31,7 @@ CAPTURE = REPO / "tests" / "fixtures" / "agent" / "memory_pressure.jsonl"
 NORMAL = {
     "syscall_read_slow_calls": 0, "io_read_latency_p95_ms": 0.5, "io_write_latency_p95_ms": 1.0,
     "procs_blocked_avg": 0, "syscall_futex_p95_ms": 0.05, "syscall_epoll_wait_p95_ms": 5,
-    "syscall_openat_errors_per_sec": 2, "syscall_openat_error_pct": 10, "syscall_fs_errors_per_sec": 0, "syscall_openat_top_process_errors_per_sec": 1, "ctx_switches_per_sec": 800,
+    "syscall_openat_errors_per_sec": 2, "syscall_openat_error_pct": 10, "syscall_fs_errors_per_sec": 0, "syscall_openat_top_process_errors_per_sec": 1, "event_loop_runq_delay_pct": 1, "ctx_switches_per_sec": 800,
     "ctx_switches_involuntary_pct": 10, "cpu_utilization_pct": 5, "runq_depth_avg": 0.2,
     "sched_wakeups_per_sec": 700, "memory_available_pct": 90, "memory_dirty_mb": 2, "memory_writeback_mb": 0,
     "swap_used_pct": None, "swap_out_pages_per_sec": 0, "page_faults_major_per_sec": 0,
@@ -53,7 +53,7 @@ BASELINE = {"tasks_total": {"n": 100, "mean": 120, "std": 5, "median": 120, "mad
 FIRES = {
     "io_bottleneck": ({"syscall_read_slow_calls": 5, "io_read_latency_p95_ms": 40}, {}, set(), 0),
     "lock_contention": ({"syscall_futex_p95_ms": 50}, {}, set(), 0),
-    "event_loop_starvation": ({"syscall_epoll_wait_p95_ms": 900}, {}, set(), 0),
+    "event_loop_starvation": ({"event_loop_runq_delay_pct": 45}, {}, set(), 0),
     "file_system_issue": ({"syscall_openat_errors_per_sec": 5000, "syscall_openat_error_pct": 99,
                            "syscall_openat_top_process_errors_per_sec": 4900}, {}, set(), 0),
     "file_system_errors": ({"syscall_fs_errors_per_sec": 40}, {}, set(), 0),

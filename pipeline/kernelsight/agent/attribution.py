@@ -105,6 +105,8 @@ class ProcessSampler:
         self.dt_s = 0.0
         self.clock = 0.0
         self.new_children: dict[int, int] = {}  # parent pid -> children first seen this step
+        self.loop_threads: dict[int, tuple[float, int]] = {}  # tid -> (clock, run_delay_ns) at the last step
+        self.loops: list[dict] = []
 
     def sample(self, dt_s: float) -> None:
         cur = {}
@@ -135,6 +137,7 @@ class ProcessSampler:
                 if pid not in self.cur:
                     self.new_children[s.ppid] = self.new_children.get(s.ppid, 0) + 1
         self.clock += dt_s
+        self._sample_loops(cur)
         self.history.append((self.clock, cur))
         while len(self.history) > 2 and self.history[1][0] <= self.clock - self.window_s:
             self.history.pop(0)
@@ -163,6 +166,54 @@ class ProcessSampler:
                 rows.append({"pid": pid, "comm": s.comm, label: d, "unit": unit})
         rows.sort(key=lambda r: r[label], reverse=True)
         return rows[:TOP_N]
+
+    def _sample_loops(self, cur: dict[int, ProcSample]) -> None:
+        """Event-loop threads: any thread ever seen blocked in epoll (wchan do_epoll_wait) is one,
+        while it lives.  For each, the time it spent runnable but waiting for a CPU (schedstat's
+        run_delay) since the last step: a loop that cannot get a CPU answers late, whatever
+        epoll_wait's own duration says (a long epoll_wait is an idle loop)."""
+        budget = THREAD_READS_MAX
+        seen: dict[int, tuple[int, str]] = {}
+        for pid in cur:
+            task_dir = self.proc / str(pid) / "task"
+            try:
+                tids = [int(e.name) for e in os.scandir(task_dir)]
+            except OSError:
+                continue
+            for tid in tids:
+                if budget <= 0:
+                    break
+                budget -= 1
+                if tid not in self.loop_threads:
+                    try:
+                        if (task_dir / str(tid) / "wchan").read_bytes() != b"do_epoll_wait":
+                            continue
+                    except OSError:
+                        continue
+                seen[tid] = (pid, cur[pid].comm)
+        rows = []
+        loops: dict[int, tuple[float, int]] = {}
+        for tid, (pid, comm) in seen.items():
+            try:
+                run_delay_ns = int((self.proc / str(pid) / "task" / str(tid) / "schedstat").read_bytes().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            loops[tid] = (self.clock, run_delay_ns)
+            prev = self.loop_threads.get(tid)
+            if prev is not None and self.clock > prev[0]:
+                pct = 100.0 * (run_delay_ns - prev[1]) / 1e9 / (self.clock - prev[0])
+                rows.append({"pid": pid, "tid": tid, "comm": comm, "runq_delay_pct": round(max(pct, 0.0), 1)})
+        self.loop_threads = loops
+        rows.sort(key=lambda r: r["runq_delay_pct"], reverse=True)
+        self.loops = rows
+
+    def event_loops(self) -> list[dict]:
+        """Event-loop threads by the share of the last step they spent waiting for a CPU."""
+        return self.loops[:TOP_N]
+
+    def loop_delay_pct(self) -> float | None:
+        """The worst event-loop thread's run-queue delay, % of the last step; None with no loop known."""
+        return self.loops[0]["runq_delay_pct"] if self.loops else None
 
     def memory_growers(self) -> list[dict]:
         """Growth over the window (prev); a process born inside it, over its life."""

@@ -227,6 +227,7 @@ class Agent:
         while self.history and self.history[0][0] < now_s - s.history_s:
             self.history.popleft()
         self.sampler.sample(dt)
+        values["event_loop_runq_delay_pct"] = self.sampler.loop_delay_pct()
         for pid, p in self.sampler.cur.items():
             t0, comm, peak = self.proc_first_seen.get(pid, (now_s, p.comm, 0))
             self.proc_first_seen[pid] = (t0, comm, max(peak, p.rss_kb))

@@ -13,7 +13,7 @@ SLOW_READ_NS = 100_000_000  # "frequent read() > 100 ms" (docs/design.md, "Signa
 AGENT_SIGNALS = ("syscall_futex_p95_ms", "syscall_epoll_wait_p95_ms", "syscall_read_slow_calls",
                  "syscall_openat_errors_per_sec", "syscall_openat_error_pct", "syscall_fs_errors_per_sec",
                  "disk_await_ms_worst", "disk_queue_depth_worst", "disk_util_worst_pct",
-                 "syscall_openat_top_process_errors_per_sec")
+                 "syscall_openat_top_process_errors_per_sec", "event_loop_runq_delay_pct")
 # Errors that always mean something is wrong with storage or its limits, whichever call met them
 # (ENOENT and EAGAIN are how programs probe and poll; these are not).
 FS_ERRNOS = {5: "EIO", 13: "EACCES", 23: "ENFILE", 24: "EMFILE", 28: "ENOSPC", 30: "EROFS", 122: "EDQUOT"}
