@@ -8,6 +8,7 @@ loadgen.json), which ks-ingest and the accounting both read (KS_SCHEMA_DIR).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -111,6 +112,36 @@ def seqs(env) -> list[int]:
     return [r[0] for r in query(env.db, "SELECT seq FROM loadgen_events ORDER BY seq")]
 
 
+def ks_status(env) -> dict:
+    out = subprocess.run([tool("ks"), "status", "--json", "--data-dir", str(env.data)], env=env.env,
+                         capture_output=True, timeout=60)
+    return orjson.loads(out.stdout)
+
+
+def child(st: dict, name: str) -> dict:
+    return next(c for c in st["children"] if c["name"] == name)
+
+
+@contextlib.contextmanager
+def ks_run(env, interval: str, *extra: subprocess.Popen):
+    """`ks run` (scraper, ingest, agent; no tracers or collectors) for the block; the list it
+    yields takes the test's own processes, killed if still running at the end."""
+    if tool("ks-scraper") is None:
+        pytest.skip("ks-scraper is not built (make build)")
+    procs: list[subprocess.Popen] = []
+    with open(env.tmp / "ks-run.log", "wb") as log:
+        run = subprocess.Popen([tool("ks"), "run", "--data-dir", str(env.data), "--fifo", env.fifo, "--interval",
+                                interval, "--no-tracers", "--no-collectors"], env=env.env, stderr=log)
+        procs.append(run)
+        try:
+            yield run, procs
+        finally:
+            for p in reversed(procs):
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+
 def test_line_writer_killed_9_counts_are_exact(env):
     """The loadgen writes one producer_stats line at its start and is then killed -9
     mid-stream: only its counters file knows how many lines it wrote."""
@@ -181,30 +212,17 @@ def test_kill_9_ingest_under_the_supervisor_loses_no_line_uncounted(env):
     written while ks-ingest is down wait in the pipe and are stored by the next one;
     the only lines lost are the batch the killed ks-ingest had read and not
     committed, and the accounting counts exactly those, per producer."""
-    if tool("ks-scraper") is None:
-        pytest.skip("ks-scraper is not built (make build)")
-    log = open(env.tmp / "ks-run.log", "wb")  # noqa: SIM115 - closed below
-    run = subprocess.Popen([tool("ks"), "run", "--data-dir", str(env.data), "--fifo", env.fifo, "--interval", "0.2",
-                            "--no-tracers", "--no-collectors"], env=env.env, stderr=log)
-    lg = None
-    try:
-        def status():
-            out = subprocess.run([tool("ks"), "status", "--json", "--data-dir", str(env.data)], env=env.env,
-                                 capture_output=True, timeout=60)
-            return orjson.loads(out.stdout)
-
-        def ingest_child(st):
-            return next(c for c in st["children"] if c["name"] == "ks-ingest")
-
-        st = wait_for(lambda: (s := status())["supervisor"] == "running" and ingest_child(s)["pid"] and s,
+    with ks_run(env, "0.2") as (run, procs):
+        st = wait_for(lambda: (s := ks_status(env))["supervisor"] == "running" and child(s, "ks-ingest")["pid"] and s,
                       what="pipeline running")
-        old_ingest = ingest_child(st)["pid"]
+        old_ingest = child(st, "ks-ingest")["pid"]
         lg = loadgen(env, stats_every=200, pause_s=0.0005)
+        procs.append(lg)
         wait_for(lambda: rows(env, "SELECT COUNT(*) FROM loadgen_events") >= 1000, what="1,000 rows")
         os.kill(old_ingest, signal.SIGKILL)
-        st = wait_for(lambda: (s := status()) and ingest_child(s)["restarts"] == 1
-                      and ingest_child(s)["state"] == "running" and s, what="ks-ingest restarted")
-        new_ingest = ingest_child(st)["pid"]
+        st = wait_for(lambda: (s := ks_status(env)) and child(s, "ks-ingest")["restarts"] == 1
+                      and child(s, "ks-ingest")["state"] == "running" and s, what="ks-ingest restarted")
+        new_ingest = child(st, "ks-ingest")["pid"]
         pids = (env.data / "run" / "pipeline.pids").read_text().split()
         assert str(new_ingest) in pids and str(old_ingest) not in pids and str(run.pid) in pids
         n = rows(env, "SELECT COUNT(*) FROM loadgen_events")
@@ -213,12 +231,6 @@ def test_kill_9_ingest_under_the_supervisor_loses_no_line_uncounted(env):
         assert lg.wait(timeout=30) == 0
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=60) == 0
-    finally:
-        for p in (lg, run):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
-        log.close()
     assert not (env.data / "run" / "pipeline.pids").exists()
     accts = accounts(env)
     a = accts["ks-loadgen"]
@@ -248,20 +260,8 @@ def test_agent_raises_a_stalled_ingest_and_a_silent_producer(env):
     the writers count "pipe full" drops and, once ks-ingest runs again and stores their stats, the
     agent opens one Telemetry Loss observation naming them.  SIGSTOP of ks-scraper: a running
     producer that writes nothing opens Silent Producer naming it.  Both close once the stall ends."""
-    if tool("ks-scraper") is None:
-        pytest.skip("ks-scraper is not built (make build)")
-    log = open(env.tmp / "ks-run.log", "wb")  # noqa: SIM115 - closed below
-    run = subprocess.Popen([tool("ks"), "run", "--data-dir", str(env.data), "--fifo", env.fifo, "--interval", "1",
-                            "--no-tracers", "--no-collectors"], env=env.env, stderr=log)
-    lg = None
-
-    def status():
-        out = subprocess.run([tool("ks"), "status", "--json", "--data-dir", str(env.data)], env=env.env,
-                             capture_output=True, timeout=60)
-        return orjson.loads(out.stdout)
-
     def child_pid(st, name):
-        return next(c for c in st["children"] if c["name"] == name)["pid"]
+        return child(st, name)["pid"]
 
     def observation(label, status=None):
         sql = "SELECT id, status, summary, processes FROM observations WHERE label=?"
@@ -269,10 +269,11 @@ def test_agent_raises_a_stalled_ingest_and_a_silent_producer(env):
                   (label, status) if status else (label,)) if env.db.exists() else []
         return r[-1] if r else None
 
-    try:
-        st = wait_for(lambda: (s := status())["supervisor"] == "running" and all(
+    with ks_run(env, "1") as (run, procs):
+        st = wait_for(lambda: (s := ks_status(env))["supervisor"] == "running" and all(
             child_pid(s, n) for n in ("ks-ingest", "ks-agent", "ks-scraper")) and s, what="pipeline running")
         lg = loadgen(env, stats_every=100, pause_s=0.0002)
+        procs.append(lg)
         wait_for(lambda: rows(env, "SELECT COUNT(*) FROM features") >= 4, timeout=90, what="the agent past warm-up")
         ingest_pid = child_pid(st, "ks-ingest")
         os.kill(ingest_pid, signal.SIGSTOP)
@@ -301,9 +302,3 @@ def test_agent_raises_a_stalled_ingest_and_a_silent_producer(env):
         assert len(query(env.db, "SELECT id FROM observations WHERE label='Telemetry Loss'")) >= 1
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=60) == 0
-    finally:
-        for p in (lg, run):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
-        log.close()
