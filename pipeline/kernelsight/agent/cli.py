@@ -30,6 +30,9 @@ def _out(obj) -> None:
                                   default=str).decode() + "\n")
 
 
+URGENT_POLL_S = 0.5  # between steps, how often the agent looks for an OOM kill just stored
+
+
 @app.command(help="Evaluate the rules every interval and keep observations up to date (run by `ks run`).\n\n"
              "Example: ks agent run --interval 5")
 def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
@@ -61,8 +64,16 @@ def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (defa
             if once:
                 break
             next_t += step
+            polled = time.monotonic()
             while not stopping and time.monotonic() < next_t:
                 time.sleep(min(0.2, max(0.0, next_t - time.monotonic())))
+                if time.monotonic() - polled >= URGENT_POLL_S:
+                    polled = time.monotonic()
+                    if agent.urgent():  # an OOM kill: judge now, not at the next step
+                        try:
+                            agent.step()
+                        except Exception:
+                            log.exception("agent step failed")
     finally:
         agent.close()
         log.info("agent stopped")

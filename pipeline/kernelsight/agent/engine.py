@@ -35,6 +35,7 @@ from ..features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
 from ..features.engine import FeatureVector, compute_range
 from ..features.store import read_matrix, write_matrix
 from ..storage.housekeeping import Housekeeper
+from .oom import OomWatch
 from .telemetry import TelemetryWatch
 from .attribution import ProcessSampler, connection_makers, retransmitters, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast
@@ -119,6 +120,7 @@ class Agent:
         # Rollups, retention and rotation, once a minute: the agent holds the read-write connection.
         self.housekeeper = Housekeeper(self.rw, data_dir, self.config, log=log) if housekeeping else None
         self.telemetry = TelemetryWatch(data_dir)  # the pipeline's own losses, as observations
+        self.oom = OomWatch()  # OOM kills, host or cgroup
         self.deviating_since: dict[str, float] = {}  # feature -> when its baseline deviation began
 
     # -- inputs ---------------------------------------------------------------
@@ -195,6 +197,13 @@ class Agent:
         return "rising" if s > 0 else "declining"
 
     # -- one interval -----------------------------------------------------------
+    def urgent(self) -> bool:
+        """Something that must not wait for the next step: an OOM kill was just stored."""
+        try:
+            return self.oom.new_victims(self.ro)
+        except sqlite3.Error:
+            return False
+
     def step(self, now_ns: int | None = None) -> list:
         now_ns = now_ns or time.time_ns()
         try:
@@ -250,6 +259,7 @@ class Agent:
                 findings.append(self._finding(rule, ctx, values, vec.window_s, fc, now_ns))
         anomalies = self._anomalies(ctx, values, {f.metric for f in findings})
         findings = self._one_per_incident(findings, anomalies, now_s)
+        findings += self.oom.findings(self.ro, now_ns)
         findings += self.telemetry.findings(self.ro, now_ns)
         changes = self.tracker.update(now_s, findings)
         self._persist(changes, now_s, now_ns, fc)
