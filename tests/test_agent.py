@@ -240,11 +240,16 @@ def test_every_stored_observation_matches_the_schema(replayed):
 
 
 def test_replayed_incident_raises_no_high_alarm_before_the_fault(replayed):
+    """Nothing high before memhog starts eating memory; the forecast warns once it does, well
+    before available memory crosses 10 % (that is what a forecast is for)."""
     _, log, pct = replayed
+    fault = next(t for t, p in pct if p < 95)   # memhog starts: available memory starts to fall
     onset = next(t for t, p in pct if p < 10)
-    early = [tr.finding.label for t, kind, tr in log if t < onset - 15 * 10**9 and kind == "opened"
+    early = [tr.finding.label for t, kind, tr in log if t < fault and kind == "opened"
              and tr.finding.severity in ("high", "critical")]
     assert not early, f"high-severity observations before the fault: {early}"
+    warned = [t for t, kind, tr in log if kind == "opened" and tr.finding.observation_type == "forecast"]
+    assert warned and fault <= warned[0] < onset, "the forecast warned between the fault's start and the 10 % mark"
 
 
 WRITES = ["INSERT INTO meta VALUES ('k', 'v')", "UPDATE meta SET value = 'x'", "DELETE FROM meta",
@@ -449,3 +454,19 @@ def test_a_few_very_slow_ios_are_judged():
     assert slow["io_p95_ms_max"] == 2000.0
     few = io_worst({"io_traced_iops": 0.2, "io_read_latency_p95_ms": 30.0}, FEATURE_WINDOW_S)
     assert few["io_p95_ms_max"] is None
+
+
+def test_forecast_keeps_the_most_pessimistic_confident_horizon():
+    from kernelsight.agent.forecast import best_fit
+
+    np = __import__("numpy")
+    ts = (1_800_000_000 + np.arange(120)) * 10**9
+    # Flat for 110 s, then falling 100 MB/s: only the 10 s fit sees the leak for what it is.
+    head = np.where(np.arange(120) < 110, 4_000_000.0, 4_000_000.0 - 100_000 * (np.arange(120) - 109))
+    fc = best_fit(ts, head, 24_000_000.0)
+    assert fc.horizon_s == 10.0 and fc.seconds_to_exhaustion == pytest.approx(head[-1] / 100_000, rel=0.05)
+    assert fc.risk == "CRITICAL" and "over the last 10 s" in fc.reason
+    # Noise without a trend: no confident fit, no alarm.
+    rng = np.random.default_rng(1)
+    calm = best_fit(ts, 12_000_000 + rng.normal(0, 50_000, 120), 24_000_000.0)
+    assert calm.risk == "NORMAL"

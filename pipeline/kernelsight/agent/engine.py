@@ -38,7 +38,7 @@ from ..storage.housekeeping import Housekeeper
 from .oom import OomWatch
 from .telemetry import TelemetryWatch
 from .attribution import ProcessSampler, connection_makers, retransmitters, slow_syscalls, spawners
-from .forecast import RISK_LEVELS, forecast
+from .forecast import RISK_LEVELS, forecast, forecast_cgroups
 from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
 from .signals import agent_signals, disk_worst, failing_processes, fs_errors, io_worst
 from .store import ObservationStore
@@ -260,6 +260,7 @@ class Agent:
         anomalies = self._anomalies(ctx, values, {f.metric for f in findings})
         findings = self._one_per_incident(findings, anomalies, now_s)
         findings += self.oom.findings(self.ro, now_ns)
+        findings += self._forecasts([fc, *forecast_cgroups(self.ro, now_ns)])
         findings += self.telemetry.findings(self.ro, now_ns)
         changes = self.tracker.update(now_s, findings)
         self._persist(changes, now_s, now_ns, fc)
@@ -399,6 +400,33 @@ class Agent:
         self.deviating_since = deviating
         return out
 
+    def _forecasts(self, forecasts) -> list[Finding]:
+        """A forecast observation for the host or a cgroup at WARNING or above."""
+        out = []
+        for fc in forecasts:
+            if RISK_LEVELS.index(fc.risk) < RISK_LEVELS.index("WARNING"):
+                continue
+            scope = "host memory" if fc.scope == "host" else f"memory cgroup {fc.scope}"
+            if fc.seconds_to_exhaustion is not None:
+                summary = (f"Forecast: {scope} runs out in ~{fc.seconds_to_exhaustion:.0f} s at "
+                           f"{-(fc.trend_kb_per_s or 0) / 1024:.1f} MiB/s ({fc.headroom_pct:.1f}% headroom left, "
+                           f"fit over {fc.horizon_s:.0f} s, confidence {fc.confidence:.2f})")
+            else:
+                summary = f"Forecast: {scope} has {fc.headroom_pct or 0:.1f}% headroom left"
+            out.append(Finding(
+                key=f"forecast:{fc.scope}", rule_id="oom_forecast", label="Memory Exhaustion Forecast",
+                category="memory", observation_type="forecast",
+                severity="critical" if fc.risk == "CRITICAL" else "high", metric="seconds_to_exhaustion",
+                value=fc.seconds_to_exhaustion, trend="declining", summary=summary,
+                hints=["At this rate the kernel will start OOM-killing" + ("" if fc.scope == "host" else
+                                                                          " inside this cgroup"),
+                       fc.reason],
+                processes=[{"kind": "memory_growers", **r} for r in self.sampler.memory_growers()[:3]],
+                forecast={"scope": fc.scope, "risk": fc.risk, "seconds_to_exhaustion": fc.seconds_to_exhaustion,
+                          "confidence": fc.confidence, "horizon_s": fc.horizon_s},
+            ))
+        return out
+
     def _attribute(self, kinds: list[str], now_ns: int) -> list[dict]:
         since = now_ns - int(max(FEATURE_WINDOW_S, 60) * 1e9)
         out = []
@@ -522,6 +550,7 @@ class Agent:
             },
             "context": {"recent_changes": changes, "correlated_signals": f.correlated},
             "reasoning_hints": hints,
+            **({"forecast": f.forecast} if f.forecast else {}),
         }
 
     def _persist(self, changes, now_s: float, now_ns: int, fc) -> None:

@@ -1,9 +1,17 @@
-"""OOM forecast: a trend fit over recent available memory (and free swap).
+"""Memory exhaustion forecasts, for the host and for each memory-limited cgroup.
 
-Headroom = MemAvailable + SwapFree.  A least-squares line over the last
-window gives the rate of change; if headroom is falling, time to exhaustion is
-headroom / fall rate.  Confidence (0-1) is the fit's R² scaled down when there
-are few samples, so a noisy or short history cannot raise a confident alarm.
+Headroom is what can still be allocated before reclaim fails:
+  - host: MemAvailable above a floor where the kernel's reclaim gives out and
+    the OOM killer runs (twice vm.min_free_kbytes, at least 0.5 % of RAM);
+    free swap is NOT counted as headroom, because a host that has to swap
+    its working set is already failing (thrashing), it is reported beside it;
+  - cgroup: its limit minus its usage (page cache included: the kernel
+    reclaims it first, so the forecast is pessimistic when the cache is large).
+
+A least-squares line is fitted over several horizons (HORIZONS_S: the last 10,
+30 and 120 s): a fast leak shows in the short fit before the long one sees it,
+a slow one only in the long fit.  Of the fits confident enough (R², scaled down
+for few samples), the most pessimistic time to exhaustion is kept.
 """
 
 from __future__ import annotations
@@ -15,7 +23,11 @@ import numpy as np
 
 RISK_LEVELS = ("NORMAL", "ELEVATED", "WARNING", "CRITICAL")
 MIN_SAMPLES = 5
-FULL_CONFIDENCE_SAMPLES = 30
+FULL_CONFIDENCE_SAMPLES = 8     # a fit over this many samples is judged by its R² alone
+CONFIDENT = 0.5                 # a fit this confident can raise the risk by its time to exhaustion
+HORIZONS_S = (10.0, 30.0, 120.0)
+RECLAIM_FLOOR_PCT = 0.5         # host floor, at least this % of RAM ...
+MIN_FREE_FACTOR = 2             # ... or this many times vm.min_free_kbytes
 
 
 @dataclass
@@ -28,6 +40,8 @@ class OomForecast:
     confidence: float
     samples: int
     reason: str
+    horizon_s: float | None = None   # the fit window the forecast comes from
+    scope: str = "host"               # "host" or a cgroup path
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -35,31 +49,33 @@ class OomForecast:
 
 def classify(headroom_pct: float, tte_s: float | None, confidence: float) -> str:
     """Risk from how close and how sure: a confident short horizon, or little headroom left."""
-    if headroom_pct < 3 or (tte_s is not None and tte_s < 60 and confidence >= 0.5):
+    if headroom_pct < 3 or (tte_s is not None and tte_s < 60 and confidence >= CONFIDENT):
         return "CRITICAL"
-    if headroom_pct < 5 or (tte_s is not None and tte_s < 300 and confidence >= 0.5):
+    if headroom_pct < 5 or (tte_s is not None and tte_s < 300 and confidence >= CONFIDENT):
         return "WARNING"
     if headroom_pct < 10 or (tte_s is not None and tte_s < 1800 and confidence >= 0.3):
         return "ELEVATED"
     return "NORMAL"
 
 
-def fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float) -> OomForecast:
+def fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: str = "memory") -> OomForecast:
+    """One least-squares fit of headroom (kB above the point of failure) against time; total_kb is
+    what headroom is a percentage of."""
     n = len(ts_ns)
     if n < MIN_SAMPLES or total_kb <= 0:
         last = float(headroom_kb[-1]) if n else None
-        return OomForecast("NORMAL", last, 100 * last / total_kb if last and total_kb else None, None, None, 0.0, n,
-                           f"only {n} memory samples; need {MIN_SAMPLES} for a trend")
+        return OomForecast("NORMAL", last, 100 * last / total_kb if last is not None and total_kb else None, None,
+                           None, 0.0, n, f"only {n} {what} samples; need {MIN_SAMPLES} for a trend")
     t = (ts_ns - ts_ns[0]) / 1e9
     y = headroom_kb.astype(float)
-    slope, intercept = np.polyfit(t, y, 1)
+    slope, intercept = (float(v) for v in np.polyfit(t, y, 1))
     pred = slope * t + intercept
     ss_res = float(np.sum((y - pred) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0
-    confidence = max(0.0, min(1.0, r2)) * min(1.0, n / FULL_CONFIDENCE_SAMPLES)
-    current = float(y[-1])
-    pct = 100.0 * current / total_kb
+    confidence = float(max(0.0, min(1.0, r2)) * min(1.0, n / FULL_CONFIDENCE_SAMPLES))
+    current = max(float(y[-1]), 0.0)
+    pct = 100.0 * current / float(total_kb)
     tte = current / -slope if slope < 0 else None
     risk = classify(pct, tte, confidence)
     if tte is None:
@@ -70,13 +86,74 @@ def fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float) -> OomForec
     return OomForecast(risk, current, pct, float(slope), tte, round(confidence, 3), n, reason)
 
 
-def forecast(conn: sqlite3.Connection, end_ns: int, window_s: float = 120.0) -> OomForecast:
+def best_fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: str = "memory") -> OomForecast:
+    """Fits over every horizon; the most pessimistic confident one (else the longest)."""
+    if len(ts_ns) == 0:
+        return OomForecast("NORMAL", None, None, None, None, 0.0, 0, f"no {what} samples in the window")
+    end = ts_ns[-1]
+    fits = []
+    for h in HORIZONS_S:
+        keep = ts_ns > end - h * 1e9
+        f = fit(ts_ns[keep], headroom_kb[keep], total_kb, what)
+        f.horizon_s = h
+        fits.append(f)
+    confident = [f for f in fits if f.seconds_to_exhaustion is not None and f.confidence >= CONFIDENT]
+    if confident:
+        best = min(confident, key=lambda f: f.seconds_to_exhaustion)
+    else:
+        best = max(fits, key=lambda f: (RISK_LEVELS.index(f.risk), f.horizon_s))
+    if best.seconds_to_exhaustion is not None:
+        best.reason += f" over the last {best.horizon_s:.0f} s"
+    return best
+
+
+def host_floor_kb(total_kb: float, proc_root: str = "/proc") -> float:
+    try:
+        with open(f"{proc_root}/sys/vm/min_free_kbytes") as f:
+            min_free = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        min_free = 0.0
+    return max(MIN_FREE_FACTOR * min_free, total_kb * RECLAIM_FLOOR_PCT / 100.0)
+
+
+def forecast(conn: sqlite3.Connection, end_ns: int, window_s: float = max(HORIZONS_S),
+             proc_root: str = "/proc") -> OomForecast:
+    """The host: MemAvailable above the reclaim floor; swap reported, not counted."""
     rows = conn.execute(
-        "SELECT ts, mem_available_kb, COALESCE(swap_free_kb, 0), mem_total_kb + COALESCE(swap_total_kb, 0) "
+        "SELECT ts, mem_available_kb, mem_total_kb, swap_free_kb, swap_total_kb "
         "FROM memory_metrics WHERE ts > ? AND ts <= ? AND mem_available_kb IS NOT NULL ORDER BY ts",
         (end_ns - int(window_s * 1e9), end_ns),
     ).fetchall()
     if not rows:
         return OomForecast("NORMAL", None, None, None, None, 0.0, 0, "no memory samples in the window")
-    a = np.array(rows, dtype=float)
-    return fit(a[:, 0], a[:, 1] + a[:, 2], float(a[-1, 3]))
+    a = np.array([[r[0], r[1], r[2]] for r in rows], dtype=float)
+    total = float(a[-1, 2])
+    floor = host_floor_kb(total, proc_root)
+    fc = best_fit(a[:, 0], a[:, 1] - floor, total)
+    swap_free, swap_total = rows[-1][3], rows[-1][4]
+    if swap_total:
+        fc.reason += f"; {(swap_free or 0) / 1024:.0f} MiB swap free, not counted (swapping a working set is thrashing)"
+    return fc
+
+
+def forecast_cgroups(conn: sqlite3.Connection, end_ns: int, window_s: float = max(HORIZONS_S)) -> list[OomForecast]:
+    """Every memory-limited cgroup seen in the window: its limit minus its usage (cgroup_stats,
+    from the scraper); none when that table is absent."""
+    try:
+        rows = conn.execute(
+            "SELECT path, ts, memory_usage_bytes, memory_limit_bytes FROM cgroup_stats "
+            "WHERE ts > ? AND ts <= ? AND memory_limit_bytes IS NOT NULL AND memory_usage_bytes IS NOT NULL "
+            "ORDER BY path, ts", (end_ns - int(window_s * 1e9), end_ns)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    by_path: dict[str, list[tuple]] = {}
+    for path, ts, usage, limit in rows:
+        by_path.setdefault(path, []).append((ts, usage, limit))
+    out = []
+    for path, series in by_path.items():
+        a = np.array(series, dtype=float)
+        limit_kb = float(a[-1, 2]) / 1024
+        fc = best_fit(a[:, 0], (a[:, 2] - a[:, 1]) / 1024, limit_kb, what="cgroup memory")
+        fc.scope = path
+        out.append(fc)
+    return out

@@ -61,6 +61,7 @@ class Finding:
     hints: list[str] = field(default_factory=list)
     correlated: list[str] = field(default_factory=list)
     processes: list[dict] = field(default_factory=list)
+    forecast: dict | None = None  # observation_type forecast: scope, risk, seconds_to_exhaustion, ...
 
 
 @dataclass
