@@ -26,6 +26,7 @@ MIN_SAMPLES = 5
 FULL_CONFIDENCE_SAMPLES = 8     # a fit over this many samples is judged by its R² alone
 CONFIDENT = 0.5                 # a fit this confident can raise the risk by its time to exhaustion
 HORIZONS_S = (10.0, 30.0, 120.0)
+EXTRAPOLATE_MAX = 5.0           # a fit speaks of at most this many times its own window ahead
 RECLAIM_FLOOR_PCT = 0.5         # host floor, at least this % of RAM ...
 MIN_FREE_FACTOR = 2             # ... or this many times vm.min_free_kbytes
 
@@ -96,6 +97,10 @@ def best_fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: 
         keep = ts_ns > end - h * 1e9
         f = fit(ts_ns[keep], headroom_kb[keep], total_kb, what)
         f.horizon_s = h
+        if f.seconds_to_exhaustion is not None and f.seconds_to_exhaustion > EXTRAPOLATE_MAX * h:
+            # 10 s of growth say little about 5 minutes from now (a build, a cache filling up).
+            f.risk = classify(f.headroom_pct, None, 0.0)
+            f.confidence = 0.0
         fits.append(f)
     confident = [f for f in fits if f.seconds_to_exhaustion is not None and f.confidence >= CONFIDENT]
     if confident:
