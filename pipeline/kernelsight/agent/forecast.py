@@ -145,9 +145,10 @@ def forecast_cgroups(conn: sqlite3.Connection, end_ns: int, window_s: float = ma
     """Every memory-limited cgroup seen in the window: its limit minus its usage (cgroup_stats,
     from the scraper); none when that table is absent."""
     try:
+        # The effective limit: the tightest of the cgroup's and its ancestors', the one the kernel enforces.
         rows = conn.execute(
-            "SELECT path, ts, memory_usage_bytes, memory_limit_bytes FROM cgroup_stats "
-            "WHERE ts > ? AND ts <= ? AND memory_limit_bytes IS NOT NULL AND memory_usage_bytes IS NOT NULL "
+            "SELECT path, ts, memory_bytes, memory_limit_effective_bytes FROM cgroup_stats "
+            "WHERE ts > ? AND ts <= ? AND memory_limit_effective_bytes IS NOT NULL AND memory_bytes IS NOT NULL "
             "ORDER BY path, ts", (end_ns - int(window_s * 1e9), end_ns)).fetchall()
     except sqlite3.OperationalError:
         return []
