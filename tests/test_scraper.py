@@ -84,9 +84,10 @@ def test_fixture_exact_values():
     s = fixture_scraper()
     ev = s.collect(now_ns=T0)
     assert s.warnings == []
-    # Sources run in the order of their names: block loadavg meminfo netdev psi stat tcp tcp_retrans vmstat.
+    # Sources run in the order of their names: block cgroup loadavg meminfo netdev psi stat tcp
+    # tcp_retrans vmstat (the cgroup lines: tests/test_scraper_cgroup.py).
     assert [e["type"] for e in ev] == [
-        "block", "block", "load", "memory", "net_dev", "net_dev", "net_dev", "net_dev",
+        "block", "block", "cgroup", "cgroup", "cgroup", "cgroup", "load", "memory", "net_dev", "net_dev", "net_dev", "net_dev",
         "psi", "psi", "psi", "cpu", "tcp", "tcp_retrans", "vmstat",
     ]
     assert all(e["ts"] == T0 for e in ev)

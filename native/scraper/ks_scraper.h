@@ -65,6 +65,11 @@ private:
 	std::vector<std::string> list_;
 };
 
+// Settings a source may read (flags of ks-scraper, keywords of the module).
+struct Options {
+	size_t cgroups_max = 64; // cgroup lines per read (src_cgroup.cpp)
+};
+
 // What every source gets for one collect.
 struct Ctx {
 	const std::string &proc_root;
@@ -73,6 +78,7 @@ struct Ctx {
 	uint64_t ts_ns;
 	double dt_s; // seconds since the previous collect; NaN on the first
 	std::vector<Event> &out;
+	const Options &opt;
 };
 
 class Source {
@@ -95,6 +101,7 @@ public:
 	std::vector<Event> collect_at(uint64_t ts_ns, uint64_t clock_ns);
 
 	Warnings &warnings() { return warn_; }
+	Options &options() { return opt_; }
 	const std::string &proc_root() const { return proc_root_; }
 	const std::string &sys_root() const { return sys_root_; }
 	void set_proc_root(std::string p) { proc_root_ = std::move(p); }
@@ -103,6 +110,7 @@ public:
 private:
 	std::string proc_root_, sys_root_;
 	Warnings warn_;
+	Options opt_;
 	std::optional<uint64_t> last_clock_ns_;
 	std::vector<std::unique_ptr<Source>> sources_;
 };

@@ -33,6 +33,7 @@ struct Options {
 	const char *output = "-";
 	std::string proc_root = "/proc";
 	std::string sys_root = "/sys";
+	uint64_t cgroups_max = 64;
 	bool verbose = false;
 };
 
@@ -47,6 +48,8 @@ void usage(FILE *f)
 		"  -o, --output PATH       '-' for stdout (default) or a FIFO, e.g. %s\n"
 		"      --proc-root DIR     procfs mount to read (default /proc)\n"
 		"      --sys-root DIR      sysfs mount to read (default /sys)\n"
+		"      --cgroups-max N     cgroup lines per read: those near their memory limit,\n"
+		"                          then the busiest (default 64)\n"
 		"  -v, --verbose           log each read to stderr\n"
 		"  -h, --help              show this help\n",
 		kProg, KS_DEFAULT_FIFO);
@@ -63,13 +66,14 @@ int bad_arg(const char *fmt, const char *what)
 // 0: run, 1: --help done, 2: bad arguments (message printed).
 int parse_args(int argc, char **argv, Options &o)
 {
-	enum { OPT_PROC_ROOT = 256, OPT_SYS_ROOT };
+	enum { OPT_PROC_ROOT = 256, OPT_SYS_ROOT, OPT_CGROUPS_MAX };
 	static const struct option longopts[] = {
 		{"interval", required_argument, nullptr, 'i'},
 		{"count", required_argument, nullptr, 'c'},
 		{"output", required_argument, nullptr, 'o'},
 		{"proc-root", required_argument, nullptr, OPT_PROC_ROOT},
 		{"sys-root", required_argument, nullptr, OPT_SYS_ROOT},
+		{"cgroups-max", required_argument, nullptr, OPT_CGROUPS_MAX},
 		{"verbose", no_argument, nullptr, 'v'},
 		{"help", no_argument, nullptr, 'h'},
 		{nullptr, 0, nullptr, 0},
@@ -101,6 +105,12 @@ int parse_args(int argc, char **argv, Options &o)
 			break;
 		case OPT_SYS_ROOT:
 			o.sys_root = optarg;
+			break;
+		case OPT_CGROUPS_MAX:
+			errno = 0;
+			o.cgroups_max = strtoull(optarg, &end, 10);
+			if (errno || end == optarg || *end || optarg[0] == '-' || o.cgroups_max > 100000)
+				return bad_arg("--cgroups-max wants a whole number from 0 to 100000, got '%s'", optarg);
 			break;
 		case 'v':
 			o.verbose = true;
@@ -176,6 +186,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	ks::Scraper scraper(o.proc_root, o.sys_root);
+	scraper.options().cgroups_max = (size_t)o.cgroups_max;
 	scraper.warnings().sink = [](const std::string &w) {
 		fprintf(stderr, "%s: warning: %s\n", kProg, w.c_str());
 	};

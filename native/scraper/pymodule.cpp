@@ -27,7 +27,13 @@ py::dict to_dict(const ks::Event &e)
 		case ks::Field::U64: d[f.key] = f.u; break;
 		case ks::Field::I64: d[f.key] = f.i; break;
 		case ks::Field::F64: d[f.key] = f.f; break;
-		case ks::Field::Str: d[f.key] = f.s; break;
+		// Bytes as the JSON line writes them (each byte outside printable
+		// ASCII as \u00XX): Latin-1, so a non-UTF-8 name reads the same
+		// from the dict and from the line, and never fails to decode.
+		case ks::Field::Str:
+			d[f.key] = py::reinterpret_steal<py::str>(
+				PyUnicode_DecodeLatin1(f.s.data(), (Py_ssize_t)f.s.size(), nullptr));
+			break;
 		}
 	}
 	return d;
@@ -48,10 +54,12 @@ PYBIND11_MODULE(_scraper, m)
 	m.doc() = "The /proc + /sys scraper core shared with the ks-scraper binary.";
 	// Not thread-safe: the GIL stays held during collect (a read takes ~1 ms).
 	py::class_<ks::Scraper>(m, "Scraper")
-		.def(py::init([](const py::object &proc_root, const py::object &sys_root) {
-			     return new ks::Scraper(fspath(proc_root), fspath(sys_root));
+		.def(py::init([](const py::object &proc_root, const py::object &sys_root, size_t cgroups_max) {
+			     auto *s = new ks::Scraper(fspath(proc_root), fspath(sys_root));
+			     s->options().cgroups_max = cgroups_max;
+			     return s;
 		     }),
-		     py::arg("proc_root") = "/proc", py::arg("sys_root") = "/sys")
+		     py::arg("proc_root") = "/proc", py::arg("sys_root") = "/sys", py::arg("cgroups_max") = 64)
 		.def(
 			"collect",
 			[](ks::Scraper &s, const py::object &now_ns) {
@@ -85,5 +93,9 @@ PYBIND11_MODULE(_scraper, m)
 			[](ks::Scraper &s, const py::object &p) { s.set_proc_root(fspath(p)); })
 		.def_property(
 			"sys_root", [](ks::Scraper &s) { return s.sys_root(); },
-			[](ks::Scraper &s, const py::object &p) { s.set_sys_root(fspath(p)); });
+			[](ks::Scraper &s, const py::object &p) { s.set_sys_root(fspath(p)); })
+		.def_property(
+			"cgroups_max", [](ks::Scraper &s) { return s.options().cgroups_max; },
+			[](ks::Scraper &s, size_t n) { s.options().cgroups_max = n; },
+			"cgroup lines per read (default 64).");
 }

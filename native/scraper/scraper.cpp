@@ -121,7 +121,7 @@ std::vector<Event> Scraper::collect_at(uint64_t ts_ns, uint64_t clock_ns)
 	last_clock_ns_ = clock_ns;
 
 	std::vector<Event> out;
-	Ctx c{proc_root_, sys_root_, warn_, ts_ns, dt_s, out};
+	Ctx c{proc_root_, sys_root_, warn_, ts_ns, dt_s, out, opt_};
 	for (auto &s : sources_)
 		s->collect(c);
 	return out;

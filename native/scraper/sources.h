@@ -97,6 +97,50 @@ struct Psi {
 };
 Psi parse_psi(std::string_view text);
 
+// ---- cgroup files (src_cgroup.cpp); "key value" files (memory.events,
+// cpu.stat, memory.oom_control, memory.stat) go through parse_vmstat ----
+// A file holding one number ("123\n"): memory.current, memory.usage_in_bytes,
+// cpuacct.usage, memory.failcnt, memory.swap.current.
+std::optional<uint64_t> parse_cgroup_number(std::string_view text);
+// Values from 2^62 on are "no limit": v1 writes PAGE_COUNTER_MAX * page size
+// (9223372036854771712 with 4 KiB pages) where v2 writes "max".
+constexpr uint64_t kCgroupUnlimited = 1ULL << 62;
+struct CgroupLimit {
+	bool valid = false;     // the text was "max" or a number
+	bool unlimited = false;
+	uint64_t bytes = 0;     // when valid and limited
+};
+// memory.max ("max" or bytes), memory.limit_in_bytes (bytes).
+CgroupLimit parse_cgroup_limit(std::string_view text);
+
+struct CgroupIo {
+	uint64_t rbytes = 0, wbytes = 0, rios = 0, wios = 0;
+	size_t devices = 0;     // device lines summed
+};
+// v2 io.stat: "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0" per device, summed.
+CgroupIo parse_io_stat(std::string_view text);
+// v1 blkio.throttle.io_service_bytes(_recursive) and io_serviced(_recursive):
+// "8:0 Read 123" ... "Total 456"; Read and Write summed over the devices.
+// Returns {read, write, devices}.
+struct BlkioPair {
+	uint64_t read = 0, write = 0;
+	size_t devices = 0;
+};
+BlkioPair parse_blkio_throttle(std::string_view text);
+
+// What a cgroup path says about its owner: the last systemd unit component
+// (*.service, *.scope, *.slice) and a container id (64 hex digits, bare or in
+// docker-ID.scope, cri-containerd-ID.scope, crio-ID.scope, libpod-ID.scope);
+// empty when the path shows none.
+struct CgroupName {
+	std::string unit, container_id;
+};
+CgroupName parse_cgroup_name(std::string_view path);
+// path cut from the front ("..." + its tail) so that its JSON escaped form
+// (bytes outside printable ASCII take 6 characters, '"' and '\\' 2) is at
+// most max_json characters; unchanged when it fits.
+std::string cut_for_json(std::string_view s, size_t max_json);
+
 // ---- the source registry (scraper.cpp) ----
 using SourceFactory = std::unique_ptr<Source> (*)();
 using SourceRegistry = std::map<std::string, SourceFactory, std::less<>>;

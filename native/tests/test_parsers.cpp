@@ -103,17 +103,17 @@ static void test_scraper_on_fixture()
 	std::vector<std::string> types;
 	for (auto &e : ev)
 		types.push_back(e.type);
-	// Sources run in the order of their registered names: block loadavg
+	// Sources run in the order of their registered names: block cgroup loadavg
 	// meminfo netdev psi stat tcp tcp_retrans vmstat.
-	std::vector<std::string> want = {"block", "block", "load", "memory", "net_dev", "net_dev",
-					 "net_dev", "net_dev", "psi", "psi", "psi", "cpu",
-					 "tcp", "tcp_retrans", "vmstat"};
+	std::vector<std::string> want = {"block", "block", "cgroup", "cgroup", "cgroup", "cgroup", "load",
+					 "memory", "net_dev", "net_dev", "net_dev", "net_dev", "psi", "psi",
+					 "psi", "cpu", "tcp", "tcp_retrans", "vmstat"};
 	CHECK(types == want);
 	std::vector<std::string> names;
 	for (const auto &src : registered_sources())
 		names.push_back(src.first);
-	CHECK((names == std::vector<std::string>{"block", "loadavg", "meminfo", "netdev", "psi", "stat",
-						 "tcp", "tcp_retrans", "vmstat"}));
+	CHECK((names == std::vector<std::string>{"block", "cgroup", "loadavg", "meminfo", "netdev", "psi",
+						 "stat", "tcp", "tcp_retrans", "vmstat"}));
 	CHECK(s.warnings().count() == 0);
 	for (auto &w : s.warnings().list())
 		fprintf(stderr, "unexpected warning: %s\n", w.c_str());
@@ -133,6 +133,229 @@ static void test_scraper_on_fixture()
 	CHECK(u(find(ev, "vmstat"), "oom_kill_total") == 0u);
 	// First read: no interval, so the per-interval values are null.
 	CHECK(is_null(cpu, "user_pct") && is_null(cpu, "ctxt_per_sec") && is_null(ev[0], "util_pct"));
+}
+
+// ---- cgroups: parsers on strings in the kernel's formats, then both fixture trees ----
+static const std::string kV2 = std::string(KS_FIXTURES) + "/cgroup_v2";
+
+static std::optional<double> f(const Event &e, const char *k)
+{
+	const Field *x = e.find(k);
+	if (!x || x->kind != Field::F64)
+		return std::nullopt;
+	return x->f;
+}
+
+static std::string s_of(const Event &e, const char *k)
+{
+	const Field *x = e.find(k);
+	return x && x->kind == Field::Str ? x->s : std::string("<null>");
+}
+
+static std::vector<Event> of_type(const std::vector<Event> &ev, const std::string &type)
+{
+	std::vector<Event> out;
+	for (const Event &e : ev)
+		if (e.type == type)
+			out.push_back(e);
+	return out;
+}
+
+static void test_cgroup_parsers()
+{
+	CHECK(parse_cgroup_number("57864192\n") == 57864192u);
+	CHECK(!parse_cgroup_number("max\n") && !parse_cgroup_number(""));
+
+	CgroupLimit l = parse_cgroup_limit("max\n");
+	CHECK(l.valid && l.unlimited);
+	l = parse_cgroup_limit("536870912\n");
+	CHECK(l.valid && !l.unlimited && l.bytes == 536870912u);
+	// v1's "unlimited": PAGE_COUNTER_MAX * 4 KiB pages; anything from 2^62 on.
+	l = parse_cgroup_limit("9223372036854771712\n");
+	CHECK(l.valid && l.unlimited);
+	l = parse_cgroup_limit("4611686018427387904\n");
+	CHECK(l.valid && l.unlimited);
+	l = parse_cgroup_limit("4611686018427387903\n");
+	CHECK(l.valid && !l.unlimited);
+	CHECK(!parse_cgroup_limit("-1\n").valid && !parse_cgroup_limit("").valid);
+
+	// memory.events, cpu.stat, memory.oom_control: "key value" lines.
+	U64Map ev = parse_vmstat("low 0\nhigh 3\nmax 40\noom 2\noom_kill 1\noom_group_kill 0\n");
+	CHECK(ev["high"] == 3 && ev["max"] == 40 && ev["oom"] == 2 && ev["oom_kill"] == 1);
+	U64Map oc = parse_vmstat("oom_kill_disable 0\nunder_oom 1\noom_kill 4\n");
+	CHECK(oc["under_oom"] == 1 && oc["oom_kill"] == 4);
+
+	CgroupIo io = parse_io_stat("259:0 rbytes=1000 wbytes=2000 rios=3 wios=4 dbytes=0 dios=0\n"
+				    "253:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=5 dios=1\n");
+	CHECK(io.rbytes == 1010 && io.wbytes == 2020 && io.rios == 4 && io.wios == 6 && io.devices == 2);
+	CHECK(parse_io_stat("").devices == 0);
+
+	BlkioPair b = parse_blkio_throttle("8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 8192\n8:0 Async 4096\n"
+					   "8:0 Discard 0\n8:0 Total 12288\n8:16 Read 1\n8:16 Write 2\nTotal 12291\n");
+	CHECK(b.read == 4097 && b.write == 8194 && b.devices == 2);
+	CHECK(parse_blkio_throttle("Total 0\n").devices == 0);
+
+	const std::string hex = "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c";
+	CgroupName n = parse_cgroup_name("/system.slice/docker-" + hex + ".scope");
+	CHECK(n.unit == "docker-" + hex + ".scope" && n.container_id == hex);
+	n = parse_cgroup_name("/kubepods.slice/kubepods-pod1.slice/cri-containerd-" + hex + ".scope");
+	CHECK(n.container_id == hex);
+	n = parse_cgroup_name("/machine.slice/libpod-" + hex + ".scope/container");
+	CHECK(n.container_id == hex && n.unit == "libpod-" + hex + ".scope");
+	n = parse_cgroup_name("/docker/" + hex); // cgroupfs driver: a bare id
+	CHECK(n.container_id == hex && n.unit.empty());
+	n = parse_cgroup_name("/system.slice/nginx.service");
+	CHECK(n.unit == "nginx.service" && n.container_id.empty());
+	n = parse_cgroup_name("/process_api/6638f031a58b1d24596eac55890f5e17"); // 32 hex: not a container
+	CHECK(n.unit.empty() && n.container_id.empty());
+	CHECK(parse_cgroup_name("/").unit.empty());
+
+	CHECK(cut_for_json("/a/b", 10) == "/a/b");
+	std::string longp = "/" + std::string(100, 'x') + "/leaf.service";
+	std::string cut = cut_for_json(longp, 40);
+	CHECK(cut.size() == 40 && cut.substr(0, 3) == "..." && cut.substr(cut.size() - 13) == "/leaf.service");
+	// Non-ASCII bytes count 6 (\u00XX).
+	CHECK(cut_for_json(std::string(10, '\xff'), 60) == std::string(10, '\xff'));
+	CHECK(cut_for_json(std::string(10, '\xff'), 59) == "..." + std::string(9, '\xff'));
+}
+
+static void test_cgroup_v2_fixture()
+{
+	Scraper s(kT0 + "/proc", kV2 + "/sys");
+	auto ev = of_type(s.collect_at(1000, 1000), "cgroup");
+	std::string root = kV2 + "/sys/fs/cgroup";
+	CHECK(ev.size() == 12);
+	if (ev.size() != 12)
+		return;
+	// Near their (effective) limit first, closest first; then by memory (no CPU delta yet).
+	std::vector<std::string> order;
+	for (auto &e : ev)
+		order.push_back(s_of(e, "path"));
+	CHECK(order[0] == "/system.slice/nginx.service");
+	CHECK(order[1] == "/user.slice" && order[2] == "/user.slice/user-1000.slice");
+	CHECK(order[3] == "/user.slice/user-1000.slice/session-3.scope");
+	CHECK(order[4] == "/system.slice" && order.back() == "/");
+	Event nginx = ev[0];
+	struct stat st;
+	CHECK(stat((root + "/system.slice/nginx.service").c_str(), &st) == 0 && u(nginx, "cgroup_id") == st.st_ino);
+	CHECK(u(nginx, "cgroup2_id") == st.st_ino && u(nginx, "version") == 2u);
+	CHECK(s_of(nginx, "unit") == "nginx.service" && is_null(nginx, "container_id"));
+	CHECK(u(nginx, "memory_bytes") == 524288000u && u(nginx, "memory_limit_bytes") == 536870912u);
+	CHECK(u(nginx, "memory_limit_effective_bytes") == 536870912u && u(nginx, "swap_bytes") == 33554432u);
+	CHECK(u(nginx, "events_max_total") == 40u && u(nginx, "events_oom_total") == 2u);
+	CHECK(u(nginx, "oom_kill_total") == 1u && is_null(nginx, "failcnt_total") && is_null(nginx, "under_oom"));
+	CHECK(f(nginx, "mem_pressure_some_avg10") == 3.15 && u(nginx, "mem_pressure_full_total_us") == 700000u);
+	CHECK(u(nginx, "cpu_usage_usec_total") == 61234567u && u(nginx, "io_rbytes_total") == 104857600u);
+	CHECK(u(nginx, "io_wios_total") == 1200u);
+	// session-3.scope: no limit of its own, user.slice's 1 GiB applies.
+	CHECK(is_null(ev[3], "memory_limit_bytes") && u(ev[3], "memory_limit_effective_bytes") == 1073741824u);
+	Event cri = find(ev, "cgroup", "unit",
+			 "cri-containerd-0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c.scope");
+	CHECK(s_of(cri, "container_id") == "0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c");
+	CHECK(u(cri, "cpu_nr_periods_total") == 5000u && u(cri, "cpu_nr_throttled_total") == 700u);
+	CHECK(u(cri, "cpu_throttled_usec_total") == 41000000u);
+	// The root: no memory.current/max, summed io.stat of two devices.
+	Event r = ev.back();
+	CHECK(is_null(r, "memory_bytes") && is_null(r, "memory_limit_bytes") && is_null(r, "events_oom_total"));
+	CHECK(u(r, "io_rbytes_total") == 8417996800u + 1048576u && u(r, "cpu_usage_usec_total") == 9876543210u);
+	CHECK(s.warnings().list().size() == 1); // only: no sys/block in this tree
+	// At most cgroups_max lines.
+	Scraper s3(kT0 + "/proc", kV2 + "/sys");
+	s3.options().cgroups_max = 3;
+	CHECK(of_type(s3.collect_at(1, 1), "cgroup").size() == 3);
+}
+
+static void test_cgroup_v2_cpu_delta_ranks()
+{
+	// Second read: the cgroup whose CPU time grew most comes first after the
+	// near-limit ones, whatever its memory.
+	std::string root = make_tmpdir();
+	std::string cg = root + "/sys/fs/cgroup";
+	write_text(cg + "/cgroup.controllers", "cpu memory\n");
+	for (const char *d : {"/big", "/busy", "/idle"}) {
+		write_text(cg + d + "/memory.current", std::string(d) == "/big" ? "900000000\n" : "1000\n");
+		write_text(cg + d + "/memory.max", "max\n");
+		write_text(cg + d + "/cpu.stat", "usage_usec 100\n");
+	}
+	Scraper s(root + "/proc", root + "/sys");
+	auto a = of_type(s.collect_at(1, 1), "cgroup");
+	CHECK(a.size() == 4 && s_of(a[0], "path") == "/big");
+	write_text(cg + "/busy/cpu.stat", "usage_usec 500000\n");
+	write_text(cg + "/idle/cpu.stat", "usage_usec 200\n");
+	auto b = of_type(s.collect_at(2, 1000000001), "cgroup");
+	CHECK(b.size() == 4 && s_of(b[0], "path") == "/busy" && s_of(b[1], "path") == "/idle");
+	rm_rf(root);
+}
+
+static void test_cgroup_v1_fixture()
+{
+	// Recorded on this VM (native/tests/record_cgroup_fixture.sh): the v1 memory
+	// hierarchy with cpu, cpuacct, blkio and the hybrid v2 twin.
+	Scraper s(kT0 + "/proc", kT0 + "/sys");
+	auto ev = of_type(s.collect_at(1000, 1000), "cgroup");
+	CHECK(ev.size() == 4);
+	if (ev.size() != 4)
+		return;
+	const std::string hex = "4f1c0ffee0ddba11c0debeef5eed0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b";
+	std::string mem = kT0 + "/sys/fs/cgroup/memory", uni = kT0 + "/sys/fs/cgroup/unified";
+	std::string ctr = "/ks-fixture.slice/docker-" + hex + ".scope";
+	Event d = ev[0]; // 86 % of its 64 MiB limit: first
+	CHECK(s_of(d, "path") == ctr && u(d, "version") == 1u && s_of(d, "container_id") == hex);
+	struct stat st, st2;
+	CHECK(stat((mem + ctr).c_str(), &st) == 0 && stat((uni + ctr).c_str(), &st2) == 0);
+	CHECK(u(d, "cgroup_id") == st.st_ino && u(d, "cgroup2_id") == st2.st_ino);
+	CHECK(u(d, "memory_bytes") == 57864192u && u(d, "memory_limit_bytes") == 67108864u);
+	CHECK(u(d, "swap_bytes") == 0u && u(d, "failcnt_total") == 0u && u(d, "under_oom") == 0u);
+	CHECK(u(d, "oom_kill_total") == 0u && is_null(d, "events_oom_total"));
+	CHECK(u(d, "mem_pressure_some_total_us").has_value()); // from the v2 twin
+	// The root: "unlimited" is null, never 9223372036854771712.
+	Event r = find(ev, "cgroup", "path", "/");
+	CHECK(is_null(r, "memory_limit_bytes") && is_null(r, "memory_limit_effective_bytes"));
+	CHECK(u(r, "memory_bytes") == parse_cgroup_number(slurp(mem + "/memory.usage_in_bytes")));
+	// busy.service: cpuacct.usage in us, throttling from the cpu hierarchy.
+	Event busy = find(ev, "cgroup", "path", "/ks-fixture.slice/busy.service");
+	std::string cpu = kT0 + "/sys/fs/cgroup/cpu/ks-fixture.slice/busy.service/cpu.stat";
+	U64Map cs = parse_vmstat(slurp(cpu));
+	CHECK(u(busy, "cpu_nr_throttled_total") == cs["nr_throttled"] && cs["nr_throttled"] > 0);
+	CHECK(u(busy, "cpu_throttled_usec_total") == cs["throttled_time"] / 1000);
+	CHECK(u(busy, "cpu_usage_usec_total") ==
+	      *parse_cgroup_number(slurp(kT0 + "/sys/fs/cgroup/cpuacct/ks-fixture.slice/busy.service/cpuacct.usage")) /
+		      1000);
+	// blk-throttle saw no bio here ("Total 0" only): unknown, not zero.
+	CHECK(is_null(busy, "io_wbytes_total"));
+	CHECK(s.warnings().count() == 0);
+}
+
+static void test_cgroup_hostile_names()
+{
+	// Non-UTF-8, quotes, control characters and a path far past 4096 bytes:
+	// the line stays valid and within KS_LINE_MAX, the path cut from the front.
+	std::string root = make_tmpdir();
+	std::string cg = root + "/sys/fs/cgroup", rel;
+	write_text(cg + "/cgroup.controllers", "memory\n");
+	std::string comp(200, '\xfe');
+	comp += "\"\\\n";
+	for (int i = 0; i < 20; i++) {
+		rel += "/" + comp + std::to_string(i);
+		if (mkdir((cg + rel).c_str(), 0755) != 0)
+			break; // PATH_MAX
+	}
+	write_text(cg + "/x\xff.service/memory.current", "5\n");
+	Scraper s(root + "/proc", root + "/sys");
+	auto ev = of_type(s.collect_at(1, 1), "cgroup");
+	CHECK(ev.size() >= 3);
+	bool saw_cut = false;
+	for (auto &e : ev) {
+		std::string line = event_to_line(e);
+		CHECK(!line.empty() && line.size() <= 4096);
+		CHECK(line.find('\n') == line.size() - 1);
+		saw_cut |= s_of(e, "path").substr(0, 3) == "...";
+	}
+	CHECK(saw_cut);
+	Event x = find(ev, "cgroup", "path", "/x\xff.service");
+	CHECK(s_of(x, "unit") == "x\xff.service" && u(x, "memory_bytes") == 5u);
+	CHECK(event_to_line(x).find("\"path\":\"/x\\u00ff.service\"") != std::string::npos);
+	rm_rf(root);
 }
 
 static void test_missing_field_and_file()
@@ -204,6 +427,11 @@ static void test_short_block_stat()
 int main()
 {
 	test_pure_parsers();
+	test_cgroup_parsers();
+	test_cgroup_v2_fixture();
+	test_cgroup_v2_cpu_delta_ranks();
+	test_cgroup_v1_fixture();
+	test_cgroup_hostile_names();
 	test_scraper_on_fixture();
 	test_missing_field_and_file();
 	test_short_block_stat();

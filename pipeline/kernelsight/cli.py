@@ -247,6 +247,31 @@ def observations(
             print(f"           next: {hints[0]}")
 
 
+@app.command(help="The cgroups of the scraper's latest read, closest to their memory limit first: path, unit or "
+             "container, memory, effective limit and % of it, swap, memory pressure (some avg10), CPU throttling % "
+             "over ~10 s, and open observations that mention the path.\n\n"
+             "Examples: ks cgroups;  ks cgroups --json")
+def cgroups(
+    data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    limit: int = typer.Option(64, min=1, help="at most this many cgroups"),
+) -> None:
+    from .cgroups import latest_cgroups, render_table
+
+    try:
+        conn = db.connect_readonly(db.db_path(_data_dir(data_dir)))
+    except db.StoreError as e:
+        print(f"ks cgroups: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    rows = latest_cgroups(conn)[:limit]
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif not rows:
+        print("no cgroup lines stored yet (ks-scraper writes them every interval)")
+    else:
+        print(render_table(rows))
+
+
 @app.command(help="Incident report of observations in a period, as md, html or json.\n\n"
              "Example: ks report --since 3600 --format html --out report.html")
 def report(
