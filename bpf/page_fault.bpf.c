@@ -45,6 +45,7 @@ static __always_inline int on_fault(unsigned long error_code, int kernel)
 		struct ks_pf_proc z = {};
 
 		bpf_get_current_comm(z.comm, sizeof(z.comm));
+		z.cgroup_id = bpf_get_current_cgroup_id();
 		if (bpf_map_update_elem(&pf_procs, &k, &z, BPF_NOEXIST) && !bpf_map_lookup_elem(&pf_procs, &k)) {
 			ks_count(KS_CNT_MAP_FULL);
 			return 0;

@@ -208,6 +208,7 @@ static void tick(struct ks_tracer *t, double iv)
 		ks_json_u64(&j, "faults", pf.procs[i].v.faults);
 		ks_json_u64(&j, "write_faults", pf.procs[i].v.writes);
 		ks_json_u64(&j, "kernel_tp_faults", pf.procs[i].v.kernel);
+		ks_json_u64(&j, "cgroup_id", pf.procs[i].v.cgroup_id);
 		ks_emit(t, &j, false);
 	}
 }

@@ -20,6 +20,7 @@ struct ks_pf_proc {
 	__u64 writes;
 	__u64 kernel;            /* from page_fault_kernel */
 	char comm[16];
+	__u64 cgroup_id;         /* bpf_get_current_cgroup_id() at its first fault in the interval */
 };
 
 #endif

@@ -108,7 +108,8 @@ static __always_inline int on_enter(__u64 nr, __s64 arg0)
 
 static __noinline void count_errno(__u32 idx, __u32 err)
 {
-	struct ks_sc_errkey k = { .idx = idx, .err = err, .tgid = bpf_get_current_pid_tgid() >> 32 };
+	struct ks_sc_errkey k = { .idx = idx, .err = err, .tgid = bpf_get_current_pid_tgid() >> 32,
+				  .cgroup_id = bpf_get_current_cgroup_id() };
 	__u64 one = 1, *v;
 
 	v = bpf_map_lookup_elem(&sc_errnos, &k);
@@ -144,6 +145,7 @@ static __noinline void emit_slow(__u64 now, __u64 lat, __s64 ret, __s64 arg0, __
 	e->tid = (__u32)id;
 	e->nr = nr;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_ringbuf_submit(e, 0);
 	ks_count(KS_CNT_EVENTS);
 }

@@ -147,13 +147,14 @@ static int on_event(void *ctx, void *data, size_t size)
 	ks_json_u64(&j, "latency_ns", e->latency_ns);
 	ks_json_i64(&j, "ret", e->ret);
 	ks_json_i64(&j, "arg0", e->arg0);
+	ks_json_u64(&j, "cgroup_id", e->cgroup_id);
 	ks_emit(t, &j, false);
 	return 0;
 }
 
 struct errsum { unsigned err; uint64_t n; };
 /* One process's failures of one call with one errno in an interval. */
-struct procerr { uint32_t tgid, nr, err; uint64_t n; };
+struct procerr { uint32_t tgid, nr, err; uint64_t n, cgroup_id; };
 
 #define ERRNOS_PER_CALL 16   /* distinct errnos summed per syscall before its top TOP_ERRNOS */
 #define PROC_ERRORS_TOP 8    /* syscall_errors lines per interval, most failures first ... */
@@ -207,6 +208,7 @@ static void emit_proc_errors(struct ks_tracer *t, struct procerr *pe, int n, dou
 		ks_json_str(&j, "errno_name", en);
 		ks_json_u64(&j, "count", pe[i].n);
 		ks_json_f64(&j, "interval_s", interval_s);
+		ks_json_u64(&j, "cgroup_id", pe[i].cgroup_id);
 		ks_emit(t, &j, false);
 	}
 }
@@ -244,7 +246,8 @@ static void tick(struct ks_tracer *t, double interval_s)
 					n += ev[i];
 				add_errsum(sums[nr], k.err, n);
 				if (npe < KS_SC_ERRNO_ENTRIES)
-					pe[npe++] = (struct procerr){ .tgid = k.tgid, .nr = nr, .err = k.err, .n = n };
+					pe[npe++] = (struct procerr){ .tgid = k.tgid, .nr = nr, .err = k.err, .n = n,
+								      .cgroup_id = k.cgroup_id };
 				if (ndel < KS_SC_ERRNO_ENTRIES)
 					dels[ndel++] = k;
 			}

@@ -22,6 +22,7 @@ struct ks_sc_errkey {
 	__u32 err;                   /* positive errno */
 	__u32 tgid;                  /* the failing process: which one probes, which one is broken */
 	__u32 pad;
+	__u64 cgroup_id;             /* bpf_get_current_cgroup_id(): the task's cgroup v2 id */
 };
 
 struct ks_sc_event {
@@ -33,6 +34,7 @@ struct ks_sc_event {
 	__u32 tid;
 	__u32 nr;
 	char comm[16];
+	__u64 cgroup_id;             /* bpf_get_current_cgroup_id(): the task's cgroup v2 id */
 };
 
 #endif

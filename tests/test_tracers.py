@@ -443,3 +443,70 @@ def test_exclude_pids_file_sched_and_updates(workload, tmp_path):
     assert not by_type(evl, "sched")
     assert sum(e["voluntary"] for e in by_type(evt, "sched_stats")) >= k
     assert re.search(r"excluding 1 pid listed in .*pipeline.pids", tl.stderr)
+
+
+# --------------------------------------------------------------- cgroup ids
+CGROUP_WORK = """
+import os, sys
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+for i in range(50):                      # 50 failed openat: a syscall_errors line (>= 10)
+    try:
+        open(f"/nonexistent/ks_cg_{i}")
+    except OSError:
+        pass
+b = bytearray(8 << 20)                   # page faults
+for i in range(0, len(b), 4096):
+    b[i] = 1
+print("reading", flush=True)
+sys.stdin.read(1)                        # one slow read
+"""
+
+
+def _cgroup2_mount() -> Path | None:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mnt, fstype = line.split()[:3]
+        if fstype == "cgroup2":
+            return Path(mnt)
+    return None
+
+
+def test_cgroup_id_is_the_tasks_cgroup2_inode():
+    """syscall, syscall_errors and page_fault lines carry bpf_get_current_cgroup_id(): the task's
+    cgroup v2 id, which is the inode of its directory in the cgroup2 mount (on this hybrid host
+    the unified hierarchy).  Oracle: os.stat of a cgroup made for the test."""
+    mnt = _cgroup2_mount()
+    if mnt is None or os.geteuid() != 0:
+        pytest.skip("needs root and a cgroup2 mount")
+    cg = mnt / f"ks_test_tracer_cg_{os.getpid()}"
+    cg.mkdir()
+    p = None
+    try:
+        p = subprocess.Popen(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$0" -c "$1"', sys.executable,
+                              CGROUP_WORK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        pid = int(p.stdout.readline())
+        sc = Tracer("ks-syscall", "--pid", str(pid), duration=3)
+        pf = Tracer("ks-page-fault", "--pid", str(pid), duration=3)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "reading"
+        time.sleep(0.05)  # the read blocks past the 10 ms slow-call threshold
+        p.stdin.write("x")
+        p.communicate(timeout=30)
+        ino = os.stat(cg).st_ino
+        ev = sc.finish() + pf.finish()
+        slow = [e for e in by_type(ev, "syscall") if e["pid"] == pid and e["syscall"] == "read"]
+        errs = [e for e in by_type(ev, "syscall_errors") if e["pid"] == pid and e["syscall"] == "openat"]
+        faults = [e for e in by_type(ev, "page_fault") if e["pid"] == pid]
+        assert slow and errs and faults, (slow, errs, faults)
+        assert {e["cgroup_id"] for e in slow + errs + faults} == {ino}
+    finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+        for _ in range(100):
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
