@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import load as load_config
 from .procutil import find_executable
 from .schema import load_schema
 from .supervisor import INGEST_STOP_TIMEOUT_S, PIDS_FILE, RUN_DIR, ChildSpec
@@ -71,4 +72,9 @@ def default_children(opts: RunOptions) -> list[ChildSpec]:
     specs += [
         ChildSpec("ks-agent", [py, "-m", "kernelsight.cli", "agent", "run"], "consumer"),
     ]
+    cfg = load_config()
+    if cfg.exporter.enabled:  # /metrics for Prometheus ([exporter] in the config file)
+        specs.append(ChildSpec("ks-exporter", [py, "-m", "kernelsight.exporter"], "consumer"))
+    if cfg.alerts.alertmanager_url or cfg.alerts.webhook_url:  # observations as alerts ([alerts])
+        specs.append(ChildSpec("ks-alerts", [py, "-m", "kernelsight.alerts"], "consumer"))
     return specs

@@ -61,7 +61,7 @@ def read_status(directory: Path) -> dict:
     line accounting, from status.json, DATA_DIR/run and the DB."""
     out: dict = {"data_dir": str(directory), "supervisor": "not running", "children": [], "counters": {},
                  "pipeline_lock_pid": pipeline_lock_holder(directory), "accounting": None,
-                 "ingest": _ingest_status(directory), "storage": None}
+                 "ingest": _ingest_status(directory), "storage": None, **_exports_status(directory)}
     try:
         st = orjson.loads((directory / STATUS_FILE).read_bytes())
     except (OSError, orjson.JSONDecodeError):
@@ -172,6 +172,44 @@ def status(
     elif s["supervisor"] != "running":
         print("no counters yet: start the pipeline with `make run`")
     _print_accounting(s.get("accounting"))
+    _print_exports(s)
+
+
+def _exports_status(directory: Path) -> dict:
+    """ks-exporter's endpoint and ks-alerts' delivery counters (DATA_DIR/run/*.json)."""
+    from .alerts import read_status as alerts_status
+    from .exporter import read_status as exporter_status
+
+    ex = exporter_status(directory)
+    if ex and ex.get("listening") and not _alive(ex.get("pid")):
+        ex = {**ex, "listening": None, "error": "not running"}
+    al = alerts_status(directory)
+    if al:
+        al = {"receivers": {n: {k: v for k, v in r.items() if k != "pending"} | {"pending": len(r.get("pending", {}))}
+                            for n, r in al.get("receivers", {}).items()},
+              "firing": len(al.get("firing", {})), "updated_at": al.get("updated_at")}
+    return {"exporter": ex, "alerts": al}
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _print_exports(s: dict) -> None:
+    ex, al = s.get("exporter"), s.get("alerts")
+    if ex:
+        print(f"\nexporter: serving {ex['listening']}" if ex.get("listening") else f"\nexporter: {ex.get('error')}")
+    if al:
+        for name, r in al["receivers"].items():
+            err = f"; last error {r['last_error']}" if r.get("last_error") else ""
+            print(f"alerts -> {name}: sent {r['sent_alerts']} alerts in {r['sent_batches']} batches, "
+                  f"{r['failed_attempts']} failed attempts, {r['dropped_batches']} batches dropped, "
+                  f"{r['pending']} pending{err}")
+        print(f"alerts firing: {al['firing']}")
 
 
 def _print_accounting(a: dict | None) -> None:
@@ -204,6 +242,24 @@ def schema() -> None:
     from .schema import markdown
 
     sys.stdout.write(markdown())
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False,
+             help="Serve the pipeline's state as Prometheus metrics on /metrics (what `ks run` starts as "
+             "ks-exporter; same options: --data-dir, --address, --port, --once).\n\nExample: ks exporter --once")
+def exporter(ctx: typer.Context) -> None:
+    from .exporter import main as exporter_main
+
+    raise typer.Exit(exporter_main(ctx.args))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False,
+             help="Send observations as alerts to Alertmanager and/or a webhook ([alerts] in the config file; "
+             "what `ks run` starts as ks-alerts).\n\nExample: ks alerts --data-dir ./data")
+def alerts(ctx: typer.Context) -> None:
+    from .alerts import main as alerts_main
+
+    raise typer.Exit(alerts_main(ctx.args))
 
 
 from .agent.cli import app as agent_app  # noqa: E402

@@ -70,9 +70,41 @@ class LogsConfig:
 
 
 @dataclass(frozen=True)
+class ExporterConfig:
+    """ks-exporter: the pipeline's state as Prometheus metrics on http://ADDRESS:PORT/metrics (docs/prometheus.md)."""
+
+    enabled: bool = _f(True, "start ks-exporter under `ks run`")
+    address: str = _f("127.0.0.1", "address the exporter binds to (0.0.0.0 exposes it to the network)")
+    port: int = _f(9863, "TCP port of /metrics")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """ks-alerts: every observation that opens, changes severity or closes, sent to Alertmanager (API v2) and/or a
+    JSON webhook; `ks run` starts it only when a URL is set (docs/prometheus.md)."""
+
+    alertmanager_url: str = _f("", "Alertmanager base URL, e.g. http://127.0.0.1:9093 (alerts are POSTed to "
+                                   "URL/api/v2/alerts); empty: not sent")
+    webhook_url: str = _f("", "URL a JSON document of the changed alerts is POSTed to; empty: not sent")
+    timeout_s: float = _f(5.0, "seconds one HTTP request may take")
+    max_attempts: int = _f(5, "tries of one batch before it is dropped (and counted); a firing alert is sent "
+                              "again at the next resend anyway")
+    backoff_start_s: float = _f(1.0, "wait after the first failed try; doubles each try")
+    backoff_max_s: float = _f(60.0, "longest wait between tries")
+    resend_interval_s: float = _f(60.0, "firing alerts are sent again this often (Alertmanager resolves an alert "
+                                        "it stops hearing about at its endsAt)")
+    ends_at_factor: float = _f(4.0, "a firing alert's endsAt is now + this x resend_interval_s, so a dead sender's "
+                                    "alerts resolve by themselves")
+    poll_interval_s: float = _f(0.5, "seconds between reads of DATA_DIR/observations.jsonl")
+    generator_url: str = _f("", "generatorURL of each alert; {id} is replaced by the observation id (empty: none)")
+
+
+@dataclass(frozen=True)
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 def _sections() -> dict[str, type]:
