@@ -64,12 +64,21 @@ SCENARIOS_INTRO = """\
 # Scenarios: real faults, real detection
 
 `make scenarios` starts the whole pipeline, waits until the agent is warm,
-then injects each fault for a bounded time (Debian's stress-ng and fio, and
-small injectors in `pipeline/kernelsight/scenarios/`; every load stops by
-itself, network load stays on 127.0.0.1) and checks that the expected
-observation opens within 30 s of onset and closes after the fault ends; then a
-normal phase must raise nothing of severity high or critical. Onset is when
-the injector starts loading, except memory pressure, whose onset is the first
+then injects each fault for a bounded time and checks that the expected
+observation opens within 30 s of onset and closes after the fault ends. Every
+fault is produced by at least two tools, at least one of them a well-known
+third-party tool from Debian run through `scenarios/cmd.py` (stress-ng,
+sysbench, perf bench, fio at several queue depths, dd, ab, wrk, cat), besides
+small injectors of our own in `pipeline/kernelsight/scenarios/`; packet loss
+is an iperf3 transfer over a veth pair into a network namespace with nftables
+dropping 5 % of the packets. Every load stops by itself; web load stays on
+127.0.0.1. Per run: the label, seconds to detect, the extra observations
+opened during the scenario (goal: one observation per incident, so 0) and
+whether the observation names the injector's processes. Then a normal phase
+(idle, then a C/C++ build, a keep-alive web service under ab, xz/gzip, SQLite
+and a process growing and freeing memory; 15 min) must raise nothing of
+severity high or critical; medium and above are counted. Onset is when the
+injector starts loading, except memory pressure, whose onset is the first
 sample under 10 % available. Seconds to clear count from the end of the fault;
 connection churn clears only once the kernel's 60 s TIME_WAIT expires. The
 fast scenarios also run in `make test` (`tests/test_scenarios.py`). Don't run
@@ -109,8 +118,18 @@ def scenarios_page(path: Path) -> str:
         return head + "No scenario results yet: run `make scenarios`.\n"
     verdict = "every scenario detected and cleared, no high/critical false positives" if d.get("ok") else \
         "NOT all passed: see bench/scenarios.json"
-    return (head + f"Run of {d['date']} ({d.get('mode', 'full')}, {d.get('duration_s', 0):.0f} s, kernel "
-            f"{d.get('host', {}).get('kernel', '?')}): {verdict}.\n\n{d['table'].rstrip()}\n")
+    out = (head + f"Run of {d['date']} ({d.get('mode', 'full')}, {d.get('duration_s', 0):.0f} s, kernel "
+           f"{d.get('host', {}).get('kernel', '?')}): {verdict}.\n\n{d['table'].rstrip()}\n")
+    faults = d.get("faults")
+    if faults:
+        out += "\n| fault | tools | third-party | detected |\n|---|---|---:|---:|\n"
+        for name, f in faults.items():
+            out += f"| {name} | {', '.join(f['tools'])} | {f['third_party']} | {f['detected']} of {len(f['tools'])} |\n"
+    normal = d.get("normal")
+    if normal and "medium_or_above" in normal:
+        out += (f"\nNormal phase: {normal['seconds']:.0f} s, {normal['medium_or_above']} observation(s) of severity "
+                f"medium or above, {len(normal.get('false_positives', []))} high or critical.\n")
+    return out
 
 
 def pages(repo: Path = REPO) -> dict[Path, str]:
