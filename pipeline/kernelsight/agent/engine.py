@@ -121,6 +121,7 @@ class Agent:
         self.housekeeper = Housekeeper(self.rw, data_dir, self.config, log=log) if housekeeping else None
         self.telemetry = TelemetryWatch(data_dir)  # the pipeline's own losses, as observations
         self.oom = OomWatch()  # OOM kills, host or cgroup
+        self.last_forecast_check_ns = 0
         self.deviating_since: dict[str, float] = {}  # feature -> when its baseline deviation began
 
     # -- inputs ---------------------------------------------------------------
@@ -198,11 +199,23 @@ class Agent:
 
     # -- one interval -----------------------------------------------------------
     def urgent(self) -> bool:
-        """Something that must not wait for the next step: an OOM kill was just stored."""
+        """Something that must not wait for the next step: an OOM kill was just stored, or (looked
+        at once a second) a memory forecast reached WARNING with no observation open for it yet: a
+        fast leak fills a cgroup in seconds, and a step is 5 s."""
         try:
-            return self.oom.new_victims(self.ro)
+            if self.oom.new_victims(self.ro):
+                return True
+            now_ns = time.time_ns()
+            if now_ns - self.last_forecast_check_ns < 1_000_000_000:
+                return False
+            self.last_forecast_check_ns = now_ns
+            for fc in [forecast(self.ro, now_ns), *forecast_cgroups(self.ro, now_ns)]:
+                if (RISK_LEVELS.index(fc.risk) >= RISK_LEVELS.index("WARNING")
+                        and not self.tracker.is_open(f"forecast:{fc.scope}")):
+                    return True
         except sqlite3.Error:
-            return False
+            pass
+        return False
 
     def step(self, now_ns: int | None = None) -> list:
         now_ns = now_ns or time.time_ns()
