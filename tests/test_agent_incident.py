@@ -117,3 +117,42 @@ def test_the_worst_device_is_judged_not_the_sum(tmp_path):
     assert w["disk_queue_depth_worst"] == 9.0  # not 18: dm-0 carries sda's I/Os, a max does not add them
     assert w["disk_util_worst_pct"] == 100.0
     conn.close()
+
+
+def test_a_suspect_is_named_with_its_cgroup(agent):
+    """One cgroup burns CPU (stress-ng in a v1 memory cgroup, as a container would be): the
+    CPU-user suspect carries that cgroup's path."""
+    import os
+    import shutil
+    import subprocess
+    import time
+    from pathlib import Path
+
+    if os.geteuid() != 0 or shutil.which("stress-ng") is None:
+        pytest.skip("needs root and stress-ng")
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    root = next((Path(line.split()[1]) for line in mounts
+                 if line.split()[2] == "cgroup" and "memory" in line.split()[3].split(",")), None)
+    if root is None:
+        pytest.skip("no v1 memory hierarchy")
+    cg = root / f"ks_test_burner_{os.getpid()}"
+    cg.mkdir()
+    p = subprocess.Popen(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec stress-ng --cpu 1 --timeout 20 --quiet'])
+    try:
+        time.sleep(1.0)
+        agent.sampler.sample(1.0)
+        time.sleep(2.0)
+        agent.sampler.sample(2.0)
+        rows = agent._attribute(["cpu_users"], time.time_ns())
+        burners = [r for r in rows if r.get("cgroup") == f"/{cg.name}"]
+        assert burners and burners[0]["comm"].startswith("stress-ng"), rows
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(p.pid)], check=False)
+        p.kill()
+        p.wait()
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)

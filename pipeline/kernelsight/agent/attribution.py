@@ -333,3 +333,30 @@ def retransmitters(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
                     "retransmitted_segments": retrans,
                     "retransmit_pct": round(100.0 * retrans / sent, 2) if sent else None})
     return out
+
+
+CGROUP_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "name=systemd")
+
+
+def cgroup_of(pid: int, proc_root: str = "/proc") -> str | None:
+    """The cgroup a process runs in, for naming it beside the process: its cgroup v2 path when
+    that is not the root, else its path under the first v1 controller of CGROUP_CONTROLLERS that
+    places it below the root; None in the root everywhere (or gone)."""
+    try:
+        raw = Path(f"{proc_root}/{pid}/cgroup").read_bytes()
+    except OSError:
+        return None
+    v1: dict[str, str] = {}
+    for line in raw.decode("utf-8", "backslashreplace").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _hid, controllers, path = parts
+        if controllers == "" and path not in ("/", ""):
+            return path
+        for c in controllers.split(","):
+            v1[c] = path
+    for c in CGROUP_CONTROLLERS:
+        if v1.get(c) not in (None, "", "/"):
+            return v1[c]
+    return None

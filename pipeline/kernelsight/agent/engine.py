@@ -37,7 +37,7 @@ from ..features.store import read_matrix, write_matrix
 from ..storage.housekeeping import Housekeeper
 from .oom import OomWatch
 from .telemetry import TelemetryWatch
-from .attribution import ProcessSampler, connection_makers, retransmitters, slow_syscalls, spawners
+from .attribution import ProcessSampler, cgroup_of, connection_makers, retransmitters, slow_syscalls, spawners
 from .forecast import RISK_LEVELS, forecast, forecast_cgroups
 from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
 from .signals import agent_signals, disk_worst, failing_processes, fs_errors, io_worst
@@ -461,7 +461,14 @@ class Agent:
             else:
                 rows = getattr(self.sampler, kind)()
             for r in rows[:3]:
-                out.append({"kind": kind, **r})
+                row = {"kind": kind, **r}
+                # Name the cgroup (container, service) a suspect runs in, when it is not the root.
+                cg = None
+                if isinstance(r.get("pid"), int) and "cgroup" not in r:
+                    cg = cgroup_of(r["pid"], str(self.sampler.proc))
+                if cg is not None:
+                    row["cgroup"] = cg
+                out.append(row)
         return out
 
     def recent_changes(self, first_seen_s: float, now_ns: int, suspects: set[str] | None = None) -> list[str]:
