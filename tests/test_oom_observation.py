@@ -44,18 +44,25 @@ def test_oom_kill_in_a_cgroup_opens_one_critical_observation(ks_env, memcg):  # 
             killed_at = time.time()
             assert victim.returncode == -signal.SIGKILL
 
-            def opened():
-                r = query(env.db, "SELECT id, severity, summary, processes FROM observations WHERE label='OOM Kill'")
+            def opened():  # this test's kill (the host may have others)
+                r = query(env.db, "SELECT id, severity, summary, processes FROM observations WHERE label='OOM Kill' "
+                                  "AND summary LIKE ?", (f"%(pid {victim.pid})%",))
                 return r[0] if r else None
             obs = wait_for(opened, timeout=60, interval=0.1, what="an OOM Kill observation")
             print(f"OOM Kill observation seen {time.time() - killed_at:.1f} s after the kill: {obs[2]}")
             _id, severity, summary, processes = obs
+            hints = orjson.loads(query(env.db, "SELECT observation FROM observations WHERE id=?", (_id,))[0][0])[
+                "reasoning_hints"]
+            print("\n".join(hints))
+            # The allocator fills its 64 MiB within about a second: the scraper may not have seen it grow.
+            assert all(f"of its {LIMIT >> 20} MiB limit" in h for h in hints if h.startswith("Memory before"))
             assert severity == "critical"
             assert f"(pid {victim.pid})" in summary and memcg.name in summary
             assert f"limit {LIMIT >> 20} MiB" in summary
             procs = orjson.loads(processes)
             assert procs[0]["pid"] == victim.pid and procs[0]["cgroup"].endswith(memcg.name)
-            assert len(query(env.db, "SELECT id FROM observations WHERE label='OOM Kill'")) == 1
+            assert len(query(env.db, "SELECT id FROM observations WHERE label='OOM Kill' AND summary LIKE ?",
+                             (f"%{memcg.name}%",))) == 1
             run.send_signal(signal.SIGTERM)
             assert run.wait(timeout=60) == 0
         finally:

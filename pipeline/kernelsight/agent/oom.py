@@ -24,6 +24,7 @@ OOM_WINDOW_S = 30.0  # a kill keeps its observation open this long; kills within
 CGROUP_ROOTS = ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 UNLIMITED = 1 << 62
 MAX_DIRS = 20000  # a cgroup tree walked at most this far to find one id
+HISTORY_S = 60  # the cgroup's memory this long before a kill goes into the observation
 
 
 def _read_int(path: Path) -> int | None:
@@ -128,12 +129,34 @@ class OomWatch:
             self.cgroups[cgroup_id] = find_cgroup(cgroup_id, self.roots)
         return self.cgroups[cgroup_id]
 
+    @staticmethod
+    def _history(conn: sqlite3.Connection, v: dict) -> str | None:
+        """The victim cgroup's memory in the minute before the kill (the scraper's cgroup_stats)."""
+        if v.get("memcg_id") is None:
+            return None
+        try:
+            rows = conn.execute(
+                "SELECT ts, memory_bytes, memory_limit_effective_bytes FROM cgroup_stats WHERE cgroup_id = ? "
+                "AND ts > ? AND ts <= ? AND memory_bytes IS NOT NULL ORDER BY ts",
+                (v["memcg_id"], v["ts"] - HISTORY_S * 1_000_000_000, v["ts"])).fetchall()
+        except sqlite3.OperationalError:
+            return None
+        if len(rows) < 2 or not rows[-1][1]:
+            return None  # too fast for a 1 s sampler to have seen it grow
+        (t0, first, _), (t1, last, limit) = rows[0], rows[-1]
+        span = (t1 - t0) / 1e9
+        rate = (last - first) / span / 2**20 if span > 0 else 0.0
+        of = f" of its {limit / 2**20:.0f} MiB limit" if limit else ""
+        return (f"Memory before the kill: {first / 2**20:.0f} MiB {span:.0f} s earlier, {last / 2**20:.0f} MiB{of} "
+                f"at the last sample ({rate:+.1f} MiB/s)")
+
     def findings(self, conn: sqlite3.Connection, now_ns: int) -> list[Finding]:
         groups: dict[str, list[tuple[dict, CgroupInfo | None]]] = {}
         for v in self.victims(conn, now_ns):
             cg = self._cgroup(v["memcg_id"])
+            # The path when the cgroup still exists; else its directory name (it may be gone already).
             where = cg.path if cg is not None and cg.path != "/" else (
-                f"cgroup {v['memcg']}" if v["memcg"] not in (None, "") else "host")
+                v["memcg"] if v["memcg"] not in (None, "", "/") else "host")
             groups.setdefault(where, []).append((v, cg))
         out = []
         for where, kills in groups.items():
@@ -148,7 +171,9 @@ class OomWatch:
             more = f"; {len(kills)} kills in the last {OOM_WINDOW_S:.0f} s" if len(kills) > 1 else ""
             summary = (f"OOM killer killed {v['comm']} (pid {v['pid']}) in {scope}{limit}, {ago:.0f} s ago"
                        + (f", {anon}" if anon else "") + more)
+            history = self._history(conn, v)
             hints = ["The kernel killed a process to free memory: the victim's work was lost",
+                     *([history] if history else []),
                      "Raise the cgroup's memory limit or find why the victim grew (its usage before the kill)"
                      if where != "host" else "Find what grew before the kill (memory growers, the OOM forecast)"]
             out.append(Finding(
