@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -49,15 +48,9 @@ def _memcg_root() -> Path:
 
 
 def _query(db: Path, sql: str, args=()) -> list[tuple]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
+    from kernelsight.db import query_once
+
+    return query_once(db, sql, args)
 
 
 def _wait(cond, timeout_s: float, step: float = 0.2):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -34,15 +33,9 @@ def wait_for(pred, timeout: float = 30.0, interval: float = 0.1, what: str = "co
 
 
 def query(db: Path, sql: str, args=()):
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
+    from kernelsight.db import query_once
+
+    return query_once(db, sql, args)
 
 
 @pytest.fixture(autouse=True)

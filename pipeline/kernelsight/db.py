@@ -183,6 +183,20 @@ def transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Ite
         raise
 
 
+def query_once(path: Path, sql: str, args=()) -> list[tuple]:
+    """One read-only query on its own connection: [] while the database or the table does not exist
+    yet (a pipeline starting up), for watchers that poll (tests, benchmarks)."""
+    if not Path(path).exists():
+        return []
+    conn = sqlite3.connect(uri(Path(path), mode="ro"), uri=True, timeout=10)
+    try:
+        return conn.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
 def connect_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection (mode=ro): for status, features and the agent."""
     if not path.exists():
