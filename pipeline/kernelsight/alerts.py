@@ -296,7 +296,7 @@ class Sender:
                     self.apply(row, now)
                     self.events["lines"] += 1
                     if self.log is not None:
-                        self.log.info("alert", event=ev.get("event"), id=oid, label=row[1], severity=row[3],
+                        self.log.info("alert", kind=ev.get("event"), id=oid, label=row[1], severity=row[3],
                                       status=row[2])
             self.deferred_since = None
             if off:

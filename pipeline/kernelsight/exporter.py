@@ -24,7 +24,7 @@ its primary key, rows newer than a cursor, open observations by an index):
   p-quantile over the same W.
 * the pipeline's own counters: ks-ingest's per-type received/stored/rejected
   (pipeline_stats) and per producer written/stored/rejected/dropped by cause
-  (kernelsight.accounting.account, gc=False);
+  (kernelsight.accounting.account, gc=False, at most every ACCOUNTING_EVERY_S);
 * open observations (kernelsight_observation_open{label,severity,category})
   and the latest OOM forecast;
 * ks-alerts' delivery counters (DATA_DIR/run/alerts.json) when it runs.
@@ -54,6 +54,9 @@ from .features import catalog
 PREFIX = "kernelsight_"
 STATUS_NAME = "exporter.json"  # in DATA_DIR/run: where we listen, or why we cannot
 MIB = 1024.0 * 1024.0
+# The producers' line accounting is reconciled at most this often (it reads every producer's
+# counters file; producers report every few seconds): scrapes in between reuse the last result.
+ACCOUNTING_EVERY_S = 5.0
 MAX_ROWS_PER_SCRAPE = 50_000  # a backlog (no scrape for hours) is worked off over several scrapes
 RISK_VALUE = {"NORMAL": 0, "ELEVATED": 1, "WARNING": 2, "CRITICAL": 3}
 SEVERITY_VALUE = {"low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -248,6 +251,33 @@ class KernelSightCollector:
         self.scrapes = 0
         self.errors = 0
         self.last_duration_s = 0.0
+        self.conn: sqlite3.Connection | None = None
+        self.conn_ino: int | None = None
+        self._acct: tuple[float, list] | None = None  # (monotonic time, families) of the last reconcile
+
+    def _connection(self) -> sqlite3.Connection | None:
+        """The read-only connection, kept between scrapes (no schema parse per scrape);
+        reopened when the database file is replaced."""
+        path = db.db_path(self.data_dir)
+        try:
+            ino = os.stat(path).st_ino
+        except OSError:
+            self._close()
+            return None
+        if self.conn is not None and ino == self.conn_ino:
+            return self.conn
+        self._close()
+        try:
+            self.conn = db.connect_readonly(path)
+            self.conn_ino = ino
+        except (db.StoreError, sqlite3.Error):
+            self.conn = None
+        return self.conn
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
 
     def describe(self):  # no description up front: collect() must not run at registration
         return []
@@ -256,10 +286,7 @@ class KernelSightCollector:
         t0 = time.perf_counter()
         up = GaugeMetricFamily("kernelsight_exporter_database_up", "1 when the database could be read at this scrape")
         fams: list = []
-        try:
-            conn = db.connect_readonly(db.db_path(self.data_dir))
-        except (db.StoreError, sqlite3.Error):
-            conn = None
+        conn = self._connection()
         if conn is not None:
             try:
                 conn.execute("BEGIN")  # one snapshot for every query of this scrape
@@ -268,8 +295,10 @@ class KernelSightCollector:
             except sqlite3.Error:
                 self.errors += 1
                 up.add_metric([], 0.0)
+                self._close()
             finally:
-                conn.close()
+                if self.conn is not None and self.conn.in_transaction:
+                    self.conn.rollback()
         else:
             up.add_metric([], 0.0)
         fams += self._alerts()
@@ -344,6 +373,14 @@ class KernelSightCollector:
     def _accounting(self, conn: sqlite3.Connection) -> list:
         if not self.accounting:
             return []
+        now = time.monotonic()
+        if self._acct is not None and now - self._acct[0] < ACCOUNTING_EVERY_S:
+            return self._acct[1]
+        fams = self._account(conn)
+        self._acct = (now, fams)
+        return fams
+
+    def _account(self, conn: sqlite3.Connection) -> list:
         from . import accounting
 
         try:

@@ -1,0 +1,331 @@
+"""The real thing: Debian's prometheus and prometheus-alertmanager against `ks run`.
+
+One stack for the module: an Alertmanager (temp config and storage, free port,
+a webhook receiver in this process), `ks run` with ks-exporter on a free port
+and ks-alerts pointed at that Alertmanager (and at the same local receiver as
+its generic webhook), and a Prometheus scraping the exporter every second with
+deploy/prometheus/kernelsight.rules.yml loaded.  Asserts go through the
+Prometheus and Alertmanager HTTP APIs; waits are generous liveness bounds.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from conftest import REPO, query, tool, wait_for
+
+RULES = REPO / "deploy" / "prometheus" / "kernelsight.rules.yml"
+PROMETHEUS, ALERTMANAGER, PROMTOOL = (shutil.which(n) for n in ("prometheus", "prometheus-alertmanager", "promtool"))
+
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)")
+needs_stack = pytest.mark.skipif(
+    os.geteuid() != 0 or PROMETHEUS is None or ALERTMANAGER is None or tool("ks-scraper") is None,
+    reason="needs root (eBPF tracers), ks-scraper built, and the Debian packages prometheus and "
+           "prometheus-alertmanager (make apt)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - our own local servers
+        return json.loads(r.read())
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    """Alertmanager's webhook notifications (/am) and ks-alerts' own webhook (/ks)."""
+
+    got: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.got.append((self.path, time.time(), json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+class Stack:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list = []
+
+    def spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.logs.append(log)
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kw)
+        self.procs.append(p)
+        return p
+
+    def promql(self, expr: str, at: float | None = None) -> dict:
+        q = {"query": expr} | ({"time": repr(at)} if at is not None else {})
+        return get_json(f"{self.prom}/api/v1/query?{urllib.parse.urlencode(q)}")
+
+    def scalar(self, expr: str, at: float | None = None) -> float | None:
+        r = self.promql(expr, at)["data"]["result"]
+        return float(r[0]["value"][1]) if r else None
+
+    def am_alerts(self, **filters) -> list:
+        q = urllib.parse.urlencode([("filter", f'{k}="{v}"') for k, v in filters.items()])
+        return get_json(f"{self.am}/api/v2/alerts?{q}")
+
+    def stop(self):
+        for p in reversed(self.procs):  # Prometheus, ks run, Alertmanager: each by its own pid
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for f in self.logs:
+            f.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("promstack")
+    st = Stack(tmp)
+    exp_port, am_port, prom_port = free_port(), free_port(), free_port()
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    hook_url = f"http://127.0.0.1:{hook.server_address[1]}"
+    st.am, st.prom, st.exporter = (f"http://127.0.0.1:{p}" for p in (am_port, prom_port, exp_port))
+    try:
+        (tmp / "am").mkdir()
+        (tmp / "alertmanager.yml").write_text(f"""
+route:
+  receiver: hook
+  group_by: [alertname, observation_id]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: hook
+    webhook_configs:
+      - url: {hook_url}/am
+        send_resolved: true
+""")
+        st.spawn("alertmanager", [ALERTMANAGER, f"--config.file={tmp / 'alertmanager.yml'}",
+                                  f"--storage.path={tmp / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
+                                  "--cluster.listen-address="])
+        wait_for(lambda: ready(f"{st.am}/-/ready"), 60, 0.2, "alertmanager ready")
+
+        data = tmp / "data"
+        st.data, st.db = data, data / "kernelsight.db"
+        (tmp / "config.toml").write_text(f"""
+[exporter]
+port = {exp_port}
+[alerts]
+alertmanager_url = "{st.am}"
+webhook_url = "{hook_url}/ks"
+resend_interval_s = 10.0
+""")
+        env = {**os.environ, "KS_CONFIG": str(tmp / "config.toml"), "KS_DATA_DIR": str(data)}
+        st.spawn("ks-run", [tool("ks"), "run", "--data-dir", str(data), "--fifo", str(tmp / "ks.fifo"),
+                            "--no-collectors"], env=env)
+        wait_for(lambda: ready(f"{st.exporter}/metrics"), 120, 0.5, "ks-exporter serving")
+
+        (tmp / "prom").mkdir()
+        (tmp / "prometheus.yml").write_text(f"""
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: [{RULES}]
+scrape_configs:
+  - job_name: kernelsight
+    static_configs: [{{targets: ["127.0.0.1:{exp_port}"]}}]
+""")
+        st.spawn("prometheus", [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}",
+                                f"--storage.tsdb.path={tmp / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}"])
+        wait_for(lambda: ready(f"{st.prom}/-/ready"), 60, 0.2, "prometheus ready")
+        wait_for(lambda: st.scalar('up{job="kernelsight"}') == 1, 60, 0.5, "prometheus scraping ks-exporter")
+        yield st
+    finally:
+        st.stop()
+        hook.shutdown()
+        hook.server_close()
+
+
+@needs_promtool
+def test_promtool_accepts_the_rules_file():
+    r = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout
+
+
+def _feature_at(db, ts_s: float, column: str):
+    rows = query(db, f"SELECT ts, {column} FROM features WHERE ts BETWEEN ? AND ?",
+                 (int((ts_s - 0.001) * 1e9), int((ts_s + 0.001) * 1e9)))
+    return rows[0] if rows else None
+
+
+@needs_stack
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_memory_available_in_prometheus_is_the_databases_latest_feature(stack):
+    def sample():
+        # one instant query: both series come from the same scrape
+        r = stack.promql('{__name__=~"kernelsight_memory_available_bytes|kernelsight_features_timestamp_seconds"}')
+        got = {s["metric"]["__name__"]: float(s["value"][1]) for s in r["data"]["result"]}
+        return got if len(got) == 2 else None
+
+    got = wait_for(sample, 120, 0.5, "memory available in prometheus")
+    ts = got["kernelsight_features_timestamp_seconds"]
+    row = _feature_at(stack.db, ts, "memory_available_mb")
+    assert row is not None, f"no feature row at {ts}"
+    assert math.isclose(got["kernelsight_memory_available_bytes"], row[1] * 1024 * 1024, rel_tol=1e-12)
+    # within one scrape of the database: Prometheus' row is the newest or, if one came since, the one before
+    newest = [r[0] for r in query(stack.db, "SELECT ts FROM features ORDER BY ts DESC LIMIT 2")]
+    assert row[0] in newest
+    print(f"\nmemory available: prometheus {got['kernelsight_memory_available_bytes']:.0f} B = "
+          f"database {row[1]:.3f} MiB at feature ts {ts:.3f}")
+
+
+@needs_stack
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_block_io_histogram_quantile_agrees_with_the_pipelines_p99(stack, tmp_path):
+    if shutil.which("fio") is None:
+        pytest.skip("fio is not installed (make apt)")
+    start = time.time()
+    # Steady direct writes to a file on the root disk, rate-limited (the machine is shared).
+    fio = subprocess.Popen(["fio", "--name=ks-prom", f"--filename={tmp_path / 'fio.dat'}", "--rw=randwrite",
+                            "--bs=4k", "--size=32m", "--direct=1", "--ioengine=psync", "--time_based",
+                            "--runtime=45", "--rate_iops=400", "--output=/dev/null"])
+    try:
+        # a feature vector whose 15 s window lies wholly inside the fio run
+        row = wait_for(lambda: (r := query(stack.db, "SELECT ts, io_write_latency_p99_ms, window_s FROM features "
+                                                     "WHERE ts > ? AND io_write_latency_p99_ms IS NOT NULL "
+                                                     "ORDER BY ts LIMIT 1", (int((start + 20) * 1e9),)))
+                       and r[0], 120, 0.5, "a feature vector inside the fio run")
+    finally:
+        fio.wait(timeout=120)
+    end_s, p99_ms, window_s = row[0] / 1e9, row[1], row[2]
+    # The exporter counts a row when it is stored (about a second after its ts): evaluate just after the window.
+    at = end_s + 2.0
+    wait_for(lambda: time.time() > at + 2, 30, 0.2, "prometheus past the window")
+    expr = (f'histogram_quantile(0.99, sum by (le) '
+            f'(increase(kernelsight_block_io_latency_seconds_bucket{{op="write"}}[{int(window_s)}s])))')
+    prom_s = stack.scalar(expr, at)
+    assert prom_s is not None and prom_s > 0, f"{expr} is empty at {at}"
+    pipe_s = p99_ms / 1000.0
+    print(f"\nblock write p99 over {window_s:.0f} s: prometheus histogram_quantile {prom_s * 1e3:.3f} ms, "
+          f"pipeline {p99_ms:.3f} ms (log2 ratio {math.log2(prom_s / pipe_s):+.2f})")
+    assert abs(math.log2(prom_s / pipe_s)) <= 1.0, "more than one log2 bucket apart"
+
+
+@needs_stack
+@pytest.mark.slow
+def test_every_rule_expression_runs_on_prometheus(stack):
+    """Prometheus loaded the rules file: each rule's expression is run through the query API
+    (a vector, empty allowed) and Prometheus' own evaluation of each reports health ok."""
+    n = int(subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True)
+            .stdout.split("SUCCESS: ")[1].split()[0])
+
+    def evaluated():
+        got = [x for g in get_json(f"{stack.prom}/api/v1/rules")["data"]["groups"] for x in g["rules"]]
+        return len(got) == n and all(x["health"] == "ok" and x.get("lastEvaluation", "").startswith("20")
+                                     for x in got) and got
+    got = wait_for(evaluated, 60, 0.5, "every rule evaluated with health ok")
+    for r in got:
+        res = stack.promql(r["query"])
+        assert res["status"] == "success" and res["data"]["resultType"] == "vector", (r["name"], res)
+    print(f"\n{len(got)} rules evaluated ok: " + ", ".join(x["name"] for x in got))
+
+
+@needs_stack
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_fork_storm_fires_in_alertmanager_and_resolves_when_the_observation_closes(stack):
+    t0 = time.time()
+    storm = subprocess.Popen([sys.executable, "-m", "kernelsight.scenarios.forkstorm", "--seconds", "30",
+                              "--rate", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        obs = wait_for(lambda: query(stack.db, "SELECT id, first_seen FROM observations WHERE label=? AND "
+                                               "first_seen >= ? ORDER BY id LIMIT 1",
+                                     ("Process Explosion", int(t0) - 15)), 120, 0.5, "Process Explosion observed")
+        oid = obs[0][0]
+        t_open = time.time()
+        firing = wait_for(lambda: [a for a in stack.am_alerts(alertname="ProcessExplosion", observation_id=oid)
+                                   if a["status"]["state"] == "active"], 120, 0.5, "alert firing in alertmanager")
+        t_firing = time.time()
+        a = firing[0]
+        assert a["labels"]["label"] == "Process Explosion" and a["labels"]["category"] == "load"
+        assert a["labels"]["host"] == socket.gethostname() and a["labels"]["severity"] in ("high", "critical")
+        assert a["annotations"]["report"] == f"ks agent explain {oid}" and a["annotations"]["summary"]
+        # Prometheus sees it too, through the exporter
+        wait_for(lambda: (stack.scalar('sum(kernelsight_observation_open{label="Process Explosion"})') or 0) >= 1,
+                 60, 0.5, "kernelsight_observation_open in prometheus")
+    finally:
+        storm.wait(timeout=120)
+    closed = wait_for(lambda: query(stack.db, "SELECT closed_at FROM observations WHERE id=? AND status='closed'",
+                                    (oid,)), 180, 0.5, "the observation closed")
+    t_closed_seen = time.time()
+    wait_for(lambda: not [a for a in stack.am_alerts(alertname="ProcessExplosion", observation_id=oid)
+                          if a["status"]["state"] == "active"], 120, 0.5, "alert no longer active")
+    # Alertmanager's own notification says resolved (send_resolved), for this observation
+    note = wait_for(lambda: [(t, n) for p, t, n in Hook.got if p == "/am" and n["status"] == "resolved"
+                             and any(x["labels"].get("observation_id") == str(oid) for x in n["alerts"])],
+                    120, 0.5, "alertmanager's resolved notification")
+    fired_note = [t for p, t, n in Hook.got if p == "/am" and n["status"] == "firing"
+                  and any(x["labels"].get("observation_id") == str(oid) for x in n["alerts"])]
+    assert fired_note, "alertmanager never notified the firing alert"
+    # ks-alerts' generic webhook got both states as well
+    ks = [x["status"] for p, _, n in Hook.got if p == "/ks" for x in n["alerts"]
+          if x["labels"]["observation_id"] == str(oid)]
+    assert "firing" in ks and "resolved" in ks
+    print(f"\nProcess Explosion #{oid}: observation seen {t_open - t0:.1f} s after the storm began; "
+          f"alertmanager active {t_firing - t_open:.1f} s after the observation was seen "
+          f"(first_seen -> active {t_firing - obs[0][1]:.1f} s); closed_at -> resolved notification "
+          f"{note[0][0] - closed[0][0]:.1f} s (closed seen by the test at +{t_closed_seen - closed[0][0]:.1f} s)")
+    st = json.loads(subprocess.run([tool("ks"), "status", "--json", "--data-dir", str(stack.data)],
+                                   capture_output=True, text=True, check=True).stdout)
+    am = st["alerts"]["receivers"]["alertmanager"]
+    assert am["sent_alerts"] >= 2 and am["dropped_batches"] == 0
+
+
+@needs_stack
+@pytest.mark.slow
+def test_series_budget_and_exporter_cost(stack):
+    wait_for(lambda: (stack.scalar('count(kernelsight_exporter_scrapes_total)') or 0) == 1, 30, 0.5, "scrapes")
+    time.sleep(31)  # a 30 s window of 1 s scrapes
+    series = stack.scalar('scrape_samples_scraped{job="kernelsight"}')
+    # samples this job appended per second, measured over the 30 s (1 s scrapes)
+    per_s = stack.scalar('sum_over_time(scrape_samples_scraped{job="kernelsight"}[30s]) / 30')
+    scrapes = stack.scalar('increase(kernelsight_exporter_scrapes_total[30s])')
+    cpu = stack.scalar('increase(process_cpu_seconds_total{job="kernelsight"}[30s])')
+    dur = stack.scalar('avg_over_time(scrape_duration_seconds{job="kernelsight"}[30s])')
+    collect = stack.scalar('avg_over_time(kernelsight_exporter_collect_duration_seconds[30s])')
+    assert series and scrapes and cpu is not None
+    print(f"\nseries budget: {series:.0f} series per scrape; at a 1 s scrape {per_s:.0f} samples/s; "
+          f"exporter CPU {1000 * cpu / scrapes:.1f} ms per scrape ({100 * cpu / 30:.1f} % of one core); "
+          f"scrape duration {1000 * dur:.1f} ms, collect {1000 * collect:.1f} ms")
