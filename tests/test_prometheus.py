@@ -15,46 +15,24 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.parse
-import urllib.request
 
 import pytest
 
 from conftest import REPO, query, tool, wait_for
+from prom_util import ALERTMANAGER, PROMETHEUS, PROMTOOL, Stack, free_port, get_json, ready
 
 RULES = REPO / "deploy" / "prometheus" / "kernelsight.rules.yml"
-PROMETHEUS, ALERTMANAGER, PROMTOOL = (shutil.which(n) for n in ("prometheus", "prometheus-alertmanager", "promtool"))
 
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)")
 needs_stack = pytest.mark.skipif(
     os.geteuid() != 0 or PROMETHEUS is None or ALERTMANAGER is None or tool("ks-scraper") is None,
     reason="needs root (eBPF tracers), ks-scraper built, and the Debian packages prometheus and "
            "prometheus-alertmanager (make apt)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str, timeout: float = 10.0):
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - our own local servers
-        return json.loads(r.read())
-
-
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310
-            return r.status == 200
-    except OSError:
-        return False
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
@@ -72,53 +50,15 @@ class Hook(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class Stack:
-    def __init__(self, tmp):
-        self.tmp = tmp
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list = []
-
-    def spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.logs.append(log)
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kw)
-        self.procs.append(p)
-        return p
-
-    def promql(self, expr: str, at: float | None = None) -> dict:
-        q = {"query": expr} | ({"time": repr(at)} if at is not None else {})
-        return get_json(f"{self.prom}/api/v1/query?{urllib.parse.urlencode(q)}")
-
-    def scalar(self, expr: str, at: float | None = None) -> float | None:
-        r = self.promql(expr, at)["data"]["result"]
-        return float(r[0]["value"][1]) if r else None
-
-    def am_alerts(self, **filters) -> list:
-        q = urllib.parse.urlencode([("filter", f'{k}="{v}"') for k, v in filters.items()])
-        return get_json(f"{self.am}/api/v2/alerts?{q}")
-
-    def stop(self):
-        for p in reversed(self.procs):  # Prometheus, ks run, Alertmanager: each by its own pid
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        for f in self.logs:
-            f.close()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("promstack")
     st = Stack(tmp)
-    exp_port, am_port, prom_port = free_port(), free_port(), free_port()
+    am_port = free_port()
     hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     hook_url = f"http://127.0.0.1:{hook.server_address[1]}"
-    st.am, st.prom, st.exporter = (f"http://127.0.0.1:{p}" for p in (am_port, prom_port, exp_port))
+    st.am = f"http://127.0.0.1:{am_port}"
     try:
         (tmp / "am").mkdir()
         (tmp / "alertmanager.yml").write_text(f"""
@@ -139,35 +79,13 @@ receivers:
                                   "--cluster.listen-address="])
         wait_for(lambda: ready(f"{st.am}/-/ready"), 60, 0.2, "alertmanager ready")
 
-        data = tmp / "data"
-        st.data, st.db = data, data / "kernelsight.db"
-        (tmp / "config.toml").write_text(f"""
-[exporter]
-port = {exp_port}
+        st.start_pipeline(config=f"""
 [alerts]
 alertmanager_url = "{st.am}"
 webhook_url = "{hook_url}/ks"
 resend_interval_s = 10.0
 """)
-        env = {**os.environ, "KS_CONFIG": str(tmp / "config.toml"), "KS_DATA_DIR": str(data)}
-        st.spawn("ks-run", [tool("ks"), "run", "--data-dir", str(data), "--fifo", str(tmp / "ks.fifo"),
-                            "--no-collectors"], env=env)
-        wait_for(lambda: ready(f"{st.exporter}/metrics"), 120, 0.5, "ks-exporter serving")
-
-        (tmp / "prom").mkdir()
-        (tmp / "prometheus.yml").write_text(f"""
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files: [{RULES}]
-scrape_configs:
-  - job_name: kernelsight
-    static_configs: [{{targets: ["127.0.0.1:{exp_port}"]}}]
-""")
-        st.spawn("prometheus", [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}",
-                                f"--storage.tsdb.path={tmp / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}"])
-        wait_for(lambda: ready(f"{st.prom}/-/ready"), 60, 0.2, "prometheus ready")
-        wait_for(lambda: st.scalar('up{job="kernelsight"}') == 1, 60, 0.5, "prometheus scraping ks-exporter")
+        st.start_prometheus(rules=RULES)
         yield st
     finally:
         st.stop()
