@@ -380,12 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from . import log as klog
+    from .completion import add_completion
     from .config import ConfigError, load
 
     p = argparse.ArgumentParser(prog="ks-alerts", description="Send observations as alerts to Alertmanager "
                                 "(API v2) and/or a JSON webhook ([alerts] in the config file).")
     p.add_argument("--data-dir", type=Path, default=None, help="data directory (default $KS_DATA_DIR or ./data)")
     p.add_argument("--config", default=None, help="config file (default $KS_CONFIG, else /etc/kernelsight/config.toml)")
+    add_completion(p)
     a = p.parse_args(argv)
     try:
         cfg = load(a.config).alerts

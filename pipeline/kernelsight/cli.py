@@ -16,7 +16,7 @@ from . import db, log as klog
 from .fifo import FifoError, default_fifo_path, ensure_fifo
 from .supervisor import STATUS_FILE, pipeline_lock_holder, proc_start_time
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+app = typer.Typer(pretty_exceptions_enable=False, no_args_is_help=True,
                   help="KernelSight: kernel telemetry, stored, learned and explained.")
 
 

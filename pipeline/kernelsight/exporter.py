@@ -549,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from . import log as klog
+    from .completion import add_completion
     from .config import ConfigError, load
 
     p = argparse.ArgumentParser(prog="ks-exporter", description="Serve the pipeline's state as Prometheus metrics "
@@ -558,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=None, help="port (default [exporter] port, 9863)")
     p.add_argument("--config", default=None, help="config file (default $KS_CONFIG, else /etc/kernelsight/config.toml)")
     p.add_argument("--once", action="store_true", help="print one scrape to stdout and exit")
+    add_completion(p)
     a = p.parse_args(argv)
     try:
         cfg = load(a.config).exporter

@@ -27,7 +27,7 @@ from .export import FORMATS, export
 from .store import read_matrix, write_matrix
 from .timeparse import TimeError, iso, parse_duration, parse_time
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+app = typer.Typer(pretty_exceptions_enable=False, no_args_is_help=True,
                   rich_markup_mode=None, help="KernelSight feature engine: catalog, vectors, baselines, exports.")
 baseline_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Learn and show per-feature baselines.")
 app.add_typer(baseline_app, name="baseline")

@@ -13,7 +13,7 @@ from .. import db, log as klog
 from ..fifo import FifoError, default_fifo_path
 from .daemon import PENDING_MAX_BYTES, Daemon, make_ingestor, open_spool, replay
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(pretty_exceptions_enable=False)
 
 
 @app.command(
