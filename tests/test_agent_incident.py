@@ -156,3 +156,18 @@ def test_a_suspect_is_named_with_its_cgroup(agent):
                 break
             except OSError:
                 time.sleep(0.1)
+
+
+def test_a_condition_normal_work_also_makes_is_low_until_it_lasts(agent):
+    """Oversubscription (a parallel build does it too) is logged at low while transient and takes
+    its own severity once it has held alert_after_s; Memory Pressure alerts at once."""
+    from kernelsight.agent.tracker import Tracked
+
+    over = rule_finding("oversubscription")
+    assert RULES.by_id("oversubscription").alert_after_s == 60.0
+    t = Tracked(over.key, over, first_seen=1000.0, last_seen=1000.0)
+    assert agent.observation(t, 1030.0, int(1030e9))["severity"] == "low"
+    assert agent.observation(t, 1061.0, int(1061e9))["severity"] == "high"
+    mem = rule_finding("memory_pressure")
+    t = Tracked(mem.key, mem, first_seen=1000.0, last_seen=1000.0)
+    assert agent.observation(t, 1001.0, int(1001e9))["severity"] == "high"

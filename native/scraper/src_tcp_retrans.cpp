@@ -3,6 +3,7 @@
 #include "sources.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include <dirent.h>
 #include <sys/stat.h>
@@ -105,6 +106,10 @@ public:
 			return;
 		while (struct dirent *de = readdir(d)) {
 			if (de->d_name[0] < '1' || de->d_name[0] > '9')
+				continue;
+			// pid 1's ns/net refuses even root here (EACCES, counted by ks-syscall as a
+			// storage error every second); init shares the host's namespace anyway.
+			if (strcmp(de->d_name, "1") == 0)
 				continue;
 			std::string pid_dir = c.proc_root + "/" + de->d_name;
 			auto ino = ns_inode(pid_dir + "/ns/net");

@@ -104,6 +104,7 @@ class Agent:
         self.rules = rules or load_rules()
         s = self.rules.settings
         self.tracker = Tracker(s.clear_after_s, s.reopen_within_s)
+        self.alert_after = {r.id: r.alert_after_s for r in self.rules.rules if r.alert_after_s}
         self.history: deque[tuple[float, dict]] = deque()
         self.sampler = ProcessSampler(proc_root, window_s=FEATURE_WINDOW_S)
         # pid -> (first seen, comm, peak RSS kB); kept a while after exit for recent_changes
@@ -528,6 +529,9 @@ class Agent:
         dur = t.duration(now_s)
         b = band(dur)
         severity = escalate(f.severity, b) if f.observation_type != "anomaly" else f.severity
+        hold = self.alert_after.get(f.rule_id, 0.0)
+        if dur < hold:
+            severity = "low"  # transient so far: logged, not alerted (it takes its severity at `hold`)
         changes = self.recent_changes(t.first_seen, now_ns, {p.get("comm") for p in f.processes})
         summary = f.summary
         lead = next((c for c in changes if c.startswith(("new process", "deployment_event"))), None)

@@ -115,6 +115,10 @@ class Rule:
     # another incident is open it is that incident's evidence, and it opens its own observation only
     # on a quiet host.
     secondary: bool = False
+    # "Transient (< 1 min): log, don't alert" (the design's persistence bands): a rule whose
+    # condition also happens in normal work (a parallel build saturating the CPUs) stays at
+    # severity low until it has held this long, then takes its own severity.
+    alert_after_s: float = 0.0
 
     def features(self) -> set[str]:
         out = {self.metric} | ({self.extra} if self.extra else set())
@@ -196,6 +200,7 @@ def load_rules(path: Path | None = None) -> RuleSet:
                 attribution=list(r.get("attribution", [])),
                 extra=r.get("extra"),
                 secondary=bool(r.get("secondary", False)),
+                alert_after_s=float(r.get("alert_after_s", 0.0)),
             ))
         except KeyError as e:
             raise RuleError(f"{where}: missing key {e}") from None
