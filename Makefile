@@ -18,7 +18,7 @@ PY_BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12"
 NATIVE_SOURCES := $(shell find native bpf -type f 2>/dev/null) CMakeLists.txt pyproject.toml \
 	$(shell find pipeline collectors schema -name __init__.py 2>/dev/null)
 
-.PHONY: setup build run test test-native bench soak scenarios clean apt
+.PHONY: setup build run test test-native bench soak scenarios clean apt install uninstall
 
 setup: apt $(VENV)/.deps-stamp
 
@@ -72,3 +72,34 @@ scenarios: build
 
 clean:
 	rm -rf build $(VENV) *.egg-info
+
+# The service (deploy/systemd/kernelsight.service): a wheel of this checkout installed in its
+# own venv PREFIX on Debian's python3 (no path into this checkout or /root), run as the system
+# user kernelsight with five capabilities; data in /var/lib/kernelsight, FIFO in
+# /run/kernelsight, config /etc/kernelsight/config.toml (kept if present).  Uninstall keeps the
+# config, the data and the user.
+PREFIX ?= /opt/kernelsight
+SYSTEM_PYTHON ?= /usr/bin/python3
+UNIT_DIR ?= /etc/systemd/system
+
+install: build
+	rm -rf build/wheel && $(PY) -m pip --disable-pip-version-check -q wheel --no-build-isolation --no-deps -w build/wheel .
+	test -x $(PREFIX)/bin/python || $(SYSTEM_PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/python -m pip --disable-pip-version-check -q install --force-reinstall --no-deps build/wheel/kernelsight-*.whl
+	$(PREFIX)/bin/python -m pip --disable-pip-version-check -q install build/wheel/kernelsight-*.whl
+	getent passwd kernelsight >/dev/null || useradd --system --user-group --home-dir /var/lib/kernelsight \
+		--no-create-home --shell /usr/sbin/nologin kernelsight
+	install -d -m 0755 /etc/kernelsight
+	test -e /etc/kernelsight/config.toml || install -m 0644 deploy/config.toml.example /etc/kernelsight/config.toml
+	sed 's|/opt/kernelsight|$(PREFIX)|g' deploy/systemd/kernelsight.service > $(UNIT_DIR)/kernelsight.service
+	ln -sf $(PREFIX)/bin/ks /usr/local/bin/ks
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; echo "installed: systemctl enable --now kernelsight"; \
+	else echo "installed; systemd is not running here (PID 1 is $$(ps -p 1 -o comm=)): the unit cannot be started"; fi
+
+uninstall:
+	-@[ -d /run/systemd/system ] && systemctl disable --now kernelsight 2>/dev/null || true
+	rm -f $(UNIT_DIR)/kernelsight.service
+	[ "$$(readlink /usr/local/bin/ks)" != "$(PREFIX)/bin/ks" ] || rm -f /usr/local/bin/ks
+	rm -rf $(PREFIX)
+	-@[ -d /run/systemd/system ] && systemctl daemon-reload || true
+	@echo "kept: /etc/kernelsight/config.toml, the data in /var/lib/kernelsight and the user kernelsight"

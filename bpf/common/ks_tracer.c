@@ -190,19 +190,29 @@ static void on_signal(int sig)
 	ks_stop = 1;
 }
 
-static bool have_bpf_caps(void)
+/* NULL when the effective capabilities can load and attach the tracer, else the
+ * capabilities missing: CAP_BPF creates the maps and loads the programs,
+ * CAP_PERFMON attaches them to tracepoints (CAP_SYS_ADMIN alone covers both). */
+static const char *missing_bpf_caps(void)
 {
 	struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
 	struct __user_cap_data_struct d[2];
+	bool bpf, perfmon;
 
 	if (geteuid() == 0)
-		return true;
+		return NULL;
 	memset(d, 0, sizeof(d));
 	if (syscall(SYS_capget, &h, d) != 0)
-		return false;
+		return "CAP_BPF and CAP_PERFMON";
 #define HAS(c) (d[(c) / 32].effective & (1u << ((c) % 32)))
-	return (HAS(39) && HAS(38)) || HAS(21); /* CAP_BPF+CAP_PERFMON, or CAP_SYS_ADMIN */
+	if (HAS(21)) /* CAP_SYS_ADMIN */
+		return NULL;
+	bpf = HAS(39);
+	perfmon = HAS(38);
 #undef HAS
+	if (bpf && perfmon)
+		return NULL;
+	return !bpf && !perfmon ? "CAP_BPF and CAP_PERFMON" : !bpf ? "CAP_BPF" : "CAP_PERFMON";
 }
 
 /* "io_latency" -> "ks-io-latency", the executable's name */
@@ -219,6 +229,7 @@ static void set_producer(const char *name)
 static int tracer_init(struct ks_tracer *t, const char *name, struct ks_tracer_opts *opts)
 {
 	const char *producer = ks_producer;
+	const char *missing;
 	char err[256];
 	struct sigaction sa;
 
@@ -231,8 +242,10 @@ static int tracer_init(struct ks_tracer *t, const char *name, struct ks_tracer_o
 	ks_verbose = opts->verbose;
 	libbpf_set_print(libbpf_print);
 
-	if (!have_bpf_caps()) {
-		fprintf(stderr, "%s: must run as root (needs CAP_BPF and CAP_PERFMON to load eBPF programs)\n", producer);
+	missing = missing_bpf_caps();
+	if (missing) {
+		fprintf(stderr, "%s: missing %s: run as root, or grant CAP_BPF (maps, program load) and CAP_PERFMON "
+			"(tracepoint attach), e.g. AmbientCapabilities= in a systemd unit\n", producer, missing);
 		return -1;
 	}
 	if (access("/sys/kernel/btf/vmlinux", R_OK) != 0) {
