@@ -303,6 +303,42 @@ def observations(
             print(f"           next: {hints[0]}")
 
 
+@app.command(help="Live terminal view: host gauges with 2-minute sparklines, open observations with evidence and "
+             "hints, top processes by CPU, memory and disk I/O (keys: q quit, t process tree, s snapshot).\n\n"
+             "Examples: ks top;  ks top --pid 1234;  ks top --once;  ks top --snapshot top.txt")
+def top(
+    data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
+    interval: float = typer.Option(1.0, min=0.2, help="refresh every INTERVAL seconds"),
+    pid: Optional[int] = typer.Option(None, min=1, help="watch this process: its details and threads"),
+    tree: bool = typer.Option(False, "--tree", help="start in the process tree view"),
+    once: bool = typer.Option(False, "--once", help="print one frame as text and exit"),
+    snapshot: Optional[Path] = typer.Option(None, help="write one frame as text to SNAPSHOT and exit"),
+    width: Optional[int] = typer.Option(None, min=60, help="--once/--snapshot width (default: terminal or 160)"),
+    height: Optional[int] = typer.Option(None, min=20, help="--once/--snapshot height (default: terminal or 50)"),
+) -> None:
+    from .top import Top, render_text, run_live
+
+    try:
+        t = Top(db.db_path(_data_dir(data_dir)), interval, pid, tree)
+    except (db.StoreError, sqlite3.Error) as e:
+        print(f"ks top: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if once or snapshot is not None:
+        try:
+            t.warm()
+            size = os.get_terminal_size() if sys.stdout.isatty() else os.terminal_size((160, 50))
+            frame = render_text(t.view, width or size.columns, height or size.lines)
+        finally:
+            t.close()
+        if snapshot is not None:
+            snapshot.write_text(frame)
+            print(f"ks top: snapshot written to {snapshot}", file=sys.stderr)
+        if once:
+            sys.stdout.write(frame)
+        return
+    raise typer.Exit(run_live(t, Path.cwd()))
+
+
 @app.command(help="The cgroups of the scraper's latest read, closest to their memory limit first: path, unit or "
              "container, memory, effective limit and % of it, swap, memory pressure (some avg10), CPU throttling % "
              "over ~10 s, and open observations that mention the path.\n\n"
