@@ -360,3 +360,32 @@ def cgroup_of(pid: int, proc_root: str = "/proc") -> str | None:
         if v1.get(c) not in (None, "", "/"):
             return v1[c]
     return None
+
+
+SHORT_LIVED_S = 5.0  # children that lived less than this are the product of a storm, not services
+
+
+def short_lived_children(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
+    """Parents by children that came and went since since_ns (the exitsnoop collector's exits):
+    a fork storm, with or without exec, whose children are gone before any sampler sees them."""
+    try:
+        rows = conn.execute(
+            "SELECT ppid, COUNT(*), GROUP_CONCAT(DISTINCT comm) FROM process_exit_events WHERE ts >= ? "
+            "AND age_s < ? GROUP BY ppid ORDER BY COUNT(*) DESC LIMIT ?", (since_ns, SHORT_LIVED_S, TOP_N)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    out = []
+    for ppid, n, comms in rows:
+        name = _comm_of(ppid)
+        if name is None:  # the parent is gone too: its own exit (or exec) line names it
+            for sql in ("SELECT comm FROM process_exit_events WHERE pid = ? ORDER BY ts DESC LIMIT 1",
+                        "SELECT comm FROM exec_events WHERE pid = ? ORDER BY ts DESC LIMIT 1"):
+                try:
+                    r = conn.execute(sql, (ppid,)).fetchone()
+                except sqlite3.OperationalError:
+                    r = None
+                if r:
+                    name = r[0]
+                    break
+        out.append({"pid": ppid, "comm": name or "?", "short_lived_children": n, "children": (comms or "")[:120]})
+    return out

@@ -37,7 +37,8 @@ from ..features.store import read_matrix, write_matrix
 from ..storage.housekeeping import Housekeeper
 from .oom import OomWatch
 from .telemetry import TelemetryWatch
-from .attribution import ProcessSampler, cgroup_of, connection_makers, retransmitters, slow_syscalls, spawners
+from .attribution import (ProcessSampler, cgroup_of, connection_makers, retransmitters, short_lived_children,
+                          slow_syscalls, spawners)
 from .forecast import RISK_LEVELS, forecast, forecast_cgroups
 from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
 from .signals import agent_signals, disk_worst, failing_processes, fs_errors, io_worst
@@ -457,8 +458,13 @@ class Agent:
             elif kind == "fs_errors":
                 errs = fs_errors(self.ro, now_ns - int(FEATURE_WINDOW_S * 1e9), now_ns)
                 rows = [{"comm": k, "failed_calls": n} for k, n in sorted(errs.items(), key=lambda x: -x[1])]
+            elif kind == "forkers":
+                # Exits of short-lived children name a storm's parent; the sampler's new processes by
+                # parent when the exit collector is not there.
+                since_step = now_ns - int(FEATURE_WINDOW_S * 1e9)
+                rows = short_lived_children(self.ro, since_step) or self.sampler.forkers()
             elif kind == "spawners":
-                rows = spawners(self.ro, since) or self.sampler.forkers()
+                rows = spawners(self.ro, since)
             else:
                 rows = getattr(self.sampler, kind)()
             for r in rows[:3]:
