@@ -6,7 +6,6 @@ import json
 import os
 import random
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from kernelsight.schema import load_schema
 from kernelsight.storage import storage_status
 from kernelsight.storage.housekeeping import Housekeeper
 from kernelsight.storage.plan import default_agg, plans
-from kernelsight.storage.rollup import aggregate, bucket_end
+from kernelsight.storage.rollup import aggregate
 
 NS = 10**9
 MIN = 60 * NS
