@@ -445,7 +445,7 @@ def test_config_defaults_and_file(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text, words", [
     ("[storage]\nraw_retention = 1\n", ["unknown key 'raw_retention' in [storage]", "raw_retention_h"]),
-    ("[exporter]\naddress = 'x'\n", ["unknown section [exporter]"]),
+    ("[nonsense]\naddress = 'x'\n", ["unknown section [nonsense]"]),
     ("[storage]\nprune_batch_rows = 1.5\n", ["prune_batch_rows must be int"]),
     ("[storage]\nmax_db_mb = 0\n", ["max_db_mb must be positive"]),
     ("[storage\n", ["not valid TOML"]),
