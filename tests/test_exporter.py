@@ -175,12 +175,9 @@ def _obs(sev="high", ts=None):
             "reasoning_hints": ["Fork bomb or runaway spawning", "Identify the top spawners"]}
 
 
-def test_sender_fires_changes_and_resolves(tmp_path, hook):
-    srv, h = hook
-    data, conn, store = _obs_db(tmp_path)
-    url = f"http://127.0.0.1:{srv.server_address[1]}"
-    cfg = replace(AlertsConfig(), alertmanager_url=url + "/am", webhook_url=url + "/hook", poll_interval_s=0.05,
-                  backoff_start_s=0.05)
+@contextlib.contextmanager
+def running_sender(data, cfg, store, conn):
+    """An alerts.Sender on its own thread, with one Process Explosion observation opened."""
     stop = threading.Event()
     sender = alerts.Sender(data, cfg, host="h1")
     t = threading.Thread(target=sender.run, args=(stop,), daemon=True)
@@ -190,6 +187,19 @@ def test_sender_fires_changes_and_resolves(tmp_path, hook):
         oid = store.insert("process_explosion", "k", "Process Explosion", o, "transient", "high", [])
         conn.commit()
         store.stream("opened", oid, o)
+        yield sender, oid, o
+    finally:
+        stop.set()
+        t.join(timeout=10)
+
+
+def test_sender_fires_changes_and_resolves(tmp_path, hook):
+    srv, h = hook
+    data, conn, store = _obs_db(tmp_path)
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    cfg = replace(AlertsConfig(), alertmanager_url=url + "/am", webhook_url=url + "/hook", poll_interval_s=0.05,
+                  backoff_start_s=0.05)
+    with running_sender(data, cfg, store, conn) as (sender, oid, o):
 
         def posted(path, pred):
             return [a for p, body in h.got if p.startswith(path)
@@ -220,9 +230,6 @@ def test_sender_fires_changes_and_resolves(tmp_path, hook):
                                       and a["labels"]["severity"] == "critical"), what="the resolved webhook")
         assert alerts._ends(res[0]) == closed_at
         wait_for(lambda: not sender.firing, what="nothing firing")
-    finally:
-        stop.set()
-        t.join(timeout=10)
     st = alerts.read_status(data)
     assert st["receivers"]["alertmanager"]["sent_alerts"] >= 3 and st["receivers"]["webhook"]["failed_attempts"] == 0
     conn.close()
@@ -234,24 +241,13 @@ def test_sender_retries_with_backoff_then_counts_the_drop(tmp_path, hook):
     data, conn, store = _obs_db(tmp_path)
     cfg = replace(AlertsConfig(), alertmanager_url=f"http://127.0.0.1:{srv.server_address[1]}", max_attempts=3,
                   backoff_start_s=0.05, poll_interval_s=0.05, resend_interval_s=0.5)
-    stop = threading.Event()
-    sender = alerts.Sender(data, cfg, host="h1")
-    t = threading.Thread(target=sender.run, args=(stop,), daemon=True)
-    t.start()
-    try:
-        o = _obs()
-        oid = store.insert("process_explosion", "k", "Process Explosion", o, "transient", "high", [])
-        conn.commit()
-        store.stream("opened", oid, o)
+    with running_sender(data, cfg, store, conn) as (sender, oid, o):
         wait_for(lambda: sender.receivers[0].snapshot()["dropped_batches"] >= 1, what="the batch dropped")
         snap = sender.receivers[0].snapshot()
         assert snap["failed_attempts"] >= 3 and "HTTP 503" in snap["last_error"] and snap["sent_batches"] == 0
         # the receiver comes back: a resend delivers the firing alert
         h.status = 200
         wait_for(lambda: sender.receivers[0].snapshot()["sent_batches"] >= 1, what="delivered after recovery")
-    finally:
-        stop.set()
-        t.join(timeout=10)
     conn.close()
 
 

@@ -355,16 +355,6 @@ def _load_state(path: Path) -> dict:
 
 # ---- database side --------------------------------------------------------------
 
-def _db_identity(conn: sqlite3.Connection) -> str | None:
-    import sqlite3
-
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key='created_ts'").fetchone()
-    except sqlite3.Error:
-        return None
-    return row[0] if row else None
-
-
 def _new_rows_cursor(conn: sqlite3.Connection, table: str, cursor: int) -> tuple[int, int] | None:
     """(max rowid, 0) or None for a missing table; cursor 0 again when the ids restarted
     (the table was emptied by pruning and new rows took low ids)."""
@@ -572,7 +562,9 @@ def account(data_dir: Path, conn: sqlite3.Connection, *, interval_s: float | Non
         st = _load_state(state_path)
         before = orjson.dumps(st)
         all_files = read_counter_files(data_dir)
-        db_id = _db_identity(conn)
+        from .db import db_identity
+
+        db_id = db_identity(conn)
         if db_id is not None and st["db"] != db_id:
             # A new database: what was counted for the old one no longer compares.
             st = {**_empty_state(), "folded_ids": st["folded_ids"], "db": db_id,

@@ -183,6 +183,16 @@ def transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Ite
         raise
 
 
+def db_identity(conn: sqlite3.Connection) -> str | None:
+    """The database's creation stamp (meta created_ts): counts kept for one database do not carry
+    over to a new one at the same path."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='created_ts'").fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
 def query_once(path: Path, sql: str, args=()) -> list[tuple]:
     """One read-only query on its own connection: [] while the database or the table does not exist
     yet (a pipeline starting up), for watchers that poll (tests, benchmarks)."""

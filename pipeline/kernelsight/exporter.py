@@ -313,7 +313,7 @@ class KernelSightCollector:
                                 "time this scrape's collect took (reading the database)", value=self.last_duration_s)
 
     def _collect_db(self, conn: sqlite3.Connection) -> list:
-        ident = _db_identity(conn)
+        ident = db.db_identity(conn)
         if ident != self.db_identity:  # a new database: the totals of the old one do not continue
             for h in self.hists:
                 h.reset()
@@ -463,12 +463,6 @@ class KernelSightCollector:
         return [*fams.values(), firing]
 
 
-def _db_identity(conn: sqlite3.Connection) -> str | None:
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key='created_ts'").fetchone()
-    except sqlite3.Error:
-        return None
-    return row[0] if row else None
 
 
 # ---- serving ----------------------------------------------------------------------

@@ -86,5 +86,13 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def meminfo_kb(key: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
 def log(name: str, msg: str) -> None:
     print(f"{name}: {msg}", file=sys.stderr, flush=True)

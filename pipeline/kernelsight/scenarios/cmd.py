@@ -36,15 +36,7 @@ import sys
 import time
 
 from ..procutil import die_with_parent, die_with_parent_preexec
-from ._common import Stop, _signal_group, check_seconds, disk_dir, log, onset, parser
-
-
-def meminfo_kb(key: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
+from ._common import Stop, _signal_group, check_seconds, disk_dir, log, meminfo_kb, onset, parser
 
 
 def free_port() -> int:

@@ -18,17 +18,10 @@ import sys
 import time
 
 from ..procutil import die_with_parent
+from ._common import meminfo_kb
 
 HUGE = 2 << 20
 CHUNK = 256 << 20
-
-
-def meminfo_kb(key: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def worker(nbytes: int, hold_s: float, deadline: float) -> None:
