@@ -50,6 +50,9 @@ class FieldSpec:
     unit: str
     desc: str
     nullable: bool
+    # Added to the contract on this date: lines written before it (recordings, an older binary
+    # still running after an upgrade) may lack the field, which is then stored as NULL.
+    since: str | None = None
 
 
 @dataclass
@@ -100,7 +103,8 @@ def _type_error(name: str, want: str, value: object) -> str:
 def _slow_check(spec: EventSpec, obj: dict) -> str:
     """Find the precise reason a line failed the fast path."""
     expected = set(spec.columns) | {"type"}
-    missing = [c for c in spec.columns if c not in obj]
+    optional = {f.name for f in spec.fields if f.since}
+    missing = [c for c in spec.columns if c not in obj and c not in optional]
     if missing:
         return f"missing field '{missing[0]}'" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
     extra = sorted(k for k in obj if k not in expected)
@@ -112,7 +116,7 @@ def _slow_check(spec: EventSpec, obj: dict) -> str:
     if not TS_MIN_NS <= ts <= TS_MAX_NS:
         return f"field 'ts' must be Unix epoch nanoseconds, got {ts}"
     for f in spec.fields:
-        v = obj[f.name]
+        v = obj.get(f.name)
         if v is None:
             if not f.nullable:
                 return f"field '{f.name}' must not be null"
@@ -171,10 +175,15 @@ def _build_validator(spec: EventSpec):
     _slow_check() for a precise reason.
     """
     n_keys = len(spec.columns) + 1  # + "type"
-    body = [
-        "def validate(o):",
-        f"    if len(o) != {n_keys}:",
-        "        raise RejectedLine(_slow(o), TYPE)",
+    optional = [f.name for f in spec.fields if f.since]
+    body = ["def validate(o):"]
+    if optional:
+        # Fields added later may be absent; every key present must still be one of ours.
+        body += [f"    if len(o) != {n_keys - len(optional)} + " + " + ".join(f"({n!r} in o)" for n in optional) + ":",
+                 "        raise RejectedLine(_slow(o), TYPE)"]
+    else:
+        body += [f"    if len(o) != {n_keys}:", "        raise RejectedLine(_slow(o), TYPE)"]
+    body += [
         "    try:",
         "        ts = o['ts']",
     ]
@@ -184,7 +193,7 @@ def _build_validator(spec: EventSpec):
     int64s = ["ts"]  # int fields, range-checked together
     for i, f in enumerate(spec.fields):
         var = f"v{i}"
-        body.append(f"        {var} = o[{f.name!r}]")
+        body.append(f"        {var} = o.get({f.name!r})" if f.since else f"        {var} = o[{f.name!r}]")
         if f.type == "int":
             test = f"type({var}) is not int"
             int64s.append(f"({var} or 0)" if f.nullable else var)
@@ -294,8 +303,12 @@ def _load(directory: str) -> Schema:
                     raise ValueError(f"{path.name}: {etype}.{name}: unknown type {f['type']!r}")
                 if name in ("id", "ts", "type"):
                     raise ValueError(f"{path.name}: {etype}.{name}: reserved field name")
-                nullable = default_nullable and not f.get("required", False)
-                fields.append(FieldSpec(name, f["type"], f.get("unit", ""), f.get("desc", ""), nullable))
+                since = f.get("since")
+                if since and f.get("required", False):
+                    raise ValueError(f"{path.name}: {etype}.{name}: a field with 'since' cannot be required "
+                                     "(older lines lack it and store NULL)")
+                nullable = bool(since) or (default_nullable and not f.get("required", False))
+                fields.append(FieldSpec(name, f["type"], f.get("unit", ""), f.get("desc", ""), nullable, since))
             spec = EventSpec(etype, e["table"], e.get("source", ""), doc.get("producer", ""), fields)
             spec.validate = _build_validator(spec)
             events[etype] = spec
@@ -326,6 +339,6 @@ def markdown(schema: Schema | None = None) -> str:
         out.append("| `ts` | int | ns | no | Unix epoch nanoseconds |")
         for f in spec.fields:
             out.append(f"| `{f.name}` | {f.type} | {f.unit or '-'} | {'yes' if f.nullable else 'no'} | "
-                       f"{f.desc.replace('|', '/')} |")
+                       f"{f.desc.replace('|', '/')}" + (f" (since {f.since}; older lines may lack it)" if f.since else "") + " |")
         out.append("")
     return "\n".join(out)

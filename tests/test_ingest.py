@@ -305,3 +305,22 @@ def test_stop_while_locked_exits_and_claims_nothing(ks_env):
     assert (final["received"], final["stored"], final["pending"]) == (50, 0, 50)
     assert table_rows(ks_env.db, "psi") == 0
     assert not [r for r in query(ks_env.db, "SELECT stored FROM pipeline_stats WHERE event_type='psi'") if r[0]]
+
+
+def test_a_field_added_later_may_be_absent_but_nothing_else_may():
+    """Schema evolution: a field with `since` (tcp_retrans netns, added when the scraper began
+    reading every network namespace) may be missing from older lines (recordings, a binary still
+    running through an upgrade) and is stored NULL; any other missing or extra field is refused."""
+    schema = load_schema()
+    spec = schema.events["tcp_retrans"]
+    assert {f.name for f in spec.fields if f.since} == {"netns", "interfaces"}
+    full = example_event(spec)
+    old = {k: v for k, v in full.items() if k not in ("netns", "interfaces")}
+    _, row = schema.validate(old)
+    cols = dict(zip(spec.columns, row))
+    assert cols["netns"] is None and cols["interfaces"] is None and cols["out_segs_total"] == 1
+    assert schema.validate(full)[1] != row
+    with pytest.raises(RejectedLine, match="unexpected field 'bogus'"):
+        schema.validate({**old, "bogus": 1})           # the absent field's slot is not free for another
+    with pytest.raises(RejectedLine, match="missing field 'out_segs_total'"):
+        schema.validate({k: v for k, v in full.items() if k != "out_segs_total"})

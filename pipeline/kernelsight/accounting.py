@@ -452,6 +452,7 @@ def _scan_stats(conn: sqlite3.Connection, st: dict, files: dict[str, CounterFile
     except sqlite3.Error:
         return
     for producer, pid, ts, *vals in rows:
+        vals = [v or 0 for v in vals]  # a counter the line predates (schema 'since') counted nothing
         owner = None
         for created, updated, key in by_pid.get((producer, pid), ()):
             if created - WATERMARK_SLACK_NS <= ts and (updated == 0 or ts <= updated + WATERMARK_SLACK_NS):

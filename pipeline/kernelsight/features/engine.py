@@ -207,7 +207,8 @@ class _Subset:
         """Row indices per entity (device, interface...), each in ts order."""
         g = self._groups.get(entity)
         if g is None:
-            if not entity or len(self.ts) == 0:
+            if not entity or len(self.ts) == 0 or entity not in self.cols:
+                # No entity column (data from before it existed, e.g. tcp_retrans before netns): one entity.
                 g = [np.arange(len(self.ts))]
             else:
                 keys = self.cols[entity]
@@ -348,11 +349,12 @@ class _Engine:
 
     # ---- reasons
     def _missing(self, spec) -> str | None:
+        entity = getattr(spec, "entity", None)  # optional: without it the rows are one entity
         for t, cols in spec_columns(spec).items():
             if t not in self.schema:
                 return f"table {t} absent"
             for c in sorted(cols):
-                if c not in self.schema[t]:
+                if c not in self.schema[t] and c != entity:
                     return f"column {t}.{c} absent"
         return None
 
