@@ -377,28 +377,22 @@ class Sender:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     from . import log as klog
+    from . import servicecli
     from .completion import add_completion
-    from .config import ConfigError, load
 
-    p = argparse.ArgumentParser(prog="ks-alerts", description="Send observations as alerts to Alertmanager "
-                                "(API v2) and/or a JSON webhook ([alerts] in the config file).")
-    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default $KS_DATA_DIR or ./data)")
-    p.add_argument("--config", default=None, help="config file (default $KS_CONFIG, else /etc/kernelsight/config.toml)")
+    p = servicecli.parser("ks-alerts", "Send observations as alerts to Alertmanager "
+                          "(API v2) and/or a JSON webhook ([alerts] in the config file).")
     add_completion(p)
     a = p.parse_args(argv)
-    try:
-        cfg = load(a.config).alerts
-    except ConfigError as e:
-        print(f"ks-alerts: {e}", file=sys.stderr)
+    cfg = servicecli.config_section("ks-alerts", a, "alerts")
+    if cfg is None:
         return 2
     if not (cfg.alertmanager_url or cfg.webhook_url):
         print("ks-alerts: nothing to send to: set [alerts] alertmanager_url or webhook_url in the config file",
               file=sys.stderr)
         return 2
-    data_dir = a.data_dir.absolute() if a.data_dir else db.data_dir()
+    data_dir = servicecli.data_dir(a)
     log = klog.configure("ks-alerts")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -540,27 +540,21 @@ def serve(data_dir: Path, address: str, port: int, log) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     from . import log as klog
+    from . import servicecli
     from .completion import add_completion
-    from .config import ConfigError, load
 
-    p = argparse.ArgumentParser(prog="ks-exporter", description="Serve the pipeline's state as Prometheus metrics "
-                                "on /metrics (address from [exporter] in the config file).")
-    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default $KS_DATA_DIR or ./data)")
+    p = servicecli.parser("ks-exporter", "Serve the pipeline's state as Prometheus metrics "
+                          "on /metrics (address from [exporter] in the config file).")
     p.add_argument("--address", default=None, help="bind address (default [exporter] address, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default [exporter] port, 9863)")
-    p.add_argument("--config", default=None, help="config file (default $KS_CONFIG, else /etc/kernelsight/config.toml)")
     p.add_argument("--once", action="store_true", help="print one scrape to stdout and exit")
     add_completion(p)
     a = p.parse_args(argv)
-    try:
-        cfg = load(a.config).exporter
-    except ConfigError as e:
-        print(f"ks-exporter: {e}", file=sys.stderr)
+    cfg = servicecli.config_section("ks-exporter", a, "exporter")
+    if cfg is None:
         return 2
-    data_dir = (a.data_dir.absolute() if a.data_dir else db.data_dir())
+    data_dir = servicecli.data_dir(a)
     if a.once:
         from prometheus_client import generate_latest
 

@@ -274,7 +274,7 @@ def slow_syscalls(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
 
 def spawners(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
     """Parents by execs of their children (the execsnoop collector's table), each with the
-    commands it ran; the parent named by its own exec event when there is one in the span."""
+    commands it ran."""
     try:
         rows = conn.execute(
             "SELECT ppid, COUNT(*), GROUP_CONCAT(DISTINCT comm) FROM exec_events WHERE ts >= ? "
@@ -283,16 +283,24 @@ def spawners(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
         return []
     out = []
     for ppid, n, comms in rows:
-        name = None
-        try:
-            r = conn.execute("SELECT comm FROM exec_events WHERE pid = ? ORDER BY ts DESC LIMIT 1", (ppid,)).fetchone()
-            name = r[0] if r else None
-        except sqlite3.OperationalError:
-            pass
-        if name is None:
-            name = _comm_of(ppid)
+        name = _parent_name(conn, ppid)
         out.append({"pid": ppid, "comm": name or "?", "execs": n, "running": (comms or "")[:120]})
     return out
+
+
+def _parent_name(conn: sqlite3.Connection, pid: int) -> str | None:
+    """A parent's name: its live /proc comm, else (it is gone too) its own last exec or exit line."""
+    name = _comm_of(pid)
+    for sql in ("SELECT comm FROM exec_events WHERE pid = ? ORDER BY ts DESC LIMIT 1",
+                "SELECT comm FROM process_exit_events WHERE pid = ? ORDER BY ts DESC LIMIT 1"):
+        if name is not None:
+            break
+        try:
+            r = conn.execute(sql, (pid,)).fetchone()
+        except sqlite3.OperationalError:
+            r = None
+        name = r[0] if r else None
+    return name
 
 
 def _comm_of(pid: int) -> str | None:
@@ -376,16 +384,6 @@ def short_lived_children(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
         return []
     out = []
     for ppid, n, comms in rows:
-        name = _comm_of(ppid)
-        if name is None:  # the parent is gone too: its own exit (or exec) line names it
-            for sql in ("SELECT comm FROM process_exit_events WHERE pid = ? ORDER BY ts DESC LIMIT 1",
-                        "SELECT comm FROM exec_events WHERE pid = ? ORDER BY ts DESC LIMIT 1"):
-                try:
-                    r = conn.execute(sql, (ppid,)).fetchone()
-                except sqlite3.OperationalError:
-                    r = None
-                if r:
-                    name = r[0]
-                    break
+        name = _parent_name(conn, ppid)
         out.append({"pid": ppid, "comm": name or "?", "short_lived_children": n, "children": (comms or "")[:120]})
     return out

@@ -60,22 +60,40 @@ def disk_dir(prefix: str) -> str:
     return tempfile.mkdtemp(prefix=prefix, dir=base)
 
 
-def run_tool(argv: list[str], stop: Stop, grace: float = 5.0) -> int:
-    """Run an external load generator (stress-ng, fio) in its own process group,
-    bounded by `stop`; SIGTERM then SIGKILL its group when time is up."""
-    proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL,
+def start_group(argv: list[str], stdout=subprocess.DEVNULL, stderr=None) -> subprocess.Popen:
+    """A load generator in its own process group (so that stopping it stops its children), dying with us."""
+    return subprocess.Popen(argv, start_new_session=True, stdout=stdout, stderr=stderr,
                             preexec_fn=die_with_parent_preexec())
+
+
+def stop_groups(procs, grace: float = 5.0) -> None:
+    """SIGTERM every group at once, wait up to `grace` for each leader, then SIGKILL whatever is left in
+    each group (a loop's current child, a server's workers)."""
+    procs = [p for p in procs if p is not None]
+    for p in procs:
+        if p.poll() is None:
+            _signal_group(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def stop_group(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
+    stop_groups([proc], grace)
+
+
+def run_tool(argv: list[str], stop: Stop, grace: float = 5.0) -> int:
+    """Run an external load generator (stress-ng, fio) in its own process group, bounded by `stop`."""
+    proc = start_group(argv)
     try:
         while proc.poll() is None and not stop.now():
             time.sleep(0.1)
     finally:
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc, grace)
     return proc.returncode
 
 

@@ -36,7 +36,7 @@ import sys
 import time
 
 from ..procutil import die_with_parent, die_with_parent_preexec
-from ._common import Stop, _signal_group, check_seconds, disk_dir, log, meminfo_kb, onset, parser
+from ._common import Stop, check_seconds, disk_dir, log, meminfo_kb, onset, parser, start_group, stop_group
 
 
 def free_port() -> int:
@@ -98,22 +98,7 @@ def start(line: str, quiet: bool, errors: bool = True) -> subprocess.Popen:
     """`line` under bash in its own process group; its stdout goes to our stderr (the injector log) unless quiet,
     its stderr too unless errors is False (a web server's access log)."""
     out = subprocess.DEVNULL if quiet else sys.stderr
-    return subprocess.Popen(["bash", "-c", line], start_new_session=True, stdout=out,
-                            stderr=sys.stderr if errors else subprocess.DEVNULL,
-                            preexec_fn=die_with_parent_preexec())
-
-
-def stop_group(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
-    if proc is None:
-        return
-    if proc.poll() is None:
-        _signal_group(proc.pid, 15)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    _signal_group(proc.pid, 9)  # whatever is left in its group (a loop's current child, a server's workers)
-    proc.wait()
+    return start_group(["bash", "-c", line], stdout=out, stderr=sys.stderr if errors else subprocess.DEVNULL)
 
 
 def main(argv=None) -> int:

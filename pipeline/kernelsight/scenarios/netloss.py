@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 
-from ..procutil import die_with_parent, die_with_parent_preexec
-from ._common import Stop, _signal_group, check_seconds, log, onset, parser
+from ..procutil import die_with_parent
+from ._common import Stop, check_seconds, log, onset, parser, start_group, stop_group
 
 NS = "ks-loss"
 VETH_HOST = "ks-loss0"
@@ -83,24 +83,6 @@ def dropped() -> str:
     return "?"
 
 
-def group(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=sys.stderr,
-                            preexec_fn=die_with_parent_preexec())
-
-
-def stop_group(p: subprocess.Popen | None) -> None:
-    if p is None:
-        return
-    if p.poll() is None:
-        _signal_group(p.pid, 15)
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    _signal_group(p.pid, 9)
-    p.wait()
-
-
 def main(argv=None) -> int:
     p = parser(__doc__, 40.0)
     p.add_argument("--loss-pct", type=int, default=5, help="share of the packets into the namespace dropped")
@@ -119,7 +101,7 @@ def main(argv=None) -> int:
     try:
         cleanup()
         setup()
-        srv = group(["ip", "netns", "exec", NS, "iperf3", "-s", "-B", NS_IP, "-p", str(PORT)])
+        srv = start_group(["ip", "netns", "exec", NS, "iperf3", "-s", "-B", NS_IP, "-p", str(PORT)])
         time.sleep(0.5)
         add_loss(a.loss_pct)
         log("netloss", f"iperf3 {HOST_IP} -> {NS_IP}:{PORT} at {a.rate}b/s, {a.loss_pct} % of packets dropped "
@@ -127,7 +109,7 @@ def main(argv=None) -> int:
         onset(f"iperf3 over veth, {a.loss_pct} % loss")
         while not stop.now():
             t = time.monotonic()
-            cli = group(["iperf3", "-c", NS_IP, "-p", str(PORT), "-b", a.rate, "-t", str(max(1, int(stop.left()))),
+            cli = start_group(["iperf3", "-c", NS_IP, "-p", str(PORT), "-b", a.rate, "-t", str(max(1, int(stop.left()))),
                          "--connect-timeout", "2000"])
             while cli.poll() is None and not stop.now():
                 time.sleep(0.1)

@@ -28,8 +28,8 @@ import subprocess
 import sys
 import time
 
-from ..procutil import die_with_parent, die_with_parent_preexec
-from ._common import Stop, _signal_group, check_seconds, disk_dir, log, onset, parser
+from ..procutil import die_with_parent
+from ._common import Stop, check_seconds, disk_dir, log, onset, parser, start_group, stop_groups
 
 STEP = 64 << 20
 
@@ -133,9 +133,8 @@ def main(argv=None) -> int:
     procs: dict[str, subprocess.Popen] = {}
     try:
         port_file = os.path.join(d, "port")
-        procs["web-server"] = subprocess.Popen([sys.executable, "-m", "kernelsight.scenarios.normalload", "--serve",
-                                                port_file], start_new_session=True,
-                                               preexec_fn=die_with_parent_preexec())
+        procs["web-server"] = start_group([sys.executable, "-m", "kernelsight.scenarios.normalload", "--serve",
+                                           port_file], stdout=None)
         for _ in range(100):
             if os.path.exists(port_file):
                 break
@@ -151,21 +150,11 @@ def main(argv=None) -> int:
         onset("normal load: " + ", ".join(todo))
         for name, argv_ in todo.items():
             log("normalload", f"{name}: {' '.join(argv_)[:160]}")
-            procs[name] = subprocess.Popen(argv_, start_new_session=True, stdout=subprocess.DEVNULL,
-                                           preexec_fn=die_with_parent_preexec())
+            procs[name] = start_group(argv_)
         while not stop.now():
             stop.sleep(1.0)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                _signal_group(proc.pid, 15)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(proc.pid, 9)
-            proc.wait()
+        stop_groups(procs.values(), grace=10.0)
         shutil.rmtree(d, ignore_errors=True)
     log("normalload", "done")
     return 0
