@@ -39,6 +39,8 @@ def test_secondary_rules_are_marked():
 
 def test_coinciding_signals_fold_into_the_incident_of_their_category(agent):
     cpu, io = rule_finding("cpu_saturation"), rule_finding("io_saturation")
+    # both are consequences of something (oversubscription, memory pressure): they have waited for it
+    agent._one_per_incident([rule_finding("cpu_saturation"), rule_finding("io_saturation")], [], now_s=90.0)
     out = agent._one_per_incident([cpu, io, rule_finding("read_amplification"), rule_finding("steady_demand_growth")],
                                   [deviation("ctx_switches_per_sec", 30.0), deviation("io_await_ms", 12.0, "io")],
                                   now_s=100.0)
@@ -76,9 +78,59 @@ def test_what_is_open_already_stays_open_when_an_incident_starts(agent):
     sec = rule_finding("steady_demand_growth")
     agent.tracker.update(0.0, [sec])
     cpu = rule_finding("cpu_saturation")
+    agent._one_per_incident([rule_finding("cpu_saturation")], [], now_s=-10.0)  # it has waited for a cause
     out = agent._one_per_incident([cpu, rule_finding("steady_demand_growth")], [], now_s=5.0)
     assert [f.rule_id for f in out] == ["cpu_saturation", "steady_demand_growth"]
     assert cpu.correlated == []
+
+
+def test_a_consequence_folds_into_its_cause_and_takes_the_worse_severity(agent):
+    wbs, sat, tail = rule_finding("write_buffer_saturation"), rule_finding("io_saturation"), rule_finding("io_tail_latency")
+    assert (wbs.severity, sat.severity) == ("medium", "high")
+    out = agent._one_per_incident([tail, sat, wbs], [], now_s=0.0)
+    assert out == [wbs]  # a chain folds to its root: tail -> saturation -> write buffer
+    assert wbs.severity == "high"
+    assert any(c.startswith("I/O Saturation:") for c in wbs.correlated)
+    assert any(c.startswith("I/O Tail Latency:") for c in wbs.correlated + sat.correlated)
+
+
+def test_a_lone_consequence_waits_for_its_cause_then_opens(agent):
+    wait = RULES.settings.consequence_wait_s
+    assert agent._one_per_incident([rule_finding("io_tail_latency")], [], now_s=0.0) == []
+    assert agent._one_per_incident([rule_finding("io_tail_latency")], [], now_s=wait - 1) == []
+    # the cause shows up within the wait: one incident, the cause's
+    out = agent._one_per_incident([rule_finding("io_tail_latency"), rule_finding("write_buffer_saturation")], [],
+                                  now_s=wait - 0.5)
+    assert [f.rule_id for f in out] == ["write_buffer_saturation"]
+    # no cause: it opens alone once it has held consequence_wait_s
+    assert agent._one_per_incident([rule_finding("oversubscription")], [], now_s=100.0) == []
+    out = agent._one_per_incident([rule_finding("oversubscription")], [], now_s=100.0 + wait)
+    assert [f.rule_id for f in out] == ["oversubscription"]
+    # a rule nothing explains opens at once
+    assert [f.rule_id for f in agent._one_per_incident([rule_finding("memory_pressure")], [], now_s=200.0)] == [
+        "memory_pressure"]
+
+
+def test_a_consequence_open_before_its_cause_stays_its_own(agent):
+    agent.tracker.update(0.0, [rule_finding("process_explosion")])
+    out = agent._one_per_incident([rule_finding("process_explosion"), rule_finding("connection_churning")], [],
+                                  now_s=5.0)
+    assert sorted(f.rule_id for f in out) == ["connection_churning", "process_explosion"]
+
+
+@pytest.mark.parametrize("explains, error", [
+    ('["No Such Label"]', "explains unknown label"),
+    ('["B"]', "cycle: A -> B -> A"),
+])
+def test_explains_names_known_labels_without_cycles(tmp_path, explains, error):
+    from kernelsight.agent.rules import RuleError
+
+    rule = ('[[rule]]\nid = "{id}"\nlabel = "{label}"\ncategory = "io"\nmetric = "io_p50_ms_max"\n'
+            'when = ["io_p50_ms_max > 1"]\nsummary = "s"\nhints = []\nexplains = {explains}\n')
+    text = rule.format(id="a", label="A", explains=explains) + rule.format(id="b", label="B", explains='["A"]')
+    (tmp_path / "r.toml").write_text(text)
+    with pytest.raises(RuleError, match=error):
+        load_rules(tmp_path / "r.toml")
 
 
 def test_storage_errnos_are_counted_by_call_and_errno(tmp_path):

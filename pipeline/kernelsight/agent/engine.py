@@ -89,6 +89,14 @@ def host_mem_gb(proc_root: str = "/proc") -> float | None:
     return None
 
 
+def _absorb(cause: Finding, consequence: Finding) -> None:
+    """One incident: the consequence becomes the cause's evidence, and the incident is as severe as
+    the worst of them."""
+    cause.correlated.append(f"{consequence.label}: {consequence.summary}")
+    if SEVERITIES.index(consequence.severity) > SEVERITIES.index(cause.severity):
+        cause.severity = consequence.severity
+
+
 def _fmt(v: float | None, spec: str = ".3g") -> str:
     return "n/a" if v is None else format(v, spec)
 
@@ -125,6 +133,8 @@ class Agent:
         self.oom = OomWatch()  # OOM kills, host or cgroup
         self.last_forecast_check_ns = 0
         self.deviating_since: dict[str, float] = {}  # feature -> when its baseline deviation began
+        self.firing_since: dict[str, float] = {}  # primary rule key -> when it began to hold
+        self.explains = self.rules.explains()  # cause label -> labels it explains
 
     # -- inputs ---------------------------------------------------------------
     def _baseline(self, now_s: float):
@@ -394,7 +404,24 @@ class Agent:
             if first is not p:
                 first.correlated.append(f"{p.label}: {p.summary}")
                 primaries.remove(p)
-        out = list(primaries)
+        # Cause and consequence (rules' `explains`): a consequence folds into its cause while both
+        # hold, unless it was open first (then it began first and stays its own until it clears).
+        folded = True
+        while folded:
+            folded = False
+            for p in primaries:
+                causes = [q for q in primaries if q is not p and p.label in self.explains.get(q.label, ())]
+                if causes and not self.tracker.is_open(p.key):
+                    _absorb(max(causes, key=lambda q: SEVERITIES.index(q.severity)), p)
+                    primaries.remove(p)
+                    folded = True
+                    break
+        # A consequence with no cause in sight waits consequence_wait_s before it opens alone.
+        explained = set().union(*self.explains.values()) if self.explains else set()
+        firing = {f.key: self.firing_since.get(f.key, now_s) for f in fired if f.rule_id not in secondary}
+        self.firing_since = firing
+        out = [p for p in primaries if self.tracker.is_open(p.key) or p.label not in explained
+               or now_s - firing[p.key] >= s.consequence_wait_s]
         for f in fired:
             if f.rule_id not in secondary:
                 continue

@@ -119,6 +119,9 @@ class Rule:
     # condition also happens in normal work (a parallel build saturating the CPUs) stays at
     # severity low until it has held this long, then takes its own severity.
     alert_after_s: float = 0.0
+    # Labels whose conditions this rule's condition causes (memory pressure makes I/O slow; a fork
+    # storm oversubscribes the CPUs): while both hold they are one incident, this rule's.
+    explains: list[str] = field(default_factory=list)
 
     def features(self) -> set[str]:
         out = {self.metric} | ({self.extra} if self.extra else set())
@@ -142,6 +145,9 @@ class Settings:
     # otherwise it is evidence of the incident it coincides with.
     anomaly_open_z: float = 8.0
     anomaly_sustain_s: float = 30.0
+    # A rule that another rule explains (a consequence) waits this long before opening on its own,
+    # so that the cause, which may cross its threshold a step later, can take it in.
+    consequence_wait_s: float = 10.0
     auto_baseline_after_s: float = 600.0
     auto_baseline_span_s: float = 86400.0
 
@@ -153,6 +159,14 @@ class RuleSet:
 
     def by_id(self, rid: str) -> Rule:
         return next(r for r in self.rules if r.id == rid)
+
+    def explains(self) -> dict[str, set[str]]:
+        """Cause label -> the labels it explains (rules' `explains`, merged per label)."""
+        out: dict[str, set[str]] = {}
+        for r in self.rules:
+            if r.explains:
+                out.setdefault(r.label, set()).update(r.explains)
+        return out
 
 
 _MOVED = {"window_s": "FEATURE_WINDOW_S", "interval_s": "FEATURE_STEP_S"}
@@ -201,10 +215,39 @@ def load_rules(path: Path | None = None) -> RuleSet:
                 extra=r.get("extra"),
                 secondary=bool(r.get("secondary", False)),
                 alert_after_s=float(r.get("alert_after_s", 0.0)),
+                explains=list(r.get("explains", [])),
             ))
         except KeyError as e:
             raise RuleError(f"{where}: missing key {e}") from None
-    return RuleSet(settings, rules)
+    rs = RuleSet(settings, rules)
+    _check_explains(rs, Path(path).name)
+    return rs
+
+
+def _check_explains(rs: RuleSet, where: str) -> None:
+    """Every explained label exists, and no label explains itself through a chain (a cycle would
+    leave no cause to open the incident)."""
+    labels = {r.label for r in rs.rules}
+    graph = rs.explains()
+    for cause, effects in graph.items():
+        unknown = sorted(effects - labels)
+        if unknown:
+            raise RuleError(f"{where}: {cause!r} explains unknown label(s) {unknown}")
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(label: str, path: list[str]) -> None:
+        if state.get(label) == 2:
+            return
+        if state.get(label) == 1:
+            cycle = path[path.index(label):] + [label]
+            raise RuleError(f"{where}: `explains` cycle: {' -> '.join(cycle)}")
+        state[label] = 1
+        for nxt in sorted(graph.get(label, ())):
+            visit(nxt, path + [label])
+        state[label] = 2
+
+    for label in sorted(graph):
+        visit(label, [])
 
 
 class Context:
