@@ -100,11 +100,36 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class LLMConfig:
+    """`ks agent explain`: the optional LLM narrative, and the bounds of every agent tool call (docs/design.md,
+    "LLM narrative"). provider "gemini" (google-genai; on when $GEMINI_API_KEY is set) or "openai": any
+    OpenAI-compatible chat-completions endpoint (OpenAI, a local llama.cpp server, Ollama, vLLM; on when
+    base_url or the key is set; a local server needs no key)."""
+
+    provider: str = _f("gemini", "gemini | openai (any OpenAI-compatible endpoint)")
+    model: str = _f("", "model name (empty: gemini-2.5-flash for gemini; the server's first model for openai)")
+    base_url: str = _f("", "API base URL, e.g. http://127.0.0.1:8080/v1 for a local llama.cpp server (empty: the "
+                           "provider's public API)")
+    api_key_env: str = _f("", "environment variable holding the API key (empty: GEMINI_API_KEY for gemini, "
+                              "OPENAI_API_KEY for openai); the key is never read from this file")
+    request_timeout_s: float = _f(60.0, "seconds one model request may take")
+    deadline_s: float = _f(180.0, "seconds the whole explanation may take")
+    max_turns: int = _f(8, "model calls per explanation at most")
+    max_tool_result_chars: int = _f(20000, "characters of one tool result sent to the model at most")
+    tool_timeout_s: float = _f(1.0, "wall-clock bound of one tool call (the model's and `ks agent tool`'s): "
+                                    "the forked child running it is killed past it")
+    tool_memory_mb: float = _f(100.0, "memory one tool call may add (RLIMIT_AS of its child)")
+    audit_file: str = _f("", "where every request sent to the model is appended, exactly as sent, mode 0600 "
+                             "(empty: DATA_DIR/llm_audit.jsonl)")
+
+
+@dataclass(frozen=True)
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
 
 
 def _sections() -> dict[str, type]:

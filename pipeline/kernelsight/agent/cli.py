@@ -97,12 +97,21 @@ def _tools(data_dir: Optional[Path]):
         raise typer.Exit(1) from None
 
 
-def _call(fn, *args):
-    from .tools import QueryRefused, ToolError
+def _call(data_dir: Optional[Path], name: str, *args):
+    """One tool call as the model makes it: in a bounded child ([llm] tool_timeout_s, tool_memory_mb)."""
+    from ..config import ConfigError, load
+    from .tools import BoundedTools, Bounds, QueryRefused, ToolCutOff, ToolError
 
     try:
-        _out(fn(*args))
-    except (QueryRefused, ToolError) as e:
+        cfg = load().llm
+        tools = BoundedTools(_dir(data_dir), Bounds(cfg.tool_timeout_s, cfg.tool_memory_mb),
+                             log=klog.configure("ks-agent-tool"))
+    except (db.StoreError, ConfigError) as e:
+        print(f"ks agent tool: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    try:
+        _out(tools.call(name, *args))
+    except (QueryRefused, ToolError, ToolCutOff) as e:
         print(f"ks agent tool: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
 
@@ -110,32 +119,32 @@ def _call(fn, *args):
 @tool_app.command("query_database", help="Read-only SQL.\n\nExample: ks agent tool query_database "
                   "\"SELECT ts, mem_available_kb FROM memory_metrics ORDER BY ts DESC LIMIT 5\"")
 def t_query(sql: str, data_dir: Optional[Path] = typer.Option(None)) -> None:
-    _call(_tools(data_dir).query_database, sql)
+    _call(data_dir, "query_database", sql)
 
 
 @tool_app.command("get_current_features", help="The latest feature vector (the one the agent stored, when fresh)."
                   "\n\nExample: ks agent tool get_current_features")
 def t_features(data_dir: Optional[Path] = typer.Option(None),
                window: float = typer.Option(FEATURE_WINDOW_S, min=1, help="window in seconds")) -> None:
-    _call(_tools(data_dir).get_current_features, window)
+    _call(data_dir, "get_current_features", window)
 
 
 @tool_app.command("compare_baseline", help="Features of the last WINDOW vs the baseline, worst first.\n\n"
                   "Example: ks agent tool compare_baseline 5m")
 def t_compare(window: str = typer.Argument("5m"), data_dir: Optional[Path] = typer.Option(None)) -> None:
-    _call(_tools(data_dir).compare_baseline, window)
+    _call(data_dir, "compare_baseline", window)
 
 
 @tool_app.command("correlate_events", help="Observations, events and co-moving features in the last WINDOW.\n\n"
                   "Example: ks agent tool correlate_events 10m")
 def t_correlate(window: str = typer.Argument("10m"), data_dir: Optional[Path] = typer.Option(None)) -> None:
-    _call(_tools(data_dir).correlate_events, window)
+    _call(data_dir, "correlate_events", window)
 
 
-@tool_app.command("analyze_logs", help="Regex over the pipeline's logs and rejected lines.\n\n"
+@tool_app.command("analyze_logs", help="RE2 regex (linear time) over the pipeline's logs and rejected lines.\n\n"
                   "Example: ks agent tool analyze_logs 'error|refus'")
 def t_logs(pattern: str, data_dir: Optional[Path] = typer.Option(None)) -> None:
-    _call(_tools(data_dir).analyze_logs, pattern)
+    _call(data_dir, "analyze_logs", pattern)
 
 
 @tool_app.command("export_report", help="Report of recent observations (md, json or html) to stdout.\n\n"

@@ -37,8 +37,9 @@ import orjson
 
 from .. import db
 from ..features.catalog import FEATURE_WINDOW_S
+from .bounded import Bounds, ToolCutOff
 from .readonly_sql import QueryRefused
-from .tools import ToolError, Tools
+from .tools import BoundedTools, ToolError
 
 DEFAULT_MODEL = "gemini-2.5-flash"
 MAX_TURNS = 8
@@ -63,16 +64,18 @@ TOOL_SPECS: dict[str, tuple[str, dict]] = {
         {"type": "OBJECT", "properties": {"window_s": {"type": "NUMBER", "description": "window in seconds "
                                                        f"(default {FEATURE_WINDOW_S:g}, the stored vectors' window)"}}}),
     "compare_baseline": (
-        "Features of the last window (ending now) against the learned baseline, worst z-score first; says "
-        "so when no baseline has been learned.",
+        "Features of the last window (ending now, at most 24h) against the learned baseline, worst z-score "
+        "first; says so when no baseline has been learned.",
         {"type": "OBJECT", "properties": {"window": {"type": "STRING", "description": "like 60s, 5m, 2h "
                                                      "(default 5m)"}}}),
     "correlate_events": (
-        "Observations, event counts and co-moving feature pairs (|r| >= 0.9) in the last window (ending now).",
+        "Observations, event counts and co-moving feature pairs (|r| >= 0.9) in the last window (ending now, "
+        "at most 24h).",
         {"type": "OBJECT", "properties": {"window": {"type": "STRING", "description": "like 10m (default)"}}}),
     "analyze_logs": (
-        "A Python regular expression over the pipeline's own log files and the reasons of rejected events.",
-        {"type": "OBJECT", "properties": {"pattern": {"type": "STRING", "description": "regex"}},
+        "An RE2 regular expression (linear time: no backreferences or lookaround) over the pipeline's own "
+        "log files and the reasons of rejected events.",
+        {"type": "OBJECT", "properties": {"pattern": {"type": "STRING", "description": "RE2 regex"}},
          "required": ["pattern"]}),
 }
 
@@ -189,27 +192,26 @@ def _str_arg(args: dict, name: str, default: str | None = None) -> str:
     return v
 
 
-def call_tool(tools: Tools, name: str, args: dict | None) -> tuple[dict, bool]:
-    """Run one of the five read-only tools; returns (response for the model, ok).  Never raises for
-    the model's mistakes: an unknown tool, bad arguments, a refused query all come back as {"error": ...}."""
+def call_tool(tools: BoundedTools, name: str, args: dict | None) -> tuple[dict, bool]:
+    """Run one of the five read-only tools in its bounded child; returns (response for the model, ok).
+    Never raises for the model's mistakes: an unknown tool, bad arguments, a refused query, a call cut
+    off by its time or memory bound all come back as {"error": ...} (and are logged by BoundedTools)."""
     args = dict(args or {})
     try:
         if name == "query_database":
-            res = tools.query_database(_str_arg(args, "sql"))
+            res = tools.call(name, _str_arg(args, "sql"))
         elif name == "get_current_features":
             w = args.get("window_s", FEATURE_WINDOW_S)
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not 1 <= w <= 86400:
                 raise ToolError("argument 'window_s' must be a number of seconds between 1 and 86400")
-            res = tools.get_current_features(float(w))
-        elif name == "compare_baseline":
-            res = tools.compare_baseline(_str_arg(args, "window", "5m"))
-        elif name == "correlate_events":
-            res = tools.correlate_events(_str_arg(args, "window", "10m"))
+            res = tools.call(name, float(w))
+        elif name in ("compare_baseline", "correlate_events"):
+            res = tools.call(name, _str_arg(args, "window", "5m" if name == "compare_baseline" else "10m"))
         elif name == "analyze_logs":
-            res = tools.analyze_logs(_str_arg(args, "pattern"))
+            res = tools.call(name, _str_arg(args, "pattern"))
         else:
             return {"error": f"unknown tool {name!r}: the tools are {', '.join(TOOL_SPECS)}"}, False
-    except (QueryRefused, ToolError) as e:
+    except (QueryRefused, ToolError, ToolCutOff) as e:
         return {"error": str(e)}, False
     except Exception as e:  # a tool bug must not end the explanation; the model is told
         return {"error": f"tool failed: {type(e).__name__}: {e}"}, False
@@ -274,7 +276,7 @@ def split_answer(text: str) -> tuple[str, list[str]]:
 
 def explain(data_dir: Path, obs: dict, api_key: str, model: str = DEFAULT_MODEL, base_url: str | None = None,
             request_timeout_s: float = REQUEST_TIMEOUT_S, deadline_s: float = DEADLINE_S,
-            max_turns: int = MAX_TURNS) -> Explanation:
+            max_turns: int = MAX_TURNS, bounds: Bounds = Bounds()) -> Explanation:
     """Run the tool-calling loop for one observation; raises LLMError on any failure."""
     from google import genai
     from google.genai import types
@@ -297,7 +299,7 @@ def explain(data_dir: Path, obs: dict, api_key: str, model: str = DEFAULT_MODEL,
               + orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     contents = [types.Content(role="user", parts=[types.Part.from_text(text=prompt)])]
     calls: list[dict] = []
-    tools = Tools(data_dir)
+    tools = BoundedTools(data_dir, bounds)
     try:
         for turn in range(1, max_turns + 1):
             left = deadline_s - (time.monotonic() - started)
@@ -332,7 +334,6 @@ def explain(data_dir: Path, obs: dict, api_key: str, model: str = DEFAULT_MODEL,
             contents.append(types.Content(role="user", parts=parts))
         raise LLMError(f"no answer after {max_turns} turns")
     finally:
-        tools.close()
         client.close()
 
 
