@@ -17,6 +17,7 @@ from kernelsight.agent import engine
 from kernelsight.agent.engine import Agent
 from kernelsight.agent.forecast import classify, fit
 from kernelsight.agent.readonly_sql import QueryRefused, ReadOnlyDB
+from kernelsight.agent.exhaustion import EXHAUSTION_SIGNALS
 from kernelsight.agent.rules import Context, RuleError, evaluate, load_rules, parse_condition
 from kernelsight.agent.signals import AGENT_SIGNALS, io_worst
 from kernelsight.agent.tracker import Finding, Tracker, band, escalate
@@ -43,6 +44,11 @@ NORMAL = {
     "load_avg_1m": 0.3, "procs_running_avg": 1, "runq_latency_p95_us": 50, "psi_cpu_some_pct": 1,
     "forks_per_sec": 3, "tasks_total": 120, "cpu_iowait_pct": 0, "load_avg_5m": 0.3, "load_per_cpu_ratio": 0.15,
     "disk_util_max_pct": 1, "disk_await_ms_worst": 0.5, "disk_queue_depth_worst": 0.1, "disk_util_worst_pct": 1,
+    # resources that run out: the root fs 40 % full with a slow writer, a few hundred descriptors and tasks
+    "fs_avail_pct_worst": 60, "fs_avail_mb_worst": 12000, "fs_avail_minutes_worst": 90000, "fs_full_count": 0,
+    "fs_inodes_avail_pct_worst": 93, "file_handles_used_pct": 0.05, "nofile_top_used_pct": 12,
+    "nofile_top_fds_left": 900, "pids_used_pct": 0.9, "threads_used_pct": 0.1, "pids_cgroup_used_pct": 2,
+    "pids_cgroup_left": 4000, "conntrack_used_pct": None, "ephemeral_ports_used_pct": 0.1,
 }
 BASELINE = {"tasks_total": {"n": 100, "mean": 120, "std": 5, "median": 120, "mad": 3},
             "syscall_futex_p95_ms": {"n": 100, "mean": 0.05, "std": 0.02, "median": 0.05, "mad": 0.01},
@@ -81,6 +87,16 @@ FIRES = {
     "steady_demand_growth": ({"load_per_cpu_ratio": 0.9}, {"load_avg_5m": 0.3}, set(), 0),
     "approaching_oom": ({"memory_available_pct": 6}, {}, {"memory_pressure"}, 2),
     "io_bottleneck_scheduling_churn": ({"io_p95_ms_max": 40, "ctx_switches_per_sec": 60000}, {}, set(), 0),
+    # a 300 MiB tmpfs with 20 MiB left; a big volume at 95 % filling at a rate that ends it within hours
+    "fs_near_full": ({"fs_avail_pct_worst": 6.5, "fs_avail_mb_worst": 20}, {}, set(), 0),
+    "fs_full": ({"fs_avail_pct_worst": 0.0, "fs_avail_mb_worst": 0.0, "fs_full_count": 1}, {}, set(), 0),
+    "fs_inodes_near_full": ({"fs_inodes_avail_pct_worst": 2}, {}, set(), 0),
+    "file_handles_near_limit": ({"file_handles_used_pct": 95}, {}, set(), 0),
+    "process_fd_near_limit": ({"nofile_top_used_pct": 97, "nofile_top_fds_left": 30}, {}, set(), 0),
+    "pids_near_limit": ({"pids_used_pct": 96}, {}, set(), 0),
+    "pids_cgroup_near_limit": ({"pids_cgroup_used_pct": 95, "pids_cgroup_left": 10}, {}, set(), 0),
+    "conntrack_near_full": ({"conntrack_used_pct": 92}, {}, set(), 0),
+    "ephemeral_ports_near_exhaustion": ({"ephemeral_ports_used_pct": 88}, {}, set(), 0),
 }
 
 
@@ -96,7 +112,8 @@ def test_every_interpretation_row_has_a_rule():
 
 
 def test_every_feature_a_rule_reads_exists():
-    known = set(BY_NAME) | set(AGENT_SIGNALS) | {"io_p50_ms_max", "io_p95_ms_max", "io_p99_ms_max"}
+    known = set(BY_NAME) | set(AGENT_SIGNALS) | set(EXHAUSTION_SIGNALS) | {"io_p50_ms_max", "io_p95_ms_max",
+                                                                           "io_p99_ms_max"}
     for r in RULES.rules:
         missing = r.features() - known
         assert not missing, f"rule {r.id} reads unknown features {missing}"

@@ -84,10 +84,11 @@ def test_fixture_exact_values():
     s = fixture_scraper()
     ev = s.collect(now_ns=T0)
     assert s.warnings == []
-    # Sources run in the order of their names: block cgroup loadavg meminfo netdev psi stat tcp
-    # tcp_retrans vmstat (the cgroup lines: tests/test_scraper_cgroup.py).
+    # Sources run in the order of their names: block cgroup fs limits loadavg meminfo netdev psi
+    # stat tcp tcp_retrans vmstat (the cgroup lines: tests/test_scraper_cgroup.py; filesystem and
+    # limits: tests/test_scraper_limits.py).
     assert [e["type"] for e in ev] == [
-        "block", "block", "cgroup", "cgroup", "cgroup", "cgroup", "load", "memory", "net_dev", "net_dev", "net_dev", "net_dev",
+        "block", "block", "cgroup", "cgroup", "cgroup", "cgroup", "limits", "load", "memory", "net_dev", "net_dev", "net_dev", "net_dev",
         "psi", "psi", "psi", "cpu", "tcp", "tcp_retrans", "vmstat",
     ]
     assert all(e["ts"] == T0 for e in ev)
@@ -269,7 +270,7 @@ def test_missing_files_degrade_to_none(tmp_path):
 def test_nonexistent_roots_never_crash(tmp_path):
     s = Scraper(str(tmp_path / "nope"), str(tmp_path / "nope-sys"))
     ev = s.collect()
-    assert {e["type"] for e in ev} == {"memory", "load", "cpu", "vmstat", "tcp", "tcp_retrans", "psi"}
+    assert {e["type"] for e in ev} == {"memory", "load", "cpu", "vmstat", "tcp", "tcp_retrans", "psi", "limits"}
     n = len(s.warnings)
     assert n > 0
     s.collect()

@@ -141,6 +141,32 @@ CgroupName parse_cgroup_name(std::string_view path);
 // most max_json characters; unchanged when it fits.
 std::string cut_for_json(std::string_view s, size_t max_json);
 
+// ---- filesystems (src_fs.cpp) ----
+struct MountEntry {
+	std::string device, mountpoint, fstype;
+	bool readonly = false;
+};
+// PROC/self/mounts: "device mountpoint fstype options 0 0", the octal escapes
+// (\040 space, \011 tab, \012 newline, \134 backslash) decoded; at most
+// max_lines lines read.
+std::vector<MountEntry> parse_mounts(std::string_view text, size_t max_lines = 4096);
+std::string unescape_mount_field(std::string_view s);
+// Filesystems that hold no user data and cannot fill up (proc, sysfs, cgroup,
+// devtmpfs, ...); squashfs and iso9660 too (read-only images, always "full").
+bool is_pseudo_fs(std::string_view fstype);
+
+// ---- resource limits (src_limits.cpp) ----
+// /proc/PID/limits "Max open files" soft and hard limits (nullopt: unlimited
+// or absent).
+struct NofileLimit {
+	std::optional<uint64_t> soft, hard;
+	bool found = false;
+};
+NofileLimit parse_limits_nofile(std::string_view text);
+// Sockets of /proc/net/tcp{,6} text that are not listening and whose local
+// port is in [lo, hi] (the ephemeral range).
+uint64_t count_ephemeral_ports(std::string_view text, uint64_t lo, uint64_t hi);
+
 // ---- the source registry (scraper.cpp) ----
 using SourceFactory = std::unique_ptr<Source> (*)();
 using SourceRegistry = std::map<std::string, SourceFactory, std::less<>>;

@@ -39,6 +39,8 @@ from .oom import OomWatch
 from .telemetry import TelemetryWatch
 from .attribution import (ProcessSampler, cgroup_of, connection_makers, retransmitters, short_lived_children,
                           slow_syscalls, spawners)
+from .exhaustion import KINDS as EXHAUSTION_KINDS
+from .exhaustion import ExhaustionWatch
 from .forecast import RISK_LEVELS, forecast, forecast_cgroups
 from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
 from .signals import agent_signals, disk_worst, failing_processes, fs_errors, io_worst
@@ -131,6 +133,7 @@ class Agent:
         self.housekeeper = Housekeeper(self.rw, data_dir, self.config, log=log) if housekeeping else None
         self.telemetry = TelemetryWatch(data_dir)  # the pipeline's own losses, as observations
         self.oom = OomWatch()  # OOM kills, host or cgroup
+        self.exhaustion = ExhaustionWatch(proc_root)  # filesystems, descriptors, PIDs: forecasts and suspects
         self.last_forecast_check_ns = 0
         self.deviating_since: dict[str, float] = {}  # feature -> when its baseline deviation began
         self.firing_since: dict[str, float] = {}  # primary rule key -> when it began to hold
@@ -257,6 +260,8 @@ class Agent:
         values.update(agent_signals(self.ro, now_ns, FEATURE_WINDOW_S))
         values.update(io_worst(values, FEATURE_WINDOW_S))
         values.update(disk_worst(self.ro, now_ns, FEATURE_WINDOW_S))
+        values.update(self.exhaustion.signals(self.ro, now_ns, FEATURE_WINDOW_S))
+        self.exhaustion.sample()
         self.history.append((now_s, values))
         while self.history and self.history[0][0] < now_s - s.history_s:
             self.history.popleft()
@@ -286,6 +291,7 @@ class Agent:
         findings = self._one_per_incident(findings, anomalies, now_s)
         findings += self.oom.findings(self.ro, now_ns)
         findings += self._forecasts([fc, *forecast_cgroups(self.ro, now_ns)])
+        findings += self.exhaustion.forecasts(self.ro, now_ns)
         findings += self.telemetry.findings(self.ro, now_ns)
         changes = self.tracker.update(now_s, findings)
         self._persist(changes, now_s, now_ns, fc)
@@ -492,6 +498,8 @@ class Agent:
                 rows = short_lived_children(self.ro, since_step) or self.sampler.forkers()
             elif kind == "spawners":
                 rows = spawners(self.ro, since)
+            elif kind in EXHAUSTION_KINDS:
+                rows = self.exhaustion.rows(kind, self.ro, now_ns, FEATURE_WINDOW_S)
             else:
                 rows = getattr(self.sampler, kind)()
             for r in rows[:3]:

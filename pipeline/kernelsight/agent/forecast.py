@@ -59,9 +59,16 @@ def classify(headroom_pct: float, tte_s: float | None, confidence: float) -> str
     return "NORMAL"
 
 
-def fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: str = "memory") -> OomForecast:
-    """One least-squares fit of headroom (kB above the point of failure) against time; total_kb is
-    what headroom is a percentage of."""
+def _rate_text(per_s: float, unit: str) -> str:
+    if unit == "kB":
+        return f"{per_s / 1024:.1f} MiB/s"
+    return f"{per_s:.3g} {unit}/s"
+
+
+def fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: str = "memory",
+        unit: str = "kB") -> OomForecast:
+    """One least-squares fit of headroom (kB above the point of failure, or any other `unit`)
+    against time; total_kb is what headroom is a percentage of (same unit)."""
     n = len(ts_ns)
     if n < MIN_SAMPLES or total_kb <= 0:
         last = float(headroom_kb[-1]) if n else None
@@ -82,20 +89,23 @@ def fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: str =
     if tte is None:
         reason = f"headroom {pct:.1f}% and not falling"
     else:
-        reason = (f"headroom {pct:.1f}% falling {-slope / 1024:.1f} MiB/s; exhaustion in ~{tte:.0f} s "
+        reason = (f"headroom {pct:.1f}% falling {_rate_text(-slope, unit)}; exhaustion in ~{tte:.0f} s "
                   f"(confidence {confidence:.2f})")
     return OomForecast(risk, current, pct, float(slope), tte, round(confidence, 3), n, reason)
 
 
-def best_fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: str = "memory") -> OomForecast:
-    """Fits over every horizon; the most pessimistic confident one (else the longest)."""
+def best_fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: str = "memory",
+             horizons: tuple[float, ...] = HORIZONS_S, unit: str = "kB") -> OomForecast:
+    """Fits over every horizon; the most pessimistic confident one (else the longest).  Any resource
+    with a limit: headroom is what is left before it runs out, in `unit` (agent/exhaustion.py uses
+    it for filesystems, descriptors and PIDs)."""
     if len(ts_ns) == 0:
         return OomForecast("NORMAL", None, None, None, None, 0.0, 0, f"no {what} samples in the window")
     end = ts_ns[-1]
     fits = []
-    for h in HORIZONS_S:
+    for h in horizons:
         keep = ts_ns > end - h * 1e9
-        f = fit(ts_ns[keep], headroom_kb[keep], total_kb, what)
+        f = fit(ts_ns[keep], headroom_kb[keep], total_kb, what, unit)
         f.horizon_s = h
         if f.seconds_to_exhaustion is not None and f.seconds_to_exhaustion > EXTRAPOLATE_MAX * h:
             # 10 s of growth say little about 5 minutes from now (a build, a cache filling up).

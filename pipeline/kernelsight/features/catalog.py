@@ -228,6 +228,8 @@ def _blocked_share(running, blocked):
 
 BLK, NET, MEM, VM, CPU, LOAD = "block_stats", "network_interface_stats", "memory_metrics", "vmstat_metrics", "cpu_metrics", "load_metrics"
 TCP, TCPR, PSI = "tcp_stats", "tcp_retransmit_stats", "psi_metrics"
+FS, LIM = "filesystem_stats", "limit_stats"
+RW = ("readonly", "==", 0)
 SYS_S, SYS_E, IO_S, PF_S, SCHED_S, RUNQ = ("syscall_stats", "syscall_events", "io_latency_stats", "page_fault_stats",
                                           "sched_stats", "runqlat_hist")
 NOT_LO = ("interface", "!=", "lo")
@@ -391,6 +393,28 @@ FEATURES: list[Feature] = [
       Rate(PSI, ("full_total_us",), 1e-4, where=("resource", "==", "io"))),
     F("psi_memory_some_avg10_pct", "psi", "%", "kernel's 10 s PSI memory average, latest",
       Gauge(PSI, "some_avg10", "last", ("resource", "==", "memory"))),
+    # ---- capacity: resources that run out (filesystems, descriptors, PIDs, conntrack, ports)
+    F("fs_used_pct_max", "capacity", "%", "fullest read-write filesystem: used / (used + available), as df's Use%, max over filesystems and window",
+      Gauge(FS, "100 * (size_bytes - free_bytes) / (size_bytes - free_bytes + avail_bytes)", "max", RW)),
+    F("fs_reserved_pct_max", "capacity", "%", "largest share of a filesystem reserved for root (free but not available), max",
+      Gauge(FS, "100 * reserved_bytes / size_bytes", "max", RW)),
+    F("fs_inodes_used_pct_max", "capacity", "%", "read-write filesystem with the most inodes used, max (filesystems without an inode table excluded)",
+      Gauge(FS, "100 * (inodes_total - inodes_free) / inodes_total", "max", RW)),
+    F("file_handles_used_pct", "capacity", "%", "open file handles / fs.file-max, latest", Gauge(LIM, "100 * file_handles / file_max", "last")),
+    F("nofile_top_used_pct", "capacity", "%", "descriptors held / soft RLIMIT_NOFILE of the process nearest its limit, latest",
+      Gauge(LIM, "100 * nofile_top_fds / nofile_top_limit", "last")),
+    F("nofile_top_fds_left", "capacity", "descriptors", "descriptors that process can still open, latest",
+      Gauge(LIM, "nofile_top_limit - nofile_top_fds", "last")),
+    F("pids_used_pct", "capacity", "%", "tasks (threads) / kernel.pid_max, latest", Gauge(LIM, "100 * tasks / pid_max", "last")),
+    F("threads_used_pct", "capacity", "%", "tasks (threads) / kernel.threads-max, latest", Gauge(LIM, "100 * tasks / threads_max", "last")),
+    F("pids_cgroup_used_pct", "capacity", "%", "pids.current / pids.max of the pids cgroup nearest its limit, latest",
+      Gauge(LIM, "100 * pids_cgroup_current / pids_cgroup_max", "last")),
+    F("pids_cgroup_left", "capacity", "tasks", "tasks that cgroup can still start, latest",
+      Gauge(LIM, "pids_cgroup_max - pids_cgroup_current", "last")),
+    F("conntrack_used_pct", "capacity", "%", "conntrack entries / nf_conntrack_max, latest; null while nf_conntrack is not loaded",
+      Gauge(LIM, "100 * conntrack_entries / conntrack_max", "last")),
+    F("ephemeral_ports_used_pct", "capacity", "%", "TCP sockets on an ephemeral port / size of ip_local_port_range, latest",
+      Gauge(LIM, "100 * ephemeral_ports_used / (port_range_high - port_range_low + 1)", "last")),
     # ---- derived (5+)
     F("cpu_memory_correlation", "derived", "r", "Pearson correlation of CPU utilisation and memory used % over the window",
       Corr(CPU, "100 - idle_pct - iowait_pct", MEM, "100 * (mem_total_kb - mem_available_kb) / mem_total_kb")),

@@ -1,0 +1,291 @@
+// SPDX-License-Identifier: MIT
+// limits <- the host's countable resources against their limits, one line per
+// read (gauges only, no state):
+//  * file handles: PROC/sys/fs/file-nr against file-max (and nr_open);
+//  * the process closest to its own RLIMIT_NOFILE: a bounded scan of
+//    PROC/PID/fd (entries counted) and PROC/PID/limits (at most kMaxPids
+//    processes; limits read only for one holding >= kFdsWorthReading);
+//  * tasks (PROC/loadavg's thread count) against pid_max and threads-max;
+//  * the pids cgroup closest to its pids.max (v1 SYS/fs/cgroup/pids, else a
+//    v2 hierarchy with the pids controller; at most kMaxWalk cgroups);
+//  * conntrack entries against nf_conntrack_max (null while the module is not
+//    loaded: that is no error, so no warning either);
+//  * TCP sockets holding a port of the ephemeral range (ip_local_port_range).
+#include "sources.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+namespace ks {
+
+NofileLimit parse_limits_nofile(std::string_view text)
+{
+	NofileLimit l;
+	for (auto line : split_lines(text)) {
+		if (line.substr(0, 14) != "Max open files")
+			continue;
+		auto w = split_ws(line.substr(14));
+		if (w.size() < 2)
+			break;
+		l.found = true;
+		uint64_t v;
+		if (to_u64(w[0], v))
+			l.soft = v;
+		if (to_u64(w[1], v))
+			l.hard = v;
+		break;
+	}
+	return l;
+}
+
+static int hexval(char ch)
+{
+	return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+uint64_t count_ephemeral_ports(std::string_view text, uint64_t lo, uint64_t hi)
+{
+	uint64_t n = 0;
+	bool header = true;
+	for (auto line : split_lines(text)) {
+		if (header) {
+			header = false;
+			continue;
+		}
+		auto w = split_ws(line);
+		if (w.size() < 4 || w[3] == "0A") // LISTEN holds its port, but not an ephemeral one
+			continue;
+		size_t colon = w[1].rfind(':');
+		if (colon == std::string_view::npos || w[1].size() - colon - 1 != 4)
+			continue;
+		uint64_t port = 0;
+		bool ok = true;
+		for (char ch : w[1].substr(colon + 1)) {
+			int d = hexval(ch);
+			ok = ok && d >= 0;
+			port = port * 16 + (uint64_t)(d < 0 ? 0 : d);
+		}
+		if (ok && port >= lo && port <= hi)
+			n++;
+	}
+	return n;
+}
+
+namespace {
+
+constexpr size_t kMaxPids = 8192;
+constexpr uint64_t kFdsWorthReading = 16;
+constexpr size_t kMaxWalk = 4096;
+constexpr size_t kPathJsonMax = 1000;
+
+std::optional<uint64_t> first_number(const std::string &path)
+{
+	std::string t;
+	if (read_file(path, t) != 0)
+		return std::nullopt;
+	auto n = parse_numbers(t);
+	return n.empty() ? std::nullopt : std::optional<uint64_t>(n[0]);
+}
+
+bool is_digits(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++)
+		if (*s < '0' || *s > '9')
+			return false;
+	return true;
+}
+
+bool exists(const std::string &p)
+{
+	struct stat st;
+	return stat(p.c_str(), &st) == 0;
+}
+
+struct PidsCg {
+	std::string rel;
+	uint64_t current = 0, max = 0;
+	uint64_t limited = 0; // cgroups with a pids.max
+	bool found = false;
+};
+
+// The cgroup nearest its pids.max (current / max highest), by a bounded walk.
+PidsCg tightest_pids_cgroup(const std::string &root)
+{
+	PidsCg best;
+	std::vector<std::string> todo = {"/"};
+	size_t seen = 0;
+	while (!todo.empty() && seen++ < kMaxWalk) {
+		std::string rel = std::move(todo.back());
+		todo.pop_back();
+		std::string dir = rel == "/" ? root : root + rel;
+		std::string t;
+		if (rel != "/" && read_file(dir + "/pids.max", t) == 0) {
+			uint64_t mx, cur;
+			auto w = split_ws(t);
+			std::string ct;
+			if (!w.empty() && to_u64(w[0], mx) && mx > 0 && read_file(dir + "/pids.current", ct) == 0) {
+				auto cw = split_ws(ct);
+				if (!cw.empty() && to_u64(cw[0], cur)) {
+					best.limited++;
+					if (!best.found || (double)cur / (double)mx > (double)best.current / (double)best.max) {
+						best.found = true;
+						best.rel = rel;
+						best.current = cur;
+						best.max = mx;
+					}
+				}
+			}
+		}
+		DIR *d = opendir(dir.c_str());
+		if (!d)
+			continue;
+		while (struct dirent *de = readdir(d)) {
+			if (de->d_name[0] == '.')
+				continue;
+			if (de->d_type == DT_DIR)
+				todo.push_back(rel == "/" ? "/" + std::string(de->d_name) : rel + "/" + de->d_name);
+		}
+		closedir(d);
+	}
+	return best;
+}
+
+std::string pids_hierarchy(const std::string &sys_root)
+{
+	std::string base = sys_root + "/fs/cgroup";
+	if (exists(base + "/pids/pids.current") || exists(base + "/pids/tasks"))
+		return base + "/pids";
+	for (const std::string &v2 : {base, base + "/unified"}) {
+		std::string t;
+		if (read_file(v2 + "/cgroup.controllers", t) == 0)
+			for (auto w : split_ws(t))
+				if (w == "pids")
+					return v2;
+	}
+	return "";
+}
+
+class LimitsSource : public Source {
+public:
+	void collect(Ctx &c) override
+	{
+		const std::string &P = c.proc_root;
+		Event e("limits", c.ts_ns);
+		std::string t;
+		std::vector<uint64_t> fnr;
+		if (read_or_warn(c, P + "/sys/fs/file-nr", t))
+			fnr = parse_numbers(t);
+		e.u64("file_handles", fnr.size() == 3 ? std::optional<uint64_t>(fnr[0] - std::min(fnr[0], fnr[1]))
+						     : std::nullopt);
+		e.u64("file_max", fnr.size() == 3 ? std::optional<uint64_t>(fnr[2]) : std::nullopt);
+		e.u64("nr_open", first_number(P + "/sys/fs/nr_open"));
+
+		// The process nearest its own descriptor limit.
+		uint64_t procs = 0, best_fds = 0, best_lim = 0, best_pid = 0;
+		double best_ratio = -1;
+		DIR *d = opendir(P.c_str());
+		if (d) {
+			while (struct dirent *de = readdir(d)) {
+				if (!is_digits(de->d_name))
+					continue;
+				if (procs++ >= kMaxPids)
+					continue; // still counted
+				std::string pd = P + "/" + de->d_name;
+				DIR *fd = opendir((pd + "/fd").c_str());
+				if (!fd)
+					continue; // gone, or a kernel thread we cannot read
+				uint64_t n = 0;
+				while (struct dirent *fe = readdir(fd))
+					n += fe->d_name[0] != '.';
+				closedir(fd);
+				if (n < kFdsWorthReading)
+					continue;
+				std::string lt;
+				if (read_file(pd + "/limits", lt) != 0)
+					continue;
+				NofileLimit l = parse_limits_nofile(lt);
+				if (!l.soft || *l.soft == 0)
+					continue;
+				double r = (double)n / (double)*l.soft;
+				if (r > best_ratio) {
+					best_ratio = r;
+					best_fds = n;
+					best_lim = *l.soft;
+					best_pid = strtoull(de->d_name, nullptr, 10);
+				}
+			}
+			closedir(d);
+		}
+		bool have = best_ratio >= 0;
+		std::string comm;
+		if (have && read_file(P + "/" + std::to_string(best_pid) + "/comm", comm) == 0)
+			while (!comm.empty() && comm.back() == '\n')
+				comm.pop_back();
+		e.u64("processes", procs);
+		e.u64("nofile_top_pid", have ? std::optional<uint64_t>(best_pid) : std::nullopt);
+		if (have)
+			e.str("nofile_top_comm", cut_for_json(comm, 64));
+		else
+			e.u64("nofile_top_comm", std::nullopt);
+		e.u64("nofile_top_fds", have ? std::optional<uint64_t>(best_fds) : std::nullopt);
+		e.u64("nofile_top_limit", have ? std::optional<uint64_t>(best_lim) : std::nullopt);
+
+		// Tasks (threads) against pid_max and threads-max.
+		std::optional<uint64_t> tasks;
+		if (read_or_warn(c, P + "/loadavg", t))
+			if (auto l = parse_loadavg(t))
+				tasks = l->total;
+		e.u64("tasks", tasks);
+		e.u64("pid_max", first_number(P + "/sys/kernel/pid_max"));
+		e.u64("threads_max", first_number(P + "/sys/kernel/threads-max"));
+
+		// The pids cgroup nearest its limit.
+		std::string h = pids_hierarchy(c.sys_root);
+		PidsCg pc = h.empty() ? PidsCg{} : tightest_pids_cgroup(h);
+		if (pc.found)
+			e.str("pids_cgroup_path", cut_for_json(pc.rel, kPathJsonMax));
+		else
+			e.u64("pids_cgroup_path", std::nullopt);
+		e.u64("pids_cgroup_current", pc.found ? std::optional<uint64_t>(pc.current) : std::nullopt);
+		e.u64("pids_cgroup_max", pc.found ? std::optional<uint64_t>(pc.max) : std::nullopt);
+		e.u64("pids_cgroups_limited", h.empty() ? std::nullopt : std::optional<uint64_t>(pc.limited));
+
+		// conntrack, where the module is loaded.
+		e.u64("conntrack_entries", first_number(P + "/sys/net/netfilter/nf_conntrack_count"));
+		e.u64("conntrack_max", first_number(P + "/sys/net/netfilter/nf_conntrack_max"));
+
+		// Ephemeral ports.
+		std::optional<uint64_t> lo, hi, used;
+		if (read_or_warn(c, P + "/sys/net/ipv4/ip_local_port_range", t)) {
+			auto r = parse_numbers(t);
+			if (r.size() == 2 && r[0] <= r[1]) {
+				lo = r[0];
+				hi = r[1];
+				uint64_t n = 0;
+				bool any = false;
+				for (const char *f : {"/net/tcp", "/net/tcp6"})
+					if (read_file(P + f, t) == 0) {
+						n += count_ephemeral_ports(t, *lo, *hi);
+						any = true;
+					}
+				if (any)
+					used = n;
+			}
+		}
+		e.u64("port_range_low", lo);
+		e.u64("port_range_high", hi);
+		e.u64("ephemeral_ports_used", used);
+		c.out.push_back(std::move(e));
+	}
+};
+
+const RegisterSource kRegister("limits", make_source<LimitsSource>);
+
+} // namespace
+
+} // namespace ks

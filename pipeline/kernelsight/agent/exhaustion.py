@@ -1,0 +1,368 @@
+"""Resources that run out besides memory: filesystem space and inodes, file handles, a process's
+descriptors, PIDs (host and pids cgroups), conntrack entries and ephemeral ports.
+
+The scraper writes what each stands at (filesystem_stats: one row per real filesystem;
+limit_stats: one row per read, the process and the pids cgroup nearest their limits among them).
+This module gives the agent, each step:
+
+  - signals(): the worst filesystem's values, for rules.toml (fs_near_full, fs_full,
+    fs_inodes_near_full): its available %, its available MiB and the minutes that lasts at its
+    current fill rate (the absolute floors), how many filesystems are full;
+  - forecasts(): a `forecast` observation for every resource whose headroom a confident fit
+    (forecast.best_fit: several windows, the most pessimistic confident one) says runs out soon,
+    naming what fills it: the writer to that filesystem, the process, the pids cgroup;
+  - rows(kind): the suspects rules name (attribution kinds fs_writers, fd_holders, pids_cgroup).
+
+Writers: the processes with the largest write rate (wchar deltas of /proc/PID/io between two
+steps: bytes passed to write(), so tmpfs counts too) that hold a file open for writing on that
+filesystem (the st_dev of an fd's target).  The last writer seen on a filesystem is kept for a
+while: a filesystem that is full has usually stopped its writer.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .forecast import CONFIDENT, RISK_LEVELS, OomForecast, best_fit
+from .tracker import Finding
+
+FS_HORIZONS_S = (30.0, 120.0, 600.0)   # a filesystem fills over minutes to hours: a longer last window
+FS_WINDOW_S = max(FS_HORIZONS_S)
+COUNT_HORIZONS_S = (10.0, 30.0, 120.0)
+FILL_RATE_SPAN_S = 60.0                # fs_avail_minutes_worst: the fill rate over this long
+FULL_FLOOR_BYTES = 1 << 20             # full: less than this available ...
+FULL_FLOOR_FRAC = 0.001                # ... and less than this share of the filesystem
+WRITER_MEMORY_S = 600.0                # the last writer to a filesystem is named this long after it stops
+KINDS = ("fs_writers", "fd_holders", "pids_cgroup")
+# The values signals() adds to the agent's vector (none is a catalog feature).
+EXHAUSTION_SIGNALS = ("fs_avail_pct_worst", "fs_avail_mb_worst", "fs_avail_minutes_worst", "fs_full_count",
+                      "fs_inodes_avail_pct_worst")
+
+
+def _rows(conn: sqlite3.Connection, sql: str, args) -> list[tuple]:
+    try:
+        return conn.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:  # the table does not exist yet (no scraper line of that type)
+        return []
+
+
+def is_full(avail_bytes: float, size_bytes: float) -> bool:
+    return avail_bytes < FULL_FLOOR_BYTES and avail_bytes < FULL_FLOOR_FRAC * size_bytes
+
+
+def _fs_series(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dict[str, np.ndarray]:
+    """mountpoint -> rows (ts, size, free, avail, inodes_total, inodes_free) of read-write filesystems."""
+    rows = _rows(conn, "SELECT mountpoint, ts, size_bytes, free_bytes, avail_bytes, inodes_total, inodes_free "
+                       "FROM filesystem_stats WHERE ts > ? AND ts <= ? AND COALESCE(readonly, 0) = 0 "
+                       "AND size_bytes > 0 ORDER BY mountpoint, ts", (end_ns - int(window_s * 1e9), end_ns))
+    by: dict[str, list] = {}
+    for m, *r in rows:
+        by.setdefault(m, []).append([np.nan if v is None else v for v in r])
+    return {m: np.array(v, dtype=float) for m, v in by.items()}
+
+
+def _avail_pct(size: float, free: float, avail: float) -> float:
+    used = size - free
+    return 100.0 * avail / (used + avail) if used + avail > 0 else 0.0
+
+
+def fs_signals(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dict[str, float | None]:
+    """The worst read-write filesystem (lowest available %, df's Use% complement) over the window:
+    its available %, MiB and minutes at its fill rate (None while it is not filling); filesystems
+    full; the lowest available inode %."""
+    out: dict[str, float | None] = {"fs_avail_pct_worst": None, "fs_avail_mb_worst": None,
+                                    "fs_avail_minutes_worst": None, "fs_full_count": None,
+                                    "fs_inodes_avail_pct_worst": None}
+    series = _fs_series(conn, end_ns, max(window_s, FILL_RATE_SPAN_S))
+    lo = end_ns - window_s * 1e9
+    worst = None
+    full = 0
+    for m, a in series.items():
+        last = a[-1]
+        if last[0] <= lo:
+            continue  # not seen in the window: unmounted
+        ts, size, free, avail, itot, ifree = last
+        pct = _avail_pct(size, free, avail)
+        if worst is None or pct < worst[0]:
+            worst = (pct, m, a)
+        inode_full = itot > 0 and ifree == 0
+        full += int(is_full(avail, size) or bool(inode_full))
+        if itot > 0 and not np.isnan(ifree):
+            ipct = 100.0 * ifree / itot
+            cur = out["fs_inodes_avail_pct_worst"]
+            out["fs_inodes_avail_pct_worst"] = ipct if cur is None else min(cur, ipct)
+    if worst is None:
+        return out
+    pct, m, a = worst
+    out["fs_avail_pct_worst"] = pct
+    out["fs_avail_mb_worst"] = a[-1, 3] / 1048576
+    out["fs_full_count"] = float(full)
+    span = a[a[:, 0] > a[-1, 0] - FILL_RATE_SPAN_S * 1e9]
+    dt = (span[-1, 0] - span[0, 0]) / 1e9
+    if dt > 0:
+        rate = (span[0, 3] - span[-1, 3]) / dt   # available bytes lost per second
+        if rate > 0:
+            out["fs_avail_minutes_worst"] = span[-1, 3] / rate / 60.0
+    return out
+
+
+def limit_series(conn: sqlite3.Connection, end_ns: int, window_s: float) -> list[tuple]:
+    return _rows(conn, "SELECT ts, file_handles, file_max, tasks, pid_max, threads_max, pids_cgroup_path, "
+                       "pids_cgroup_current, pids_cgroup_max, nofile_top_pid, nofile_top_comm, nofile_top_fds, "
+                       "nofile_top_limit, conntrack_entries, conntrack_max FROM limit_stats "
+                       "WHERE ts > ? AND ts <= ? ORDER BY ts", (end_ns - int(window_s * 1e9), end_ns))
+
+
+class WriterSampler:
+    """Write rates per process (wchar deltas between two samples) and, on demand, which of the
+    busiest writers hold a file open for writing on a given filesystem."""
+
+    def __init__(self, proc_root: str = "/proc"):
+        self.proc = Path(proc_root)
+        self.prev: dict[int, int] = {}
+        self.prev_t: float | None = None
+        self.rates: dict[int, float] = {}
+        self.last_writer: dict[int, tuple[float, dict]] = {}  # st_dev -> (when, row)
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        cur: dict[int, int] = {}
+        try:
+            entries = [e.name for e in os.scandir(self.proc) if e.name.isdigit()]
+        except OSError:
+            entries = []
+        for name in entries:
+            try:
+                with open(self.proc / name / "io", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"wchar:"):
+                            cur[int(name)] = int(line.split()[1])
+                            break
+            except (OSError, ValueError, IndexError):
+                continue
+        if self.prev_t is not None and now > self.prev_t:
+            dt = now - self.prev_t
+            self.rates = {p: (w - self.prev[p]) / dt for p, w in cur.items() if p in self.prev and w >= self.prev[p]}
+        self.prev, self.prev_t = cur, now
+
+    def _writes_on(self, pid: int, dev: int) -> bool:
+        fd_dir = self.proc / str(pid) / "fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            return False
+        for fd in fds[:4096]:
+            try:
+                st = os.stat(fd_dir / fd)
+                if st.st_dev != dev or not (st.st_mode & 0o170000) == 0o100000:  # a regular file there
+                    continue
+                with open(self.proc / str(pid) / "fdinfo" / fd) as f:
+                    flags = next((int(ln.split()[1], 8) for ln in f if ln.startswith("flags:")), 0)
+                if flags & 0o3:  # O_WRONLY or O_RDWR
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    def writers_to(self, mountpoint: str, limit: int = 3) -> list[dict]:
+        try:
+            dev = os.stat(mountpoint).st_dev
+        except OSError:
+            return []
+        out = []
+        for pid, rate in sorted(self.rates.items(), key=lambda kv: -kv[1])[:20]:
+            if rate <= 0 or len(out) >= limit:
+                break
+            if not self._writes_on(pid, dev):
+                continue
+            try:
+                comm = (self.proc / str(pid) / "comm").read_text().strip()
+            except OSError:
+                continue
+            out.append({"pid": pid, "comm": comm, "mount": mountpoint,
+                        "write_rate": f"{rate / 1048576:.2f} MiB/s"})
+        now = time.monotonic()
+        if out:
+            self.last_writer[dev] = (now, out[0])
+            return out
+        seen = self.last_writer.get(dev)
+        if seen and now - seen[0] < WRITER_MEMORY_S:
+            return [{**seen[1], "write_rate": f"stopped; last seen writing {now - seen[0]:.0f} s ago at "
+                                              f"{seen[1]['write_rate']}"}]
+        return []
+
+
+def _pids_cgroup_root(sys_root: str = "/sys") -> Path | None:
+    base = Path(sys_root) / "fs" / "cgroup"
+    if (base / "pids").is_dir():
+        return base / "pids"
+    for v2 in (base, base / "unified"):
+        try:
+            if "pids" in (v2 / "cgroup.controllers").read_text().split():
+                return v2
+        except OSError:
+            continue
+    return None
+
+
+def pids_cgroup_leader(path: str, proc_root: str = "/proc", sys_root: str = "/sys") -> dict | None:
+    """The process of a pids cgroup with the most children inside it (a fork loop's parent), else
+    its first process."""
+    root = _pids_cgroup_root(sys_root)
+    if root is None:
+        return None
+    try:
+        pids = [int(x) for x in (root / path.lstrip("/") / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return None
+    inside = set(pids)
+    children: dict[int, int] = {}
+    for pid in pids[:4096]:
+        try:
+            stat = Path(f"{proc_root}/{pid}/stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid in inside:
+            children[ppid] = children.get(ppid, 0) + 1
+    lead = max(children, key=children.get) if children else (pids[0] if pids else None)
+    if lead is None:
+        return None
+    try:
+        comm = Path(f"{proc_root}/{lead}/comm").read_text().strip()
+    except OSError:
+        comm = "?"
+    return {"pid": lead, "comm": comm, "children_in_cgroup": children.get(lead, 0)}
+
+
+class ExhaustionWatch:
+    def __init__(self, proc_root: str = "/proc", sys_root: str = "/sys"):
+        self.proc_root, self.sys_root = proc_root, sys_root
+        self.writers = WriterSampler(proc_root)
+
+    def sample(self) -> None:
+        self.writers.sample()
+
+    def signals(self, conn: sqlite3.Connection, end_ns: int, window_s: float) -> dict[str, float | None]:
+        return fs_signals(conn, end_ns, window_s)
+
+    # -- suspects ---------------------------------------------------------------
+    def rows(self, kind: str, conn: sqlite3.Connection, now_ns: int, window_s: float = 15.0) -> list[dict]:
+        if kind == "fs_writers":
+            series = _fs_series(conn, now_ns, window_s)
+            if not series:
+                return []
+            m = min(series, key=lambda k: _avail_pct(*series[k][-1, 1:4]))
+            a = series[m][-1]
+            rows = self.writers.writers_to(m)
+            fs = {"mount": m, "avail": f"{a[3] / 1048576:.1f} MiB of {a[1] / 1048576:.0f} MiB"}
+            return [{**r, **fs} for r in rows] or [{"comm": f"filesystem {m}", **fs,
+                                                    "writer": "none found holding a file open for writing"}]
+        lim = limit_series(conn, now_ns, window_s)
+        if not lim:
+            return []
+        last = lim[-1]
+        if kind == "fd_holders":
+            if last[9] is None:
+                return []
+            return [{"pid": int(last[9]), "comm": last[10] or "?", "fds": last[11], "limit": last[12],
+                     "used": f"{100.0 * (last[11] or 0) / (last[12] or 1):.0f}% of its RLIMIT_NOFILE"}]
+        if kind == "pids_cgroup":
+            if last[6] is None:
+                return []
+            lead = pids_cgroup_leader(last[6], self.proc_root, self.sys_root) or {"comm": "?"}
+            return [{**lead, "cgroup": last[6], "tasks": f"{last[7]} of pids.max {last[8]}"}]
+        return []
+
+    # -- forecasts --------------------------------------------------------------
+    def _resource_fits(self, conn: sqlite3.Connection, end_ns: int) -> list[tuple[str, str, OomForecast]]:
+        """(scope, what, forecast) for every resource with a limit."""
+        out = []
+        for m, a in _fs_series(conn, end_ns, FS_WINDOW_S).items():
+            if a[-1, 0] <= end_ns - 15e9:
+                continue
+            used_plus_avail = a[-1, 1] - a[-1, 2] + a[-1, 3]
+            out.append((f"fs:{m}", "filesystem space",
+                        best_fit(a[:, 0], a[:, 3] / 1024, used_plus_avail / 1024, "filesystem",
+                                 FS_HORIZONS_S, "kB")))
+            ok = ~np.isnan(a[:, 5]) & (a[:, 4] > 0)
+            if ok.any():
+                b = a[ok]
+                out.append((f"inodes:{m}", "filesystem inodes",
+                            best_fit(b[:, 0], b[:, 5], float(b[-1, 4]), "inode", FS_HORIZONS_S, "inodes")))
+        lim = limit_series(conn, end_ns, max(COUNT_HORIZONS_S))
+        if lim:
+            a = np.array([[r[0], *(np.nan if v is None else v for v in (r[1], r[2], r[3], r[4]))] for r in lim],
+                         dtype=float)
+            ok = ~np.isnan(a[:, 1]) & ~np.isnan(a[:, 2])
+            if ok.any():
+                b = a[ok]
+                out.append(("file_handles", "file handles",
+                            best_fit(b[:, 0], b[:, 2] - b[:, 1], float(b[-1, 2]), "file handle",
+                                     COUNT_HORIZONS_S, "handles")))
+            ok = ~np.isnan(a[:, 3]) & ~np.isnan(a[:, 4])
+            if ok.any():
+                b = a[ok]
+                out.append(("pids", "PIDs", best_fit(b[:, 0], b[:, 4] - b[:, 3], float(b[-1, 4]), "task",
+                                                      COUNT_HORIZONS_S, "tasks")))
+            cg = lim[-1][6]
+            s = [(r[0], r[8] - r[7], r[8]) for r in lim if r[6] == cg and r[7] is not None and r[8]]
+            if cg is not None and s:
+                b = np.array(s, dtype=float)
+                out.append((f"pids_cgroup:{cg}", "pids cgroup",
+                            best_fit(b[:, 0], b[:, 1], float(b[-1, 2]), "cgroup task", COUNT_HORIZONS_S, "tasks")))
+            pid = lim[-1][9]
+            s = [(r[0], r[12] - r[11], r[12]) for r in lim if r[9] == pid and r[11] is not None and r[12]]
+            if pid is not None and s:
+                b = np.array(s, dtype=float)
+                out.append((f"nofile:{int(pid)}", "process descriptors",
+                            best_fit(b[:, 0], b[:, 1], float(b[-1, 2]), "descriptor", COUNT_HORIZONS_S,
+                                     "descriptors")))
+        return out
+
+    def forecasts(self, conn: sqlite3.Connection, end_ns: int) -> list[Finding]:
+        """A forecast observation for each resource a confident trend exhausts soon (WARNING or
+        above by forecast.classify: within 5 minutes).  A resource that is merely near its limit
+        without a trend is the near-limit rules' business, not a forecast."""
+        out = []
+        for scope, what, fc in self._resource_fits(conn, end_ns):
+            if (fc.seconds_to_exhaustion is None or fc.confidence < CONFIDENT
+                    or RISK_LEVELS.index(fc.risk) < RISK_LEVELS.index("WARNING")):
+                continue
+            fc.scope = scope
+            name = scope.split(":", 1)[1] if ":" in scope else ""
+            procs: list[dict] = []
+            if scope.startswith(("fs:", "inodes:")):
+                procs = [{"kind": "fs_writers", **r} for r in self.writers.writers_to(name)]
+                target = f"{what} on {name}"
+            elif scope.startswith("pids_cgroup:"):
+                lead = pids_cgroup_leader(name, self.proc_root, self.sys_root)
+                procs = [{"kind": "pids_cgroup", **lead, "cgroup": name}] if lead else []
+                target = f"{what} {name}"
+            elif scope.startswith("nofile:"):
+                procs = [{"kind": "fd_holders", **r} for r in self.rows("fd_holders", conn, end_ns)]
+                target = f"descriptors of pid {name}"
+            else:
+                target = what
+            who = f"; filled by {procs[0]['comm']} (pid {procs[0]['pid']})" if procs and "pid" in procs[0] else ""
+            summary = (f"Forecast: {target} runs out in ~{fc.seconds_to_exhaustion:.0f} s "
+                       f"({fc.headroom_pct:.1f}% left, fit over {fc.horizon_s:.0f} s, confidence "
+                       f"{fc.confidence:.2f}){who}")
+            out.append(Finding(
+                key=f"forecast:{scope}", rule_id="exhaustion_forecast", label="Resource Exhaustion Forecast",
+                category="io" if scope.startswith(("fs:", "inodes:")) else "load", observation_type="forecast",
+                severity="critical" if fc.risk == "CRITICAL" else "high", metric="seconds_to_exhaustion",
+                value=fc.seconds_to_exhaustion, trend="declining", summary=summary,
+                hints=[f"At this rate {target} is exhausted: writes fail with ENOSPC, opens with EMFILE/ENFILE, "
+                       "forks with EAGAIN", fc.reason],
+                processes=procs,
+                forecast={"scope": scope, "resource": what, "risk": fc.risk,
+                          "seconds_to_exhaustion": fc.seconds_to_exhaustion, "confidence": fc.confidence,
+                          "horizon_s": fc.horizon_s, "headroom_pct": fc.headroom_pct},
+            ))
+        return out

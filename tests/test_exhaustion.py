@@ -1,0 +1,144 @@
+"""Resources that run out (agent/exhaustion.py): the worst filesystem's signals, the forecast
+observations and who is named, on stored rows made here; the writer sampler on a live tmpfs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kernelsight import db
+from kernelsight.agent.exhaustion import ExhaustionWatch, WriterSampler, fs_signals, is_full
+
+SEC = 1_000_000_000
+MIB = 1 << 20
+T = 1_800_000_000 * SEC
+
+
+def fs_row(conn, ts, mount, size, avail, readonly=0, itot=1000, ifree=900):
+    conn.execute("INSERT INTO filesystem_stats (ts, mountpoint, device, fstype, readonly, size_bytes, free_bytes, "
+                 "avail_bytes, reserved_bytes, inodes_total, inodes_free) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                 (ts, mount, "dev", "tmpfs", readonly, size, avail, avail, 0, itot, ifree))
+
+
+@pytest.fixture
+def conn(tmp_path):
+    c = db.connect(tmp_path / "k.db")
+    yield c
+    c.close()
+
+
+def filling(conn, seconds=120, start_avail=200 * MIB, rate=MIB):
+    """/fill loses `rate` bytes a second; / stays put at 40 % used; /ro is full but read-only."""
+    for k in range(seconds + 1):
+        ts = T + k * SEC
+        fs_row(conn, ts, "/fill", 300 * MIB, start_avail - k * rate)
+        fs_row(conn, ts, "/", 100_000 * MIB, 60_000 * MIB)
+        fs_row(conn, ts, "/ro", 50 * MIB, 0, readonly=1)
+    conn.commit()
+    return T + seconds * SEC
+
+
+def test_signals_name_the_worst_filesystem_and_its_minutes_left(conn):
+    end = filling(conn)
+    s = fs_signals(conn, end, 15.0)
+    left = 200 * MIB - 120 * MIB
+    assert s["fs_avail_pct_worst"] == pytest.approx(100 * left / (300 * MIB))
+    assert s["fs_avail_mb_worst"] == pytest.approx(left / MIB)
+    assert s["fs_avail_minutes_worst"] == pytest.approx(left / MIB / 60)  # 1 MiB/s
+    assert s["fs_full_count"] == 0  # the full read-only image does not count
+    assert s["fs_inodes_avail_pct_worst"] == pytest.approx(90.0)
+
+
+def test_full_counts_space_and_inodes(conn):
+    fs_row(conn, T, "/a", 300 * MIB, 100 * 1024)     # 100 KiB left of 300 MiB: full
+    fs_row(conn, T, "/b", 300 * MIB, 2 * MIB)        # 2 MiB left: not yet
+    fs_row(conn, T, "/c", 300 * MIB, 200 * MIB, itot=100, ifree=0)  # out of inodes
+    conn.commit()
+    assert fs_signals(conn, T, 15.0)["fs_full_count"] == 2
+    assert is_full(0, 4096 * MIB) and not is_full(2 * MIB, 300 * MIB) and not is_full(4096, 4096)
+
+
+def test_forecast_for_the_filling_filesystem_only(conn):
+    end = filling(conn)
+    found = ExhaustionWatch().forecasts(conn, end)
+    fs = [f for f in found if f.key.startswith("forecast:fs:")]
+    assert [f.key for f in fs] == ["forecast:fs:/fill"]
+    f = fs[0]
+    assert f.observation_type == "forecast" and f.rule_id == "exhaustion_forecast"
+    assert f.forecast["seconds_to_exhaustion"] == pytest.approx(80.0, rel=1e-6)  # 80 MiB at 1 MiB/s
+    assert f.forecast["confidence"] == 1.0 and f.forecast["horizon_s"] in (30.0, 120.0, 600.0)
+    assert "/fill" in f.summary and "runs out in ~80 s" in f.summary
+
+
+def test_no_forecast_on_a_quiet_or_merely_full_filesystem(conn):
+    for k in range(121):
+        # 97 % full but not moving, and a small one that wobbles
+        fs_row(conn, T + k * SEC, "/static", 300 * MIB, 9 * MIB)
+        fs_row(conn, T + k * SEC, "/wobble", 300 * MIB, 150 * MIB + (k % 3) * 4096)
+    conn.commit()
+    assert ExhaustionWatch().forecasts(conn, T + 120 * SEC) == []
+
+
+def test_pids_cgroup_forecast_from_limit_rows(conn):
+    for k in range(31):
+        conn.execute("INSERT INTO limit_stats (ts, tasks, pid_max, threads_max, pids_cgroup_path, pids_cgroup_current, "
+                     "pids_cgroup_max, file_handles, file_max) VALUES (?,?,?,?,?,?,?,?,?)",
+                     (T + k * SEC, 200, 32768, 190000, "/fork_loop", 10 + 5 * k, 400, 800, 2_000_000))
+    conn.commit()
+    found = {f.key: f for f in ExhaustionWatch().forecasts(conn, T + 30 * SEC)}
+    assert set(found) == {"forecast:pids_cgroup:/fork_loop"}  # host PIDs and handles are flat
+    assert found["forecast:pids_cgroup:/fork_loop"].forecast["seconds_to_exhaustion"] == pytest.approx(
+        (400 - 160) / 5, rel=1e-6)
+
+
+WRITER = """
+import os, sys, time
+with open(sys.argv[1], "wb") as f:
+    print("ready", flush=True)
+    while True:
+        f.write(b"x" * 65536); f.flush(); time.sleep(0.01)
+"""
+NOISE = """
+import time
+with open("/dev/null", "wb") as f:
+    while True:
+        f.write(b"x" * (1 << 20)); time.sleep(0.005)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount)")
+def test_writer_named_is_the_one_writing_to_that_filesystem(tmp_path):
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    procs = []
+    try:
+        w = subprocess.Popen([sys.executable, "-c", WRITER, str(mnt / "out")], stdout=subprocess.PIPE, text=True)
+        procs.append(w)
+        assert w.stdout.readline().strip() == "ready"
+        # writes more, but to /dev/null: not a writer to this filesystem
+        procs.append(subprocess.Popen([sys.executable, "-c", NOISE]))
+        s = WriterSampler()
+        s.sample()
+        time.sleep(1.0)
+        s.sample()
+        rows = s.writers_to(str(mnt))
+        assert [r["pid"] for r in rows] == [w.pid]
+        assert rows[0]["mount"] == str(mnt) and rows[0]["write_rate"].endswith("MiB/s")
+        w.kill()
+        w.wait()
+        s.sample()
+        # gone: the last writer is still named, as stopped
+        again = s.writers_to(str(mnt))
+        assert again[0]["pid"] == w.pid and again[0]["write_rate"].startswith("stopped")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            if p.stdout:
+                p.stdout.close()
+        subprocess.run(["umount", str(mnt)], check=False)
