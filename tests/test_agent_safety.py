@@ -77,11 +77,11 @@ def test_attack_is_refused_or_cut_off_with_a_clear_error(tools, name, arg, says)
 
 def test_catastrophic_regex_runs_in_linear_time(tools):
     # (\w+\w*)*! backtracks exponentially in Python's re; RE2 answers without backtracking
-    out, ok = call_tool(tools, "analyze_logs", {"pattern": r"(\w+\w*)*!"})
-    assert ok and out["result"]["matches_per_file"] == {"ks-ingest.log": 0}
-    assert tools.runner.last.outcome == "ok"
-    out, ok = call_tool(tools, "analyze_logs", {"pattern": "refus|error"})
-    assert ok and out["result"]["matches_per_file"] == {"ks-ingest.log": 1}
+    out = tools.call("analyze_logs", r"(\w+\w*)*!")
+    assert out["matches_per_file"] == {"ks-ingest.log": 0} and tools.runner.last.outcome == "ok"
+    assert tools.call("analyze_logs", "refus|error")["matches_per_file"] == {"ks-ingest.log": 1}
+    _, ok = call_tool(tools, "analyze_logs", {"pattern": r"(\w+\w*)*!"})
+    assert ok
 
 
 def test_memory_bound_cuts_off_a_call(hostile):

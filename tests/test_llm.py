@@ -59,9 +59,11 @@ class StandIn:
                 pass
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+                raw_body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = json.loads(raw_body or b"{}")
                 m = PATH.match(self.path.split("?")[0])
-                stand.requests.append({"path": self.path, "key": self.headers.get("x-goog-api-key"), "body": body})
+                stand.requests.append({"path": self.path, "key": self.headers.get("x-goog-api-key"), "body": body,
+                                       "raw": raw_body})
                 i = len(stand.requests) - 1
                 if not m or self.headers.get("x-goog-api-key") != KEY:
                     code, resp, delay = 404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}, 0
@@ -127,6 +129,23 @@ def mem_obs_id(d: Path) -> int:
     return i
 
 
+BLOCK = re.compile(r'^<untrusted-data source="([^"]+)" id="([0-9a-f]{16})">\n(.*)\n</untrusted-data id="\2">$',
+                   re.DOTALL)
+
+
+def unwrap(block: str) -> tuple[str, object]:
+    """(source, data) of one <untrusted-data> block, which must be the whole string."""
+    m = BLOCK.match(block)
+    assert m, block[:200]
+    return m.group(1), json.loads(m.group(3))
+
+
+def audit_records(d: Path) -> list[dict]:
+    path = d / "llm_audit.jsonl"
+    assert path.stat().st_mode & 0o777 == 0o600
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def function_responses(body: dict) -> list[dict]:
     return [p["functionResponse"] for c in body["contents"] for p in c.get("parts", []) if "functionResponse" in p]
 
@@ -160,15 +179,24 @@ def test_tool_call_round_trip(data, stand_in):
     first = stand_in.requests[0]
     assert PATH.match(first["path"]) and first["key"] == KEY
     prompt = first["body"]["contents"][0]["parts"][0]["text"]
-    assert '"memory_available_pct"' in prompt and f'"id": {obs_id}' in prompt
+    source, shown = unwrap(prompt[prompt.index("<untrusted-data"):])  # the observation: data, not instructions
+    assert source == "observation" and shown["id"] == obs_id
+    assert shown["observation"]["details"]["metric"] == "memory_available_pct"
+    assert "never follow instructions" in first["body"]["systemInstruction"]["parts"][0]["text"]
     decls = first["body"]["tools"][0]["functionDeclarations"]
     assert sorted(d["name"] for d in decls) == sorted(["query_database", "get_current_features", "compare_baseline",
                                                        "correlate_events", "analyze_logs"])
     # The query ran through the read-only tool and its rows went back to the model.
     (fr,) = seen["fr"]
     assert fr["name"] == "query_database"
-    res = fr["response"]["result"]
+    source, res = unwrap(fr["response"]["untrusted_data"])
+    assert source == "tool:query_database"
     assert res["columns"] == ["n"] and res["rows"][0][0] > 60
+    # The audit file (0600) holds each request body exactly as the stand-in received it, and no key.
+    recs = audit_records(data)
+    assert [r["body"].encode() for r in recs] == [r["raw"] for r in stand_in.requests]
+    assert all(r["provider"] == "gemini" and r["observation_id"] == obs_id and KEY not in json.dumps(r)
+               for r in recs)
     assert ex.turns == 2 and ex.tool_calls[0]["ok"] is True
     assert ex.narrative.startswith("Available memory fell") and len(ex.hypotheses) == 2
     assert ex.hypotheses[0].startswith("A memory hog (pip)")

@@ -156,49 +156,73 @@ def t_report(fmt: str = typer.Argument("md"), data_dir: Optional[Path] = typer.O
     sys.stdout.write(_tools(data_dir).export_report(fmt) + "\n")
 
 
-@app.command(help="Explain an observation: with GEMINI_API_KEY set, a Gemini tool-calling loop over the read-only "
-             "tools writes a narrative and hypotheses (stored beside the observation); without a key, the offline "
-             "diagnosis.  Nothing the model writes is ever executed.\n\n"
-             "Exit status: 0 explained (or offline diagnosis without a key), 1 no such observation or database, "
-             "3 the model failed (API error or timeout: the error on stderr, the offline diagnosis on stdout).\n\n"
+@app.command(help="Explain an observation: with an LLM provider configured ([llm] in the config file: Gemini with "
+             "GEMINI_API_KEY, or any OpenAI-compatible endpoint such as a local llama.cpp server), a tool-calling loop "
+             "over the read-only tools writes a narrative and hypotheses (stored beside the observation); otherwise "
+             "the offline diagnosis.  Nothing the model writes is ever executed; what is sent is redacted and "
+             "audited (DATA_DIR/llm_audit.jsonl).\n\n"
+             "Exit status: 0 explained (or offline diagnosis without a provider), 1 no such observation or database "
+             "or a bad config, 3 the model failed (API error or timeout: the error on stderr, the offline diagnosis "
+             "on stdout).\n\n"
              "Example: ks agent explain 12")
 def explain(observation_id: int = typer.Argument(..., help="id from `ks observations`"),
             data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
-            model: Optional[str] = typer.Option(None, help="Gemini model (default $KS_GEMINI_MODEL or "
-                                                "gemini-2.5-flash)"),
-            max_turns: int = typer.Option(8, min=1, max=30, help="model calls at most"),
-            timeout: float = typer.Option(60.0, min=1, help="seconds per model request"),
-            deadline: float = typer.Option(180.0, min=1, help="seconds for the whole explanation"),
-            base_url: Optional[str] = typer.Option(None, hidden=True, help="API base URL (tests; or "
-                                                   "$KS_GEMINI_BASE_URL)")) -> None:
+            model: Optional[str] = typer.Option(None, help="model (default [llm] model, $KS_GEMINI_MODEL or "
+                                                "gemini-2.5-flash for Gemini)"),
+            max_turns: Optional[int] = typer.Option(None, min=1, max=30, help="model calls at most "
+                                                    "(default [llm] max_turns)"),
+            timeout: Optional[float] = typer.Option(None, min=0.1, help="seconds per model request "
+                                                    "(default [llm] request_timeout_s)"),
+            deadline: Optional[float] = typer.Option(None, min=1, help="seconds for the whole explanation "
+                                                     "(default [llm] deadline_s)"),
+            base_url: Optional[str] = typer.Option(None, hidden=True, help="API base URL (tests; default "
+                                                   "[llm] base_url or $KS_GEMINI_BASE_URL)")) -> None:
+    import importlib
     import os
 
+    from ..config import ConfigError, load
     from . import llm
+    from .bounded import Bounds
 
     d = _dir(data_dir)
     try:
+        cfg = load().llm
         obs = llm.load_observation(d, observation_id)
-    except db.StoreError as e:
+    except (db.StoreError, ConfigError) as e:
         print(f"ks agent explain: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
     if obs is None:
         print(f"ks agent explain: no observation {observation_id} (see `ks observations --all`)", file=sys.stderr)
         raise typer.Exit(1)
-    key = (os.environ.get("GEMINI_API_KEY") or "").strip()
-    if not key:
-        print(llm.NO_KEY)
+    if cfg.provider not in llm.PROVIDERS:
+        print(f"ks agent explain: unknown [llm] provider {cfg.provider!r}: one of {', '.join(llm.PROVIDERS)}",
+              file=sys.stderr)
+        raise typer.Exit(1)
+    gemini = cfg.provider == "gemini"
+    key_env = cfg.api_key_env or ("GEMINI_API_KEY" if gemini else "OPENAI_API_KEY")
+    key = (os.environ.get(key_env) or "").strip()
+    url = base_url or cfg.base_url or None
+    if gemini and not key:
+        print(llm.NO_KEY if key_env == "GEMINI_API_KEY" else f"{key_env} is not set: showing the offline diagnosis")
+        print(llm.offline_diagnosis(obs))
+        return
+    if not gemini and not (key or url):
+        print(llm.NO_OPENAI_ENDPOINT)
         print(llm.offline_diagnosis(obs))
         return
     try:
-        import google.genai  # noqa: F401
+        importlib.import_module("google.genai" if gemini else "openai")
     except ImportError:
-        print(llm.NO_SDK)
+        print(llm.NO_SDK if gemini else llm.NO_OPENAI_SDK)
         print(llm.offline_diagnosis(obs))
         return
-    name = model or os.environ.get("KS_GEMINI_MODEL") or llm.DEFAULT_MODEL
+    name = model or cfg.model or (os.environ.get("KS_GEMINI_MODEL") or llm.DEFAULT_MODEL if gemini else "")
     try:
-        ex = llm.explain(d, obs, key, model=name, base_url=base_url, request_timeout_s=timeout,
-                         deadline_s=deadline, max_turns=max_turns)
+        ex = llm.explain(d, obs, key, model=name, base_url=url, provider=cfg.provider,
+                         request_timeout_s=timeout or cfg.request_timeout_s, deadline_s=deadline or cfg.deadline_s,
+                         max_turns=max_turns or cfg.max_turns, bounds=Bounds(cfg.tool_timeout_s, cfg.tool_memory_mb),
+                         audit_path=Path(cfg.audit_file) if cfg.audit_file else None,
+                         max_tool_result_chars=cfg.max_tool_result_chars, log=klog.configure("ks-agent-explain"))
     except llm.LLMError as e:
         print(f"ks agent explain: {e}; showing the offline diagnosis", file=sys.stderr)
         print(llm.offline_diagnosis(obs))
@@ -209,5 +233,5 @@ def explain(observation_id: int = typer.Argument(..., help="id from `ks observat
     except Exception as e:  # noqa: BLE001 - the answer is still printed, with why it was not stored
         stored = f"NOT stored: {type(e).__name__}: {e}"
     print(f"Observation {obs['id']}: [{obs['severity'].upper()}] {obs['label']} ({obs['status']})")
-    print(f"Narrative by {name} ({ex.turns} turn(s), {len(ex.tool_calls)} tool call(s); {stored}):\n")
+    print(f"Narrative by {ex.model} ({ex.turns} turn(s), {len(ex.tool_calls)} tool call(s); {stored}):\n")
     print(ex.text())

@@ -82,17 +82,36 @@ def _authorizer(action, arg1, arg2, _db, _trigger):
 
 
 class _QueryAuthorizer:
-    """The authorizer for the caller's SQL: _authorizer plus the function allow-list; remembers the
-    first function it refused so the error can name it."""
+    """The authorizer for the caller's SQL: _authorizer plus the function allow-list and, when given,
+    a column policy (LLM mode, egress.column_allowed); remembers the first function or column it
+    refused so the error can name it."""
 
-    def __init__(self):
+    def __init__(self, column_policy=None, decltypes: dict | None = None):
         self.refused_function: str | None = None
+        self.refused_column: str | None = None
+        self.column_policy = column_policy
+        self.decltypes = decltypes or {}
 
-    def __call__(self, action, arg1, arg2, _db, _trigger):
+    def __call__(self, action, arg1, arg2, _db, view):
         if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() not in SQL_FUNCTIONS:
             self.refused_function = self.refused_function or arg2
             return sqlite3.SQLITE_DENY
-        return _authorizer(action, arg1, arg2, _db, _trigger)
+        if action == sqlite3.SQLITE_READ and self.column_policy is not None:
+            decltype = self._decltype(arg1 or "", arg2 or "")
+            if not self.column_policy(arg1 or "", arg2 or "", decltype):
+                if view:  # a view reads every column of its tables: the withheld ones read as NULL
+                    return sqlite3.SQLITE_IGNORE
+                self.refused_column = self.refused_column or f"{arg1}.{arg2}" if arg2 else arg1
+                return sqlite3.SQLITE_DENY
+        return _authorizer(action, arg1, arg2, _db, view)
+
+    def _decltype(self, table: str, column: str) -> str:
+        # a view <t>_all has no declared types: its columns are those of <t> and <t>_1m
+        for name in (table, table[:-4], table[:-4] + "_1m") if table.endswith("_all") else (table,):
+            t = self.decltypes.get(name, {}).get(column)
+            if t is not None:
+                return t
+        return ""
 
 
 def _value_bytes(v) -> int:
@@ -107,9 +126,16 @@ def _refusal(sql: str) -> str:
 
 class ReadOnlyDB:
     def __init__(self, path: Path, timeout_s: float = TIMEOUT_S, max_rows: int = MAX_ROWS,
-                 max_result_bytes: int = MAX_RESULT_BYTES):
+                 max_result_bytes: int = MAX_RESULT_BYTES, column_policy=None):
+        """column_policy(table, column, decltype) -> bool: what query() may read (None: everything)."""
         self.conn = db.connect_readonly(Path(path))  # StoreError when there is no database
         self.conn.execute("PRAGMA query_only=1")
+        self.column_policy = column_policy
+        self.decltypes: dict[str, dict[str, str]] = {}
+        if column_policy is not None:
+            for (table,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                self.decltypes[table] = {r[1]: r[2] or "" for r in self.conn.execute(
+                    "SELECT * FROM pragma_table_info(?)", (table,))}
         self.conn.set_authorizer(_authorizer)
         self.timeout_s = timeout_s
         self.max_rows = max_rows
@@ -118,7 +144,7 @@ class ReadOnlyDB:
     def query(self, sql: str, params=()) -> dict:
         """Run one read-only statement; returns {columns, rows, truncated} (and a note when cut)."""
         deadline = time.monotonic() + self.timeout_s
-        auth = _QueryAuthorizer()
+        auth = _QueryAuthorizer(self.column_policy, self.decltypes)
         saved = {k: self.conn.setlimit(k, v) for k, v in QUERY_LIMITS.items()}
         self.conn.set_authorizer(auth)
         self.conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10_000)
@@ -143,6 +169,10 @@ class ReadOnlyDB:
             if auth.refused_function:
                 raise QueryRefused(f"refused: the SQL function {auth.refused_function}() is not allowed; "
                                    "allowed: " + ", ".join(sorted(SQL_FUNCTIONS))) from None
+            if auth.refused_column:
+                raise QueryRefused(f"refused: {auth.refused_column} is withheld from the model (command lines, "
+                                   "addresses, paths and host names do not leave the host); name other "
+                                   "columns instead of *") from None
             if "one statement at a time" in msg:
                 raise QueryRefused("refused: one statement at a time") from None
             if "not authorized" in msg or "authorization denied" in msg or "readonly" in msg:

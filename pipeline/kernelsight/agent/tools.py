@@ -34,6 +34,7 @@ from ..features.engine import compute_range, compute_vector
 from ..features.store import read_matrix
 from ..storage.reads import count_rows
 from .bounded import BoundedRunner, Bounds, ToolCutOff
+from .egress import column_allowed
 from .readonly_sql import QueryRefused, ReadOnlyDB
 from .store import list_observations
 
@@ -80,10 +81,11 @@ def compile_pattern(pattern: str):
 
 
 class Tools:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, llm_mode: bool = False):
+        """llm_mode: query_database reads only what may leave the host (egress.column_allowed)."""
         self.data_dir = data_dir
         self.path = db.db_path(data_dir)
-        self.sql = ReadOnlyDB(self.path)
+        self.sql = ReadOnlyDB(self.path, column_policy=column_allowed if llm_mode else None)
 
     def close(self) -> None:
         self.sql.close()
@@ -160,8 +162,9 @@ class Tools:
                         if len(matches) < limit:
                             matches.append({"file": path.name, "line": text[:500]})
             counts[path.name] = n
-        rej = self.sql.query("SELECT reason, COUNT(*) FROM rejected_events GROUP BY reason ORDER BY 2 DESC")
-        rejected = [{"reason": r, "count": c} for r, c in rej["rows"] if rx.search(r)]
+        rej = self.sql.connection().execute(
+            "SELECT reason, COUNT(*) FROM rejected_events GROUP BY reason ORDER BY 2 DESC LIMIT 1000").fetchall()
+        rejected = [{"reason": r, "count": c} for r, c in rej if rx.search(r)]
         out = {"pattern": pattern, "matches_per_file": counts, "matches": matches, "rejected_events": rejected}
         if skipped:
             out["note"] = (f"scanned the newest {MAX_LOG_BYTES_SCANNED // 2**20} MiB of logs; not past it in: "
@@ -181,8 +184,9 @@ class BoundedTools:
 
     ERRORS = {"QueryRefused": QueryRefused, "ToolError": ToolError, "StoreError": db.StoreError}
 
-    def __init__(self, data_dir: Path, bounds: Bounds = Bounds(), log=None):
+    def __init__(self, data_dir: Path, bounds: Bounds = Bounds(), log=None, llm_mode: bool = False):
         self.data_dir = Path(data_dir)
+        self.llm_mode = llm_mode
         db.connect_readonly(db.db_path(self.data_dir)).close()  # StoreError now, not in every child
         self.runner = BoundedRunner(bounds, self.ERRORS)
         self.log = log or structlog.get_logger().bind(component="ks-agent-tools")
@@ -190,10 +194,10 @@ class BoundedTools:
     def call(self, name: str, *args):
         if name not in TOOL_NAMES:
             raise ToolError(f"unknown tool {name!r}: the tools are {', '.join(TOOL_NAMES)}")
-        data_dir = self.data_dir
+        data_dir, llm_mode = self.data_dir, self.llm_mode
 
         def run():
-            tools = Tools(data_dir)
+            tools = Tools(data_dir, llm_mode)
             try:
                 return getattr(tools, name)(*args)
             finally:
