@@ -31,7 +31,7 @@ CAPTURE = REPO / "tests" / "fixtures" / "agent" / "memory_pressure.jsonl"
 # A quiet 2-CPU machine: every rule must stay silent on this.
 NORMAL = {
     "syscall_read_slow_calls": 0, "io_read_latency_p95_ms": 0.5, "io_write_latency_p95_ms": 1.0,
-    "procs_blocked_avg": 0, "syscall_futex_p95_ms": 0.05, "syscall_epoll_wait_p95_ms": 5,
+    "procs_blocked_avg": 0, "syscall_futex_p95_ms": 0.05, "syscall_futex_calls_per_sec": 100, "syscall_epoll_wait_p95_ms": 5,
     "syscall_openat_errors_per_sec": 2, "syscall_openat_error_pct": 10, "syscall_fs_errors_per_sec": 0, "syscall_openat_top_process_errors_per_sec": 1, "event_loop_runq_delay_pct": 1, "ctx_switches_per_sec": 800,
     "ctx_switches_involuntary_pct": 10, "cpu_utilization_pct": 5, "runq_depth_avg": 0.2,
     "sched_wakeups_per_sec": 700, "memory_available_pct": 90, "memory_dirty_mb": 2, "memory_writeback_mb": 0,
@@ -52,13 +52,14 @@ NORMAL = {
 }
 BASELINE = {"tasks_total": {"n": 100, "mean": 120, "std": 5, "median": 120, "mad": 3},
             "syscall_futex_p95_ms": {"n": 100, "mean": 0.05, "std": 0.02, "median": 0.05, "mad": 0.01},
+            "syscall_futex_calls_per_sec": {"n": 100, "mean": 120, "std": 40, "median": 110, "mad": 30},
             "syscall_epoll_wait_p95_ms": {"n": 100, "mean": 5, "std": 2, "median": 5, "mad": 1},
             "ctx_switches_per_sec": {"n": 100, "mean": 800, "std": 100, "median": 800, "mad": 60}}
 
 # What makes each rule fire: value overrides, slopes (per minute), active rules, OOM risk.
 FIRES = {
     "io_bottleneck": ({"syscall_read_slow_calls": 5, "io_read_latency_p95_ms": 40}, {}, set(), 0),
-    "lock_contention": ({"syscall_futex_p95_ms": 50}, {}, set(), 0),
+    "lock_contention": ({"syscall_futex_calls_per_sec": 14000, "syscall_futex_p95_ms": 15}, {}, set(), 0),
     "event_loop_starvation": ({"event_loop_runq_delay_pct": 45}, {}, set(), 0),
     "file_system_issue": ({"syscall_openat_errors_per_sec": 5000, "syscall_openat_error_pct": 99,
                            "syscall_openat_top_process_errors_per_sec": 4900}, {}, set(), 0),
@@ -130,8 +131,10 @@ def test_rule_fires_when_it_should_and_not_otherwise(rule_id):
 def test_missing_data_is_never_evidence():
     c = ctx({"memory_available_pct": None})
     assert not evaluate(RULES.by_id("memory_pressure"), c, is_open=False)
-    # No baseline: rules that need one cannot fire.
-    assert not evaluate(RULES.by_id("lock_contention"), ctx({"syscall_futex_p95_ms": 50}, baseline={}), False)
+    # No baseline: a deviation cannot be judged (z() is missing), only the floor can.
+    churn = {"io_p95_ms_max": 40, "ctx_switches_per_sec": 20000}
+    assert evaluate(RULES.by_id("io_bottleneck_scheduling_churn"), ctx(churn), False)
+    assert not evaluate(RULES.by_id("io_bottleneck_scheduling_churn"), ctx(churn, baseline={}), False)
 
 
 def test_threshold_hysteresis_keeps_an_open_observation_open_between_thresholds():

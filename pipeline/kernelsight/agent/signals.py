@@ -10,7 +10,7 @@ import sqlite3
 import orjson
 
 SLOW_READ_NS = 100_000_000  # "frequent read() > 100 ms" (docs/design.md, "Signal interpretation")
-AGENT_SIGNALS = ("syscall_futex_p95_ms", "syscall_epoll_wait_p95_ms", "syscall_read_slow_calls",
+AGENT_SIGNALS = ("syscall_futex_p95_ms", "syscall_futex_calls_per_sec", "syscall_epoll_wait_p95_ms", "syscall_read_slow_calls",
                  "syscall_openat_errors_per_sec", "syscall_openat_error_pct", "syscall_fs_errors_per_sec",
                  "disk_await_ms_worst", "disk_queue_depth_worst", "disk_util_worst_pct",
                  "syscall_openat_top_process_errors_per_sec", "event_loop_runq_delay_pct")
@@ -58,9 +58,14 @@ def agent_signals(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dic
     if traced and traced[0]:
         # The syscall tracer ran in the window: absent rows mean zero calls of that kind.
         out["syscall_openat_errors_per_sec"] = 0.0
+        out["syscall_futex_calls_per_sec"] = 0.0
         for name, count, errors, p95, _ in rows or []:
-            if name == "futex" and p95 is not None:
-                out["syscall_futex_p95_ms"] = p95 / 1e6
+            if name == "futex":
+                # An uncontended lock never enters the kernel: futex() calls are contention (a lock
+                # or a condition waited on), while their p95 is mostly idle threads' timed waits.
+                out["syscall_futex_calls_per_sec"] = (count or 0) / window_s
+                if p95 is not None:
+                    out["syscall_futex_p95_ms"] = p95 / 1e6
             elif name in ("epoll_wait", "epoll_pwait") and p95 is not None:
                 prev = out["syscall_epoll_wait_p95_ms"] or 0.0
                 out["syscall_epoll_wait_p95_ms"] = max(prev, p95 / 1e6)
