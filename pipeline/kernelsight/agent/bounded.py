@@ -22,6 +22,7 @@ import resource
 import select
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -106,7 +107,11 @@ class BoundedRunner:
         """fn() in a bounded child; its JSON-able result, or its exception, or ToolCutOff."""
         rfd, wfd = os.pipe()
         started = time.monotonic()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns on fork in a threaded process (an HTTP client's threads): the child
+            # runs only the tool, takes no lock the parent's threads hold, and leaves by os._exit
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:
             os.close(rfd)
             _child(fn, self.bounds, wfd)
