@@ -1,7 +1,8 @@
 """Resources that run out: the scraper's `filesystem` and `limits` lines.
 
-Fixtures: tests/fixtures/proc_tree{,_t1}/proc/self/mounts (only pseudo filesystems, a read-only
-squashfs image and a mount point that is gone: no filesystem line, no warning) and the
+Fixtures: tests/fixtures/proc_tree{,_t1}/proc/self/mounts (pseudo filesystems, "/" twice, a
+read-only squashfs image and a mount point that is gone: one filesystem line, for the live "/",
+no warning) and the
 proc/sys files recorded on this VM (file-nr, nr_open, pid_max, threads-max,
 ip_local_port_range, nf_conntrack_{count,max}).  The live tests (root) mount a tmpfs, open
 descriptors under a low RLIMIT_NOFILE and make a pids cgroup, and compare with an independent
@@ -42,7 +43,13 @@ def test_fixture_limits_line():
     s = fixture_scraper()
     ev = s.collect(now_ns=T0)
     assert s.warnings == []
-    assert [e for e in ev if e["type"] == "filesystem"] == []  # pseudo, read-only image, gone
+    # Of the mount table only "/" (the live root: listed twice, one line), not the pseudo
+    # filesystems, the read-only image or the mount point that is gone.
+    fs = [e for e in ev if e["type"] == "filesystem"]
+    assert [(e["mountpoint"], e["device"], e["fstype"]) for e in fs] == [("/", "/dev/vda", "ext4")]
+    check_against_schema(fs[0])
+    v = os.statvfs("/")
+    assert (fs[0]["size_bytes"], fs[0]["inodes_total"]) == (v.f_blocks * v.f_frsize, v.f_files or None)
     lim = one(ev, "limits")
     check_against_schema(lim)
     proc = T0_ROOT / "proc"

@@ -103,17 +103,18 @@ static void test_scraper_on_fixture()
 	std::vector<std::string> types;
 	for (auto &e : ev)
 		types.push_back(e.type);
-	// Sources run in the order of their registered names: block cgroup loadavg
-	// meminfo netdev psi stat tcp tcp_retrans vmstat.
-	std::vector<std::string> want = {"block", "block", "cgroup", "cgroup", "cgroup", "cgroup", "load",
+	// Sources run in the order of their registered names: block cgroup fs limits
+	// loadavg meminfo netdev psi stat tcp tcp_retrans vmstat (fs: the live "/" of
+	// the fixture's mount table, its pseudo filesystems skipped).
+	std::vector<std::string> want = {"block", "block", "cgroup", "cgroup", "cgroup", "cgroup", "filesystem", "limits", "load",
 					 "memory", "net_dev", "net_dev", "net_dev", "net_dev", "psi", "psi",
 					 "psi", "cpu", "tcp", "tcp_retrans", "vmstat"};
 	CHECK(types == want);
 	std::vector<std::string> names;
 	for (const auto &src : registered_sources())
 		names.push_back(src.first);
-	CHECK((names == std::vector<std::string>{"block", "cgroup", "loadavg", "meminfo", "netdev", "psi",
-						 "stat", "tcp", "tcp_retrans", "vmstat"}));
+	CHECK((names == std::vector<std::string>{"block", "cgroup", "fs", "limits", "loadavg", "meminfo", "netdev",
+						 "psi", "stat", "tcp", "tcp_retrans", "vmstat"}));
 	CHECK(s.warnings().count() == 0);
 	for (auto &w : s.warnings().list())
 		fprintf(stderr, "unexpected warning: %s\n", w.c_str());
@@ -371,7 +372,7 @@ static void test_missing_field_and_file()
 	Scraper s(root + "/proc", root + "/sys");
 	for (int i = 0; i < 3; i++) {
 		auto ev = s.collect_at(1000 + i, 1000 + i * 1000000000ULL);
-		CHECK(ev.size() == 9); // load memory psi*3 cpu tcp tcp_retrans vmstat
+		CHECK(ev.size() == 10); // limits load memory psi*3 cpu tcp tcp_retrans vmstat
 		Event mem = find(ev, "memory");
 		CHECK(is_null(mem, "mem_available_kb") && u(mem, "mem_total_kb") == 24684084u);
 		CHECK(is_null(find(ev, "load"), "load_1min"));
@@ -424,9 +425,45 @@ static void test_short_block_stat()
 	rm_rf(root);
 }
 
+static void test_fs_and_limits_parsers()
+{
+	auto m = parse_mounts("/dev/vda / ext4 rw,relatime 0 0\n"
+			      "tmpfs /mnt/a\\040b\\134c tmpfs ro,nosuid 0 0\n"
+			      "short line\n"
+			      "proc /proc proc rw 0 0\n");
+	CHECK(m.size() == 3);
+	if (m.size() == 3) {
+		CHECK(m[0].device == "/dev/vda" && m[0].mountpoint == "/" && m[0].fstype == "ext4" && !m[0].readonly);
+		CHECK(m[1].mountpoint == "/mnt/a b\\c" && m[1].readonly); // \040 space, \134 backslash
+		CHECK(m[2].fstype == "proc");
+	}
+	CHECK(parse_mounts("a / ext4 rw 0 0\nb /x ext4 rw 0 0\n", 1).size() == 1);
+	CHECK(unescape_mount_field("a\\011b\\012") == "a\tb\n" && unescape_mount_field("x\\9") == "x\\9");
+	CHECK(is_pseudo_fs("proc") && is_pseudo_fs("cgroup2") && is_pseudo_fs("squashfs") && is_pseudo_fs("devtmpfs"));
+	CHECK(!is_pseudo_fs("ext4") && !is_pseudo_fs("tmpfs") && !is_pseudo_fs("xfs") && !is_pseudo_fs("overlay"));
+
+	NofileLimit l = parse_limits_nofile("Limit                     Soft Limit           Hard Limit           Units\n"
+					    "Max processes             95964                95964                processes\n"
+					    "Max open files            1024                 524288               files\n");
+	CHECK(l.found && l.soft == 1024u && l.hard == 524288u);
+	l = parse_limits_nofile("Max open files            unlimited            unlimited            files\n");
+	CHECK(l.found && !l.soft && !l.hard);
+	CHECK(!parse_limits_nofile("Max processes 1 1 processes\n").found);
+
+	const char *tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+			  "   0: 00000000:9C40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n"
+			  "   1: 0100007F:9C41 0100007F:0050 01 00000000:00000000 00:00000000 00000000     0        0 2\n"
+			  "   2: 0100007F:0050 0100007F:9C41 01 00000000:00000000 00:00000000 00000000     0        0 3\n"
+			  "   3: 0100007F:EE47 0100007F:0050 06 00000000:00000000 00:00000000 00000000     0        0 0\n";
+	// 0x9C40 = 40000 listening (not counted), 0x9C41 = 40001 counted, port 80 out of range, 0xEE47 = 60999 counted.
+	CHECK(count_ephemeral_ports(tcp, 32768, 60999) == 2);
+	CHECK(count_ephemeral_ports(tcp, 40002, 60998) == 0);
+}
+
 int main()
 {
 	test_pure_parsers();
+	test_fs_and_limits_parsers();
 	test_cgroup_parsers();
 	test_cgroup_v2_fixture();
 	test_cgroup_v2_cpu_delta_ranks();
