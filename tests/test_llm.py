@@ -21,6 +21,7 @@ import pytest
 
 from conftest import tool
 from kernelsight import db
+from test_egress import BLOCK, INJECTION, SECRETS, plant_hostile_process
 from test_report import replay_incident
 
 pytest.importorskip("google.genai", reason="the llm extra (google-genai) is not installed")
@@ -129,13 +130,9 @@ def mem_obs_id(d: Path) -> int:
     return i
 
 
-BLOCK = re.compile(r'^<untrusted-data source="([^"]+)" id="([0-9a-f]{16})">\n(.*)\n</untrusted-data id="\2">$',
-                   re.DOTALL)
-
-
 def unwrap(block: str) -> tuple[str, object]:
     """(source, data) of one <untrusted-data> block, which must be the whole string."""
-    m = BLOCK.match(block)
+    m = BLOCK.fullmatch(block)
     assert m, block[:200]
     return m.group(1), json.loads(m.group(3))
 
@@ -288,3 +285,29 @@ def test_split_answer():
     assert llm.split_answer("Story.\n\n**Hypotheses:**\n1. one\n2. two\n   more") == ("Story.", ["one", "two more"])
     assert llm.split_answer('{"narrative": "N", "hypotheses": ["a"]}') == ("N", ["a"])
     assert llm.split_answer("just text") == ("just text", [])
+
+
+def test_injection_in_a_process_name_is_untrusted_redacted_data(data, stand_in):
+    """The same hostile process as tests/test_llm_openai.py, through Gemini's format: text parts and
+    functionResponse parts carry host data only inside untrusted-data blocks, with no secret."""
+    obs_id = mem_obs_id(data)
+    plant_hostile_process(data, obs_id)
+    stand_in.script = [lambda b: (0, fcall("query_database", {"sql": "SELECT ts, comm, pid FROM exec_events_all"})),
+                       lambda b: (0, text("An injection attempt was seen and ignored.\n\nHypotheses:\n- hog"))]
+    obs = llm.load_observation(data, obs_id)
+    llm.explain(data, obs, KEY, base_url=stand_in.url, request_timeout_s=10)
+    in_blocks = 0
+    for req in stand_in.requests:
+        raw = req["raw"].decode()
+        assert not any(sec in raw for sec in SECRETS)
+        for c in req["body"]["contents"]:
+            for part in c["parts"]:
+                strings = [part.get("text") or ""]
+                if "functionResponse" in part:
+                    strings.append(part["functionResponse"]["response"].get("untrusted_data", ""))
+                for s in strings:
+                    in_blocks += sum(INJECTION in payload for _, _, payload in BLOCK.findall(s))
+                    assert INJECTION not in BLOCK.sub("", s)
+    assert in_blocks >= 3  # the observation (twice: both requests carry it) and the query result
+    recs = audit_records(data)
+    assert [r["body"].encode() for r in recs] == [r["raw"] for r in stand_in.requests]
