@@ -45,7 +45,7 @@ import orjson
 from .. import db
 from ..features.catalog import FEATURE_WINDOW_S
 from .bounded import Bounds, ToolCutOff
-from .egress import SYSTEM_NOTE, redact, untrusted_block
+from .egress import SYSTEM_NOTE, redact, redact_text, untrusted_block
 from .readonly_sql import QueryRefused
 from .tools import BoundedTools, ToolError
 
@@ -230,9 +230,9 @@ def call_tool(tools: BoundedTools, name: str, args: dict | None,
         else:
             return {"error": f"unknown tool {name!r}: the tools are {', '.join(TOOL_SPECS)}"}, False
     except (QueryRefused, ToolError, ToolCutOff) as e:
-        return {"error": str(e)}, False
+        return {"error": redact_text(str(e))}, False  # our text, but it may quote what the model or host wrote
     except Exception as e:  # a tool bug must not end the explanation; the model is told
-        return {"error": f"tool failed: {type(e).__name__}: {e}"}, False
+        return {"error": redact_text(f"tool failed: {type(e).__name__}: {e}")}, False
     return {"untrusted_data": for_model(f"tool:{name}", res, max_chars)}, True
 
 
