@@ -95,6 +95,9 @@ COUNT = Conv(1.0, ("_total",), "", required=False)
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 
+AGGREGATIONS = ("_max", "_min", "_avg", "_worst")  # after the unit in a feature name (fs_used_pct_max)
+
+
 def conv_for(unit: str) -> Conv:
     if unit in UNITS:
         return UNITS[unit]
@@ -110,6 +113,10 @@ def metric_name(feature: catalog.Feature) -> str:
     for s in c.strip:
         if name.endswith(s):
             name = name[: -len(s)] + c.suffix
+            break
+        agg = next((a for a in AGGREGATIONS if name.endswith(s + a)), None)
+        if agg:  # fs_used_pct_max -> fs_used_max_ratio: the unit goes last
+            name = name[: -len(s + agg)] + agg + c.suffix
             break
     else:
         if c.required:
