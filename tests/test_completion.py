@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, tool
 
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-ARGPARSE = {"ks-exporter", "ks-alerts"}
+ARGPARSE = {"ks-exporter", "ks-alerts", "ks-remote-write"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

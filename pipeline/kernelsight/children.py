@@ -77,4 +77,6 @@ def default_children(opts: RunOptions) -> list[ChildSpec]:
         specs.append(ChildSpec("ks-exporter", [py, "-m", "kernelsight.exporter"], "consumer"))
     if cfg.alerts.alertmanager_url or cfg.alerts.webhook_url:  # observations as alerts ([alerts])
         specs.append(ChildSpec("ks-alerts", [py, "-m", "kernelsight.alerts"], "consumer"))
+    if cfg.remote_write.url:  # the exporter's samples pushed by remote-write ([remote_write])
+        specs.append(ChildSpec("ks-remote-write", [py, "-m", "kernelsight.remote_write"], "consumer"))
     return specs

@@ -188,7 +188,12 @@ def _exports_status(directory: Path) -> dict:
         al = {"receivers": {n: {k: v for k, v in r.items() if k != "pending"} | {"pending": len(r.get("pending", {}))}
                             for n, r in al.get("receivers", {}).items()},
               "firing": len(al.get("firing", {})), "updated_at": al.get("updated_at")}
-    return {"exporter": ex, "alerts": al}
+    from .remote_write import read_status as rw_status
+
+    rw = rw_status(directory)
+    if rw and not _alive(rw.get("pid")):
+        rw = {**rw, "running": False}
+    return {"exporter": ex, "alerts": al, "remote_write": rw}
 
 
 def _alive(pid) -> bool:
@@ -210,6 +215,14 @@ def _print_exports(s: dict) -> None:
                   f"{r['failed_attempts']} failed attempts, {r['dropped_batches']} batches dropped, "
                   f"{r['pending']} pending{err}")
         print(f"alerts firing: {al['firing']}")
+    rw = s.get("remote_write")
+    if rw:
+        err = f"; last error {rw['last_error']}" if rw.get("last_error") else ""
+        stopped = " (not running)" if rw.get("running") is False else ""
+        print(f"remote-write -> {rw.get('url')}{stopped}: {rw['samples_sent']} samples sent "
+              f"({rw['bytes_sent']} bytes), {rw['samples_dropped']} dropped at the queue bound, "
+              f"{rw['samples_rejected']} rejected, {rw['failed_attempts']} failed attempts; queue "
+              f"{rw['queue_segments']} batches, {rw['queue_bytes']} of {rw['queue_max_bytes']} bytes{err}")
 
 
 def _print_accounting(a: dict | None) -> None:
@@ -242,6 +255,17 @@ def schema() -> None:
     from .schema import markdown
 
     sys.stdout.write(markdown())
+
+
+@app.command("remote-write", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False,
+             help="Push the exporter's samples to a Prometheus remote-write receiver through a bounded on-disk "
+             "queue ([remote_write] in the config file; what `ks run` starts as ks-remote-write; options: "
+             "--data-dir, --config, --url).\n\nExample: ks remote-write --url http://prom:9090/api/v1/write")
+def remote_write_cmd(ctx: typer.Context) -> None:
+    from .remote_write import main as rw_main
+
+    raise typer.Exit(rw_main(ctx.args))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False,

@@ -1,4 +1,4 @@
-"""Shell completion for the argparse commands (ks-exporter, ks-alerts), as typer gives the others.
+"""Shell completion for the argparse commands (ks-exporter, ks-alerts, ks-remote-write), as typer gives the others.
 
 `--show-completion [SHELL]` prints a completion script for bash, zsh or fish (default: the
 shell this runs under); `--install-completion [SHELL]` writes it where that shell finds it,

@@ -100,6 +100,25 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class RemoteWriteConfig:
+    """ks-remote-write: the samples ks-exporter serves, pushed by Prometheus remote-write 1.0 (protobuf + snappy)
+    through a bounded on-disk queue in DATA_DIR/remote_write; `ks run` starts it only when url is set
+    (docs/fleet.md)."""
+
+    url: str = _f("", "receiver URL, e.g. http://prometheus:9090/api/v1/write (Prometheus with "
+                      "--web.enable-remote-write-receiver, Mimir, Thanos Receive, VictoriaMetrics); empty: not sent")
+    interval_s: float = _f(15.0, "seconds between two collections of every sample")
+    hostname: str = _f("", "value of the host label on every series (empty: this machine's hostname)")
+    labels: str = _f("", "more labels on every series, as name=value pairs separated by commas, "
+                         "e.g. \"dc=eu1,role=db\"")
+    queue_max_mb: float = _f(64.0, "bound of the on-disk queue in MiB; past it the oldest batches are dropped "
+                                   "(counted)")
+    timeout_s: float = _f(10.0, "seconds one HTTP request may take")
+    backoff_start_s: float = _f(1.0, "wait after the first failed try; doubles each try")
+    backoff_max_s: float = _f(30.0, "longest wait between tries")
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     """`ks agent explain`: the optional LLM narrative, and the bounds of every agent tool call (docs/design.md,
     "LLM narrative"). provider "gemini" (google-genai; on when $GEMINI_API_KEY is set) or "openai": any
@@ -129,6 +148,7 @@ class Config:
     logs: LogsConfig = field(default_factory=LogsConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    remote_write: RemoteWriteConfig = field(default_factory=RemoteWriteConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
 
 

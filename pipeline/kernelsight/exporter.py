@@ -309,6 +309,7 @@ class KernelSightCollector:
         else:
             up.add_metric([], 0.0)
         fams += self._alerts()
+        fams += self._remote_write()
         self.scrapes += 1
         yield from fams
         yield up
@@ -468,6 +469,24 @@ class KernelSightCollector:
         firing = GaugeMetricFamily("kernelsight_alerts_firing", "alerts ks-alerts holds as firing",
                                    value=len(st.get("firing", {})))
         return [*fams.values(), firing]
+
+    def _remote_write(self) -> list:
+        from .remote_write import read_status
+
+        st = read_status(self.data_dir)
+        if not st:
+            return []
+        out = [CounterMetricFamily(f"kernelsight_remote_write_{k}", doc, value=st.get(k, 0)) for k, doc in (
+            ("samples_sent", "samples a remote-write receiver accepted"),
+            ("samples_dropped", "samples dropped when the on-disk queue hit its bound"),
+            ("samples_rejected", "samples a receiver refused for good (HTTP 4xx)"),
+            ("failed_attempts", "remote-write HTTP attempts that failed (each retry counts)"),
+            ("bytes_sent", "compressed bytes remote-write sent (request bodies)"))]
+        out.append(GaugeMetricFamily("kernelsight_remote_write_queue_bytes", "disk used by the remote-write queue",
+                                     value=st.get("queue_bytes", 0)))
+        out.append(GaugeMetricFamily("kernelsight_remote_write_queue_samples", "samples waiting in the queue",
+                                     value=st.get("queue_samples", 0)))
+        return out
 
 
 
