@@ -71,7 +71,9 @@ third-party tool from Debian run through `scenarios/cmd.py` (stress-ng,
 sysbench, perf bench, fio at several queue depths, dd, ab, wrk, cat), besides
 small injectors of our own in `pipeline/kernelsight/scenarios/`; packet loss
 is an iperf3 transfer over a veth pair into a network namespace with nftables
-dropping 5 % of the packets. Every load stops by itself; web load stays on
+dropping 5 % of the packets; a SYN flood is hping3 or wrk from such a namespace
+that drops its SYN-ACKs; interface drops are datagrams larger than the far
+end's MTU. Every load stops by itself; web load stays on
 127.0.0.1. Per run: the label, seconds to detect, the extra observations
 opened during the scenario (goal: one observation per incident, so 0) and
 whether the observation names the injector's processes. Then a normal phase
@@ -129,6 +131,13 @@ def scenarios_page(path: Path) -> str:
     if normal and "medium_or_above" in normal:
         out += (f"\nNormal phase: {normal['seconds']:.0f} s, {normal['medium_or_above']} observation(s) of severity "
                 f"medium or above, {len(normal.get('false_positives', []))} high or critical.\n")
+    rows = d.get("rows")
+    if rows:
+        out += ("\n## Interpretation rows\n\nEach rule's label, and the scenarios in which its condition held (an "
+                "observation of its own, or evidence folded into the observation of its cause).\n\n"
+                "| row | held in | or why not here |\n|---|---|---|\n")
+        for r in rows:
+            out += f"| {r['label']} | {', '.join(r['fired_in']) or '-'} | {r['not_produced'] or ''} |\n"
     return out
 
 

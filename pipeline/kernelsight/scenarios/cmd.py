@@ -12,13 +12,16 @@ these fields filled in first:
     {grab_mb}        MiB to allocate so that --leave-pct of MemTotal stays available
     {grab_mb_half}   half of that (one of two workers)
     {missing}        a directory that does not exist
+    {ns} {host_ip} {ns_ip}   with --veth: the network namespace and the two ends' addresses
 
 --server starts a companion first (e.g. a web server on {port}) and waits until
 it accepts connections; --setup runs (to completion) before the fault.  The
 line `ONSET <unix time>` is printed just before the command starts.  The
 command and the server run in their own process groups; when --seconds are up
 (or on SIGTERM/SIGINT) both groups get SIGTERM, then SIGKILL.  --loop reruns a
-command that finishes early until the time is up.
+command that finishes early until the time is up.  --veth puts a network
+namespace behind a veth pair first (netloss.py's), with --ns-nft rules loaded
+inside it and --host-mtu on the host's end; all of it is removed at the end.
 
     python -m kernelsight.scenarios.cmd --seconds 40 -- 'sysbench cpu --threads={cores3} --time={seconds} run'
     python -m kernelsight.scenarios.cmd --seconds 25 --server '{python} -m http.server -b 127.0.0.1 {port}' \\
@@ -36,6 +39,7 @@ import sys
 import time
 
 from ..procutil import die_with_parent, die_with_parent_preexec
+from . import netloss
 from ._common import Stop, check_seconds, disk_dir, log, meminfo_kb, onset, parser, start_group, stop_group
 
 
@@ -108,12 +112,17 @@ def main(argv=None) -> int:
     p.add_argument("--loop", action="store_true", help="rerun the command until the time is up")
     p.add_argument("--leave-pct", type=float, default=7.0, help="for {grab_mb}: share of MemTotal left available")
     p.add_argument("--show-output", action="store_true", help="pass the command's stdout to stderr")
+    p.add_argument("--veth", action="store_true", help="a network namespace behind a veth pair ({ns}, {ns_ip})")
+    p.add_argument("--ns-nft", default=None, help="with --veth: an nftables ruleset loaded inside the namespace")
+    p.add_argument("--host-mtu", type=int, default=None, help="with --veth: MTU of the host's end")
     p.add_argument("command", nargs="+", help="the command line (after --)")
     a = p.parse_args(argv)
     check_seconds(p, a.seconds)
     if not 1 <= a.leave_pct <= 90:
         p.error("--leave-pct must be 1..90")
     fields = Fields(a.seconds, a.leave_pct)
+    if a.veth:
+        fields.update(ns=netloss.NS, host_ip=netloss.HOST_IP, ns_ip=netloss.NS_IP)
     try:
         command = " ".join(a.command).format_map(fields)
         setup = a.setup.format_map(fields) if a.setup else None
@@ -130,6 +139,14 @@ def main(argv=None) -> int:
     failed = False
     runs = 0
     try:
+        if a.veth:
+            netloss.cleanup()
+            netloss.setup()
+            if a.host_mtu:
+                netloss.sh("ip", "link", "set", netloss.VETH_HOST, "mtu", str(a.host_mtu))
+            if a.ns_nft:
+                subprocess.run(["ip", "netns", "exec", netloss.NS, "nft", "-f", "-"], input=a.ns_nft, text=True,
+                               check=True, timeout=30)
         if setup:
             log("cmd", f"setup: {setup}")
             subprocess.run(["bash", "-c", setup], check=True, timeout=max(10.0, stop.left()),
@@ -161,6 +178,8 @@ def main(argv=None) -> int:
     finally:
         stop_group(proc)
         stop_group(srv)
+        if a.veth:
+            netloss.cleanup()
         if fields.scratch:
             shutil.rmtree(fields.scratch, ignore_errors=True)
     log("cmd", f"done ({runs} run(s))")

@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -47,7 +48,10 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
+
+from ..agent.rules import load_rules
 
 DETECT_WITHIN_S = 30.0  # the goal, reported per scenario
 GIVE_UP_S = 2 * DETECT_WITHIN_S  # a late detection is still measured (and fails the goal), not lost
@@ -87,6 +91,14 @@ NET_RELATED = ("Network Hardware Issue",)
 IO_EXPECTED = ("I/O Saturation", "I/O Tail Latency", "I/O Queue Congestion")
 # HTTP/1.0 (the server closes each connection), a thread per connection; {python}: no pyenv-style shim in between
 HTTP_SERVER = "{python} -m http.server -b 127.0.0.1 {port} -d {dir}"
+NODE_SERVER = "node -e \"require('http').createServer((q, r) => r.end('ok')).listen({port}, '127.0.0.1')\""
+# A listener on every host address with a deep accept queue (never accepting: a flood target).
+LISTENER = ("{python} -c \"import socket, time; s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', {port})); "
+            "s.listen(4096); time.sleep(1e6)\"")
+DROP_SYNACK = ("table inet ks_syn {\n chain input {\n  type filter hook input priority 0; policy accept;\n"
+               "  tcp flags & (syn|ack) == syn|ack drop\n }\n}\n")
+COLD_FILE = "dd if=/dev/zero of={dir}/data bs=1M count=2048 status=none && sync && echo 1 > /proc/sys/vm/drop_caches"
 
 
 def cmd(seconds: float, line: str, *opts: str) -> list[str]:
@@ -199,6 +211,88 @@ SCENARIOS = [
              fault="packet loss", needs=("iperf3", "nft", "ip"),
              note="iperf3 bulk TCP from the host into a network namespace over a veth pair; nftables drops "
                   "5 % of the packets (numgen random mod 100 < 5)"),
+    # ---- the design's other interpretation rows, each from real tools
+    Scenario("lock_contention_perf", "cmd", cmd(40, "perf bench futex lock-pi -t 64 -r {seconds}"),
+             ("Lock Contention",), related=CPU_LABELS, tool="perf bench futex lock-pi", third_party=True,
+             fault="lock contention", needs=("perf",), note="64 threads taking one priority-inheritance futex"),
+    Scenario("lock_contention_sysbench", "cmd",
+             cmd(40, "sysbench mutex --threads=64 --mutex-num=1 --mutex-locks=2000000 --time={seconds} run",
+                 "--loop"),
+             ("Lock Contention",), related=CPU_LABELS, tool="sysbench mutex", third_party=True,
+             fault="lock contention", needs=("sysbench",), note="64 threads on one pthread mutex"),
+    Scenario("cpu_starvation_stress_ng", "cmd",
+             cmd(45, "stress-ng --yield $(( $(nproc) * 8 )) --timeout {seconds}s --quiet"),
+             ("CPU Starvation", "Scheduling Thrash", "Oversubscription"), related=CPU_LABELS,
+             tool="stress-ng --yield", third_party=True, fault="CPU starvation", needs=("stress-ng",),
+             note="8 sched_yield() loops per core: every switch is involuntary (a yielding task stays runnable)"),
+    Scenario("cpu_starvation_sysbench", "cmd",
+             cmd(45, "sysbench threads --threads=64 --thread-yields=1000 --thread-locks=8 --time={seconds} run",
+                 "--loop"),
+             ("CPU Starvation", "Scheduling Thrash", "Oversubscription"), related=CPU_LABELS,
+             tool="sysbench threads", third_party=True, fault="CPU starvation", needs=("sysbench",),
+             note="64 threads yielding under 8 mutexes"),
+    Scenario("cpu_saturation_stress_ng", "cmd",
+             cmd(45, "stress-ng --cpu $(( $(nproc) * 8 )) --timeout {seconds}s --quiet"),
+             ("CPU Saturation", "Oversubscription"), related=CPU_LABELS, tool="stress-ng --cpu (8 per core)",
+             third_party=True, fault="CPU saturation", needs=("stress-ng",),
+             note="8 CPU hogs per core: run queue 5 per core deep"),
+    Scenario("cpu_saturation_sysbench", "cmd",
+             cmd(45, "sysbench cpu --threads=$(( $(nproc) * 8 )) --time={seconds} run"),
+             ("CPU Saturation", "Oversubscription"), related=CPU_LABELS, tool="sysbench cpu (8 per core)",
+             third_party=True, fault="CPU saturation", needs=("sysbench",), note="8 CPU threads per core"),
+    Scenario("event_loop_starvation_node", "cmd",
+             cmd(45, "stress-ng --cpu $(( $(nproc) * 8 )) --timeout {seconds}s --quiet & "
+                     "wrk -t1 -c8 -d{seconds}s http://127.0.0.1:{port}/ >/dev/null; wait", "--server", NODE_SERVER),
+             ("Event Loop Starvation", "Oversubscription"), related=CPU_LABELS, tool="node + wrk + stress-ng --cpu",
+             third_party=True, fault="event loop starvation", needs=("node", "wrk", "stress-ng"),
+             note="a node.js HTTP server under wrk while 8 CPU hogs per core keep its loop thread waiting to run"),
+    Scenario("event_loop_starvation_ab", "cmd",
+             cmd(45, "sysbench cpu --threads=$(( $(nproc) * 8 )) --time={seconds} run >/dev/null & "
+                     "ab -q -k -t {seconds} -n 100000000 -c 8 http://127.0.0.1:{port}/ >/dev/null; wait",
+                 "--server", NODE_SERVER),
+             ("Event Loop Starvation", "Oversubscription"), related=CPU_LABELS, tool="node + ab -k + sysbench cpu",
+             third_party=True, fault="event loop starvation", needs=("node", "ab", "sysbench"),
+             note="a node.js HTTP server under ab (keep-alive) while sysbench runs 8 CPU threads per core"),
+    Scenario("disk_thrashing_fio_mmap", "cmd",
+             cmd(40, "fio --name=ks-mmap --filename={dir}/data --size=2g --ioengine=mmap --rw=randread --bs=4k "
+                     "--fadvise_hint=1 --time_based --runtime={seconds} >/dev/null",
+                 "--setup", COLD_FILE),
+             ("Disk Thrashing",), related=IO_LABELS + ("Memory Pressure",), tool="fio mmap randread (cold cache)",
+             third_party=True, fault="disk thrashing", needs=("fio",),
+             note="random 4 KiB reads through mmap of a 2 GiB file just dropped from the page cache: major faults"),
+    Scenario("disk_thrashing_python_mmap", "cmd",
+             cmd(40, "{python} -c " + shlex.quote(
+                 "import mmap, random, sys\n"
+                 "f = open(sys.argv[1], 'rb'); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
+                 "m.madvise(mmap.MADV_RANDOM); pages = len(m) // 4096\n"
+                 "while True: m[random.randrange(pages) * 4096]") + " {dir}/data",
+                 "--setup", COLD_FILE),
+             ("Disk Thrashing",), related=IO_LABELS + ("Memory Pressure",), tool="python mmap reader (cold cache)",
+             fault="disk thrashing", note="one page at a time, at random, through mmap of a cold 2 GiB file"),
+    Scenario("syn_flood_hping3", "cmd",
+             cmd(40, "ip netns exec {ns} hping3 -S -p {port} -i u2000 -q {host_ip}", "--veth", "--ns-nft",
+                 DROP_SYNACK, "--server", LISTENER),
+             ("SYN Flood",), related=NET_RELATED, tool="hping3 -S (SYN-ACKs dropped at the sender)", third_party=True,
+             fault="SYN flood", needs=("hping3", "ip", "nft"),
+             note="500 SYN/s from a network namespace to a listener on the host; the namespace drops the "
+                  "SYN-ACKs, so every handshake stays half-open"),
+    Scenario("syn_flood_wrk", "cmd",
+             cmd(40, "ip netns exec {ns} wrk -t1 -c500 -d{seconds}s http://{host_ip}:{port}/ >/dev/null",
+                 "--veth", "--ns-nft", DROP_SYNACK, "--server", LISTENER),
+             ("SYN Flood",), related=NET_RELATED, tool="wrk -c500 (SYN-ACKs dropped at the client)",
+             third_party=True, fault="SYN flood", needs=("wrk", "ip", "nft"),
+             note="500 connections that never complete their handshake"),
+    Scenario("nic_drops_hping3", "cmd",
+             cmd(40, "hping3 --udp -d 8000 -i u1000 -q {ns_ip}", "--veth", "--host-mtu", "9000"),
+             ("Network Hardware Issue",), related=("Network Degradation",), tool="hping3 --udp (MTU mismatch)",
+             third_party=True, fault="interface drops", needs=("hping3", "ip"),
+             note="8000-byte datagrams into a veth pair whose far end has MTU 1500: dropped by the interface"),
+    Scenario("nic_drops_iperf3", "cmd",
+             cmd(40, "sleep 1; iperf3 -u -c {ns_ip} -b 100M -l 8000 -t {seconds} >/dev/null", "--veth",
+                 "--host-mtu", "9000", "--setup", "ip netns exec {ns} iperf3 -s -D"),
+             ("Network Hardware Issue",), related=("Network Degradation",), tool="iperf3 -u (MTU mismatch)",
+             third_party=True, fault="interface drops", needs=("iperf3", "ip"),
+             note="iperf3 UDP, 8000-byte datagrams, into a veth pair whose far end has MTU 1500"),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -223,6 +317,9 @@ class Result:
     labels_seen: list[dict] = field(default_factory=list)
     # One observation per incident: every other observation opened (or reopened) during the scenario.
     extra_observations: int = 0
+    # Interpretation rows that held during the scenario: labels opened, and labels folded into an
+    # observation as its evidence (a consequence inside its cause's incident)
+    rows_fired: list[str] = field(default_factory=list)
     extra_labels: list[dict] = field(default_factory=list)
     # The hit names the injector: a pid of its process tree, or a (non-generic) comm of it.
     named_injector: bool | None = None
@@ -345,6 +442,27 @@ def new_or_reopened(p: Pipeline, before: dict[int, tuple[str, int]], since: floa
         old = before.get(r["id"])
         if old is None or (old[0] == "closed" and (r["status"] == "open" or r["last_seen"] > old[1])):
             out.append(r)
+    return out
+
+
+@cache
+def rule_labels() -> frozenset[str]:
+    return frozenset(r.label for r in load_rules().rules)
+
+
+def rows_in(p: Pipeline, before: dict[int, tuple[str, int]], since: float) -> set[str]:
+    """Labels of the observations the scenario opened, and of the rules folded into them as evidence
+    ("Label: summary" among their correlated signals)."""
+    labels = rule_labels()
+    out = set()
+    for r in new_or_reopened(p, before, since):
+        out.add(r["label"])
+        row = p.query("SELECT observation FROM observations WHERE id=?", (r["id"],))
+        try:
+            corr = json.loads(row[0][0])["context"]["correlated_signals"] if row else []
+        except (ValueError, KeyError, TypeError):
+            corr = []
+        out |= {c.split(": ", 1)[0] for c in corr if isinstance(c, str) and c.split(": ", 1)[0] in labels}
     return out
 
 
@@ -514,8 +632,10 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
     hit = None
     detect_seen = None
     named: list[dict] = []
+    rows_seen: set[str] = set()
     while True:
         now = time.time()
+        rows_seen |= rows_in(p, before, t0)
         if inj.running():
             inj.sample_tree()
         if onset is None:
@@ -582,6 +702,7 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
         while not fast and time.time() < deadline and any(x["status"] == "open" for x in new_or_reopened(p, before, t0)):
             time.sleep(POLL_S)
     seen = new_or_reopened(p, before, t0)
+    res.rows_fired = sorted(rows_seen | rows_in(p, before, t0))
     allowed = set(sc.expected) | set(sc.related)
     for r in seen:
         cur = p.query("SELECT severity, status, closed_at FROM observations WHERE id=?", (r["id"],))
@@ -700,6 +821,26 @@ def check_tools(names: list[str]) -> list[str]:
     return sorted({t for n in names for t in BY_NAME[n].needs if shutil.which(t) is None})
 
 
+# Interpretation rows no scenario here produces, and why (docs/scenarios.md lists them).
+NOT_PRODUCED_HERE = {
+    "Serialization Bottleneck": "its signal (wakeups > 2x context switches) cannot hold on Linux as written: every "
+                                "wakeup is followed by a switch-in, so wakeups never outnumber switches twice over",
+    "Memory Overflow": "this VM has no swap device (zram0 is 0 B and no swap file is configured); without swap the "
+                       "rule's swap_used_pct stays 0",
+}
+
+
+def rows_summary(results: list[Result]) -> list[dict]:
+    """Every interpretation row (rule label): the scenarios in which it held, or why none here produces it."""
+    fired: dict[str, list[str]] = {}
+    for r in results:
+        for label in r.rows_fired:
+            fired.setdefault(label, []).append(r.name)
+    return [{"label": label, "fired_in": fired.get(label, []),
+             "not_produced": None if label in fired else NOT_PRODUCED_HERE.get(label, "not produced in this run")}
+            for label in sorted(rule_labels())]
+
+
 def run_suite(names: list[str], fast: bool = False, normal: bool = True, data_dir: Path | None = None,
               idle_s: float = NORMAL_IDLE_S, normal_s: float = NORMAL_S) -> dict:
     start = time.time()
@@ -741,6 +882,7 @@ def run_suite(names: list[str], fast: bool = False, normal: bool = True, data_di
         "data_dir": str(data) if keep else None,
         "scenarios": [{**asdict(r), "ok": r.ok} for r in results],
         "faults": faults_summary(results),
+        "rows": rows_summary(results),
         "normal": normal_out,
         "ok": ok,
         "table": table(results, normal_out),
