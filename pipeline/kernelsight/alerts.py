@@ -15,7 +15,11 @@ endsAt = its closed_at (resolved).
 
 One alert per observation and severity:
     labels      alertname (the label without spaces, e.g. ProcessExplosion), host, label,
-                severity, category, observation_id
+                severity, category, observation_id; plus the host's identity labels
+                ([remote_write] hostname for host, and its labels), as on its series
+Across a fleet, `label` is the same on every host for the same kind of observation,
+so an Alertmanager route with group_by: [alertname, label] makes one group (one
+notification) of every host with it (deploy/alertmanager/fleet.yml, docs/fleet.md).
     annotations summary, hints (reasoning hints, one per line), report
                 (`ks agent explain N`), description (observation type and persistence)
 A severity change resolves the alert of the old severity and fires the new one.
@@ -163,11 +167,13 @@ def _ends(a: dict) -> float:
 
 
 class Sender:
-    def __init__(self, data_dir: Path, cfg, log=None, host: str | None = None):
+    def __init__(self, data_dir: Path, cfg, log=None, host: str | None = None,
+                 extra_labels: dict[str, str] | None = None):
         self.data_dir = Path(data_dir)
         self.cfg = cfg
         self.log = log
         self.host = host or socket.gethostname()
+        self.extra_labels = dict(extra_labels or {})  # the host's identity labels ([remote_write] labels)
         self.stream_path = self.data_dir / STREAM_NAME
         self.state_path = _run_dir(self.data_dir) / STATE_NAME
         st = read_status(self.data_dir) or {}
@@ -193,8 +199,8 @@ class Sender:
         hints = obs.get("reasoning_hints") or []
         ends = (closed_at or now) if status == "closed" else now + self.cfg.ends_at_factor * self.cfg.resend_interval_s
         alert = {
-            "labels": {"alertname": alertname(label), "host": self.host, "label": label, "severity": severity,
-                       "category": category, "observation_id": str(oid)},
+            "labels": {**self.extra_labels, "alertname": alertname(label), "host": self.host, "label": label,
+                       "severity": severity, "category": category, "observation_id": str(oid)},
             "annotations": {"summary": summary, "hints": "\n".join(hints), "report": f"ks agent explain {oid}",
                             "description": f"{otype} observation #{oid}, {band}; {status}"},
             "startsAt": iso(first_seen),
@@ -397,8 +403,19 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # One host identity for the fleet: [remote_write] hostname and labels, when set, name this host in its
+    # alerts as in its series (docs/fleet.md), so Alertmanager and Prometheus agree on who it is.
+    from .config import load
+    from .remote_write import parse_labels
+
+    rwc = load(a.config).remote_write
+    try:
+        extra = parse_labels(rwc.labels)
+    except ValueError as e:
+        print(f"ks-alerts: {e}", file=sys.stderr)
+        return 2
     log.info("sending", receivers=[r for r in (cfg.alertmanager_url, cfg.webhook_url) if r])
-    return Sender(data_dir, cfg, log).run(stop)
+    return Sender(data_dir, cfg, log, host=rwc.hostname or None, extra_labels=extra).run(stop)
 
 
 if __name__ == "__main__":
