@@ -33,7 +33,7 @@ ATTACKS = [
                        "SELECT length(x) FROM c", "too big"),
     # nothing refuses it up front: the wall-clock bound kills the child
     ("query_database", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c",
-     "cut off: the call ran longer than 1 s (killed)"),
+     "cut off: the call ran longer than 0.9 s (killed)"),
     ("compare_baseline", "3650d", "longer than 24 h"),
     ("correlate_events", "100000h", "longer than 24 h"),
     ("analyze_logs", r"(a)\1", "no backreferences"),
@@ -58,7 +58,7 @@ def tools(hostile):
 
 
 def test_the_defaults_are_the_issues_bounds():
-    assert (LLMConfig().tool_timeout_s, LLMConfig().tool_memory_mb) == (1.0, 100.0)
+    assert (LLMConfig().tool_timeout_s, LLMConfig().tool_memory_mb) == (0.9, 100.0)
 
 
 @pytest.mark.parametrize("name,arg,says", ATTACKS, ids=[f"{a[0]}:{a[1][:30]}" for a in ATTACKS])

@@ -135,8 +135,9 @@ class LLMConfig:
     deadline_s: float = _f(180.0, "seconds the whole explanation may take")
     max_turns: int = _f(8, "model calls per explanation at most")
     max_tool_result_chars: int = _f(20000, "characters of one tool result sent to the model at most")
-    tool_timeout_s: float = _f(1.0, "wall-clock bound of one tool call (the model's and `ks agent tool`'s): "
-                                    "the forked child running it is killed past it")
+    tool_timeout_s: float = _f(0.9, "wall-clock bound of one tool call (the model's and `ks agent tool`'s): "
+                                    "the forked child running it is killed past it (0.9: killed and reaped "
+                                    "within 1 s)")
     tool_memory_mb: float = _f(100.0, "memory one tool call may add (RLIMIT_AS of its child)")
     audit_file: str = _f("", "where every request sent to the model is appended, exactly as sent, mode 0600 "
                              "(empty: DATA_DIR/llm_audit.jsonl)")
