@@ -419,6 +419,34 @@ def report(
         sys.stdout.write(text + "\n")
 
 
+@app.command(help="The fleet as the central Prometheus sees it (series pushed by ks-remote-write): hosts reporting "
+             "and silent, hosts with open observations, the hosts deviating most from their own baselines, and "
+             "observations opening on several hosts at once.\n\nExample: ks fleet --prometheus http://prom:9090")
+def fleet(
+    prometheus: str = typer.Option("http://127.0.0.1:9090", envvar="KS_PROMETHEUS_URL",
+                                   help="the central Prometheus (its HTTP API)"),
+    window: float = typer.Option(3600.0, min=1, help="seconds back: hosts heard from, onsets looked for"),
+    silent_after: float = typer.Option(60.0, min=1, help="a host heard from less recently than this is silent"),
+    baseline: float = typer.Option(3600.0, min=60, help="seconds of each host's own baseline for deviation"),
+    within: float = typer.Option(60.0, min=1, help="onsets this close together are one coincidence"),
+    min_hosts: int = typer.Option(2, min=2, help="hosts a coincidence needs"),
+    top: int = typer.Option(5, min=1, help="deviating hosts listed"),
+    as_json: bool = typer.Option(False, "--json", help="the report as JSON"),
+) -> None:
+    from .fleet import Prom, PromError, render, report
+
+    try:
+        rep = report(Prom(prometheus), window_s=window, silent_after_s=silent_after, baseline_s=baseline,
+                     within_s=within, min_hosts=min_hosts, top=top)
+    except PromError as e:
+        print(f"ks fleet: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(render(rep))
+
+
 # `ks storage status|rollup|prune` and `ks config show` (storage/cli.py)
 from .storage.cli import app as _storage_app, config_app as _config_app  # noqa: E402 - after the commands above
 
