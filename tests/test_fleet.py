@@ -119,3 +119,14 @@ def test_ks_fleet_cli(prom):
     bad = subprocess.run([tool("ks"), "fleet", "--prometheus", "http://127.0.0.1:1"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 1 and "ks fleet:" in bad.stderr
+
+
+def test_run_without_scraper_starts_no_scraper(monkeypatch, tmp_path):
+    from kernelsight.children import RunOptions, default_children
+
+    monkeypatch.setenv("KS_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    names = {s.name for s in default_children(RunOptions(fifo="x", tracers=False, collectors=False, scraper=False))}
+    assert "ks-scraper" not in names and "ks-ingest" in names
+    names = {s.name for s in default_children(RunOptions(fifo="x", tracers=False, collectors=False))}
+    assert "ks-scraper" in names

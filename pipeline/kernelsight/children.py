@@ -22,6 +22,7 @@ class RunOptions:
     tracers: bool = True
     collectors: bool = True
     data_dir: Path | None = None  # where the supervisor writes run/pipeline.pids
+    scraper: bool = True          # False: the FIFO is fed by something else (a replay)
 
 
 def _tracer_specs(opts: RunOptions) -> list[ChildSpec]:
@@ -62,9 +63,11 @@ def default_children(opts: RunOptions) -> list[ChildSpec]:
     specs = [
         ChildSpec("ks-ingest", [py, "-m", "kernelsight.ingest", "--fifo", opts.fifo], "consumer",
                   stop_timeout_s=INGEST_STOP_TIMEOUT_S),
-        ChildSpec("ks-scraper", [scraper or "ks-scraper", "--output", opts.fifo, "--interval", str(opts.interval_s)],
-                  unavailable_reason=None if scraper else "ks-scraper is not built (run make build)"),
     ]
+    if opts.scraper:
+        specs.append(ChildSpec("ks-scraper", [scraper or "ks-scraper", "--output", opts.fifo, "--interval",
+                                              str(opts.interval_s)],
+                               unavailable_reason=None if scraper else "ks-scraper is not built (run make build)"))
     if opts.tracers:
         specs += _tracer_specs(opts)
     if opts.collectors:

@@ -32,6 +32,8 @@ def run(
     interval: float = typer.Option(1.0, min=0.1, help="collection interval in seconds"),
     tracers: bool = typer.Option(True, help="start the eBPF tracers"),
     collectors: bool = typer.Option(True, help="start the libbpf-tools collectors"),
+    scraper: bool = typer.Option(True, help="start ks-scraper (--no-scraper: the FIFO is fed by something else, "
+                                 "e.g. a replay)"),
 ) -> None:
     from .children import RunOptions, default_children
     from .supervisor import PipelineBusy, Supervisor, claim
@@ -51,7 +53,7 @@ def run(
     # each child's stderr goes to DATA_DIR/logs/NAME.log.
     log = klog.configure("ks-supervisor")
     specs = default_children(RunOptions(fifo=fifo, interval_s=interval, tracers=tracers, collectors=collectors,
-                                        data_dir=directory))
+                                        data_dir=directory, scraper=scraper))
     print(f"ks run: data in {directory}, FIFO {fifo}, logs in {directory / 'logs'}; Ctrl-C stops", file=sys.stderr)
     raise typer.Exit(Supervisor(specs, directory, fifo, log, claim=held, interval_s=interval).run())
 
