@@ -223,3 +223,67 @@ def test_a_condition_normal_work_also_makes_is_low_until_it_lasts(agent):
     mem = rule_finding("memory_pressure")
     t = Tracked(mem.key, mem, first_seen=1000.0, last_seen=1000.0)
     assert agent.observation(t, 1001.0, int(1001e9))["severity"] == "high"
+
+
+def store_history(agent, hours: float, spike: tuple[float, float] | None = None) -> tuple[float, float]:
+    """`hours` of stored feature vectors ending now (x = 1, or 1000 inside `spike`, seconds after the
+    start), and an observation over the spike; returns (start_s, now_s)."""
+    import time
+
+    import numpy as np
+
+    from kernelsight.features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
+    from kernelsight.features.engine import FeatureMatrix
+    from kernelsight.features.store import write_matrix
+
+    now_s = time.time()
+    start_s = now_s - hours * 3600
+    ts = np.arange(int(start_s / FEATURE_STEP_S) + 1, int(now_s / FEATURE_STEP_S)) * int(FEATURE_STEP_S * 1e9)
+    vals = np.ones((len(ts), 1))
+    if spike:
+        sel = (ts >= (start_s + spike[0]) * 1e9) & (ts <= (start_s + spike[1]) * 1e9)
+        vals[sel] = 1000.0
+        agent.rw.execute(
+            "INSERT INTO observations (rule, key, label, status, severity, signal_category, observation_type, "
+            "persistence, first_seen, last_seen, closed_at, updates, summary, observation, processes) VALUES "
+            "('cpu_saturation', 'cpu_saturation', 'CPU Saturation', 'closed', 'high', 'scheduler', 'symptom', "
+            "'transient', ?, ?, ?, 1, 's', '{}', '[]')",
+            (int(start_s + spike[0]), int(start_s + spike[1]), int(start_s + spike[1])))
+        agent.rw.commit()
+    write_matrix(agent.rw, FeatureMatrix(ts, FEATURE_WINDOW_S, ["cpu_utilization_pct"], vals,
+                                         [np.full(len(ts), None, object)]))
+    agent.history.append((start_s, {}))
+    return start_s, now_s
+
+
+def test_the_agent_learns_around_its_incidents_and_learns_again_on_schedule(agent):
+    from kernelsight.agent.engine import AUTO_SOURCE
+
+    _, now = store_history(agent, 2.0, spike=(1800.0, 2400.0))
+    agent._auto_learn(now)
+    b = agent.baseline
+    assert b is not None and b.meta["source"] == AUTO_SOURCE
+    assert b.stats["cpu_utilization_pct"]["max"] == 1.0, "the incident's vectors are left out"
+    assert b.meta["left_out_vectors"] >= 600 / 5
+    learned = b.meta["learned_ts"]
+    agent._auto_learn(now + 60)
+    assert agent.baseline.meta["learned_ts"] == learned, "not before baseline_relearn_s"
+    agent._auto_learn(now + agent.rules.settings.baseline_relearn_s + 1)
+    assert agent.baseline.meta["learned_ts"] > learned
+    # a baseline an operator learned is theirs: the schedule leaves it alone
+    agent.baseline.meta["source"] = "ks-features baseline learn"
+    mine = agent.baseline.meta["learned_ts"]
+    agent._auto_learn(now + 3 * agent.rules.settings.baseline_relearn_s)
+    assert agent.baseline.meta["learned_ts"] == mine
+
+
+def test_an_extreme_lone_deviation_is_critical():
+    from kernelsight.agent.engine import _deviation_severity
+
+    s = RULES.settings
+    # the design's example: 5 errors/s against a typical 0.2 (std 0.5) is 9.6 sigma: critical
+    assert _deviation_severity(9.6, 9.6, 5.0, 0.2, s) == "critical"
+    assert _deviation_severity(9.6, 9.6, 1.5, 1.0, s) == "medium"  # far out but only 1.5x its mean
+    assert _deviation_severity(9.6, 3.0, 5.0, 0.2, s) == "medium"  # the robust z disagrees
+    assert _deviation_severity(17.0, 17.0, 1.5, 1.0, s) == "high"
+    assert _deviation_severity(5.0, 5.0, 5.0, 0.2, s) == "low"

@@ -71,6 +71,56 @@ def test_baseline_by_hour():
     assert means[0] < 50 < means[-1]
 
 
+def week_of_mondays(weeks: int = 2) -> FeatureMatrix:
+    """`weeks` weeks at one vector a minute: x is 100 on Mondays 09h (a batch job), 1 otherwise."""
+    from kernelsight.features.baseline import local_hours
+
+    n = weeks * 7 * 24 * 60
+    ts = T0 + np.arange(n, dtype=np.int64) * 60 * NS
+    _, week_hour = local_hours(ts)
+    vals = np.where(week_hour == 9, 100.0, 1.0).reshape(n, 1) + (np.arange(n) % 2).reshape(n, 1)
+    return FeatureMatrix(ts, 60.0, ["x"], vals, [np.full(n, None, object)])
+
+
+def test_baseline_by_hour_of_week_knows_monday_morning(tmp_path):
+    from kernelsight.features.baseline import local_hours
+
+    m = week_of_mondays()
+    b = learn_baseline(m, min_per_hour=30)
+    assert len(b.by_week_hour) == 168 and len(b.by_hour) == 24
+    monday_9 = int(m.ts[np.flatnonzero(local_hours(m.ts)[1] == 9)[0]])
+    tuesday_9 = monday_9 + 24 * 3600 * NS
+    st, basis = b.for_ts("x", monday_9)
+    assert basis == "Mon 09h" and st["mean"] == pytest.approx(100.5)
+    st, basis = b.for_ts("x", tuesday_9)
+    assert basis == "Tue 09h" and st["mean"] == pytest.approx(1.5)
+    assert b.by_hour[local_hours(np.array([tuesday_9]))[0][0]]["x"]["mean"] > 10  # the day profile blurs them
+    conn = db.connect(tmp_path / "kernelsight.db")
+    path = save_baseline(conn, b, tmp_path)
+    for loaded in (load_baseline(conn), load_baseline(None, path)):
+        assert loaded.for_ts("x", monday_9) == (b.for_ts("x", monday_9)[0], "Mon 09h")
+
+
+def test_one_day_of_history_makes_no_week_profile():
+    m = week_of_mondays()
+    day = 24 * 60
+    b = learn_baseline(FeatureMatrix(m.ts[:day], 60.0, ["x"], m.values[:day], [r[:day] for r in m.reasons]),
+                       min_per_hour=30)
+    assert len(b.by_hour) == 24 and b.by_week_hour == {}
+
+
+def test_learning_leaves_out_the_spans_given():
+    n = 600
+    ts = T0 + np.arange(n, dtype=np.int64) * NS
+    vals = np.ones((n, 1))
+    vals[100:200] = 1000.0  # an incident
+    m = FeatureMatrix(ts, 60.0, ["x"], vals, [np.full(n, None, object)])
+    b = learn_baseline(m, min_per_hour=10_000, exclude_spans=[(int(ts[100]), int(ts[199]))])
+    assert b.stats["x"]["max"] == 1.0 and b.meta["left_out_vectors"] == 100
+    with pytest.raises(ValueError, match="outside the left-out spans"):
+        learn_baseline(m, exclude_spans=[(int(ts[0]), int(ts[-1]))])
+
+
 def test_hour_baseline_needs_ten_minutes_of_vectors_at_the_feature_step():
     assert MIN_PER_HOUR * FEATURE_STEP_S == 600
 

@@ -30,7 +30,7 @@ from .. import db
 from ..db import transaction
 from ..config import Config, load as load_config
 from ..features import catalog as fcat
-from ..features.baseline import learn_baseline, load_baseline, save_baseline
+from ..features.baseline import MIN_PER_HOUR, learn_baseline, load_baseline, save_baseline
 from ..features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
 from ..features.engine import FeatureVector, compute_range
 from ..features.store import read_matrix, write_matrix
@@ -48,6 +48,8 @@ from .store import ObservationStore
 from .tracker import BAND_WORDS, Finding, Tracked, Tracker, band, escalate
 
 BASELINE_RELOAD_S = 300
+AUTO_SOURCE = "learned automatically by ks-agent"
+BASELINE_MAX_VECTORS = 20_000  # held at once while learning (~170 features: ~27 MB of float64)
 SLOPE_SPAN_S = 60.0
 BIG_RSS_KB = 64 * 1024
 EXEC_BURST = 100  # execs of one comm that count as a burst ...
@@ -91,12 +93,34 @@ def host_mem_gb(proc_root: str = "/proc") -> float | None:
     return None
 
 
+def incident_spans(conn: sqlite3.Connection, since_s: float) -> list[tuple[int, int]]:
+    """Spans (ns) of the observations (not baseline deviations) open at or after since_s, each widened
+    by a feature window on both sides: the vectors a baseline must not learn from."""
+    try:
+        rows = conn.execute("SELECT first_seen, closed_at FROM observations WHERE rule != 'baseline_deviation' "
+                            "AND (closed_at IS NULL OR closed_at >= ?)", (since_s,)).fetchall()
+    except sqlite3.OperationalError:  # no observations table yet
+        return []
+    end = time.time() + FEATURE_WINDOW_S
+    return [(int((a - FEATURE_WINDOW_S) * 1e9), int(((b if b is not None else end) + FEATURE_WINDOW_S) * 1e9))
+            for a, b in rows]
+
+
 def _absorb(cause: Finding, consequence: Finding) -> None:
     """One incident: the consequence becomes the cause's evidence, and the incident is as severe as
     the worst of them."""
     cause.correlated.append(f"{consequence.label}: {consequence.summary}")
     if SEVERITIES.index(consequence.severity) > SEVERITIES.index(cause.severity):
         cause.severity = consequence.severity
+
+
+def _deviation_severity(z: float, rz: float | None, v: float, mean: float, s) -> str:
+    """low under anomaly_open_z; medium from it; high from twice it; critical when extreme both ways
+    (z and robust z beyond anomaly_critical_z) and anomaly_critical_ratio times the mean or more."""
+    ratio = abs(v) / abs(mean) if mean else math.inf
+    if min(abs(z), abs(rz or 0.0)) >= s.anomaly_critical_z and ratio >= s.anomaly_critical_ratio:
+        return "critical"
+    return "high" if abs(z) >= 2 * s.anomaly_open_z else "medium" if abs(z) >= s.anomaly_open_z else "low"
 
 
 def _fmt(v: float | None, spec: str = ".3g") -> str:
@@ -122,6 +146,7 @@ class Agent:
         self.proc_first_seen: dict[int, tuple[float, str, int]] = {}
         self.baseline = None
         self.baseline_loaded_at = -math.inf
+        self.next_learn_try_s = -math.inf
         self.cores = os.cpu_count() or 1
         self.mem_gb = host_mem_gb(proc_root)  # rules' floors per GiB of RAM (mem_gb)
         self.log = log
@@ -152,30 +177,43 @@ class Agent:
         return self.baseline
 
     def _auto_learn(self, now_s: float) -> None:
-        """Learn what is normal without being asked: once the agent has watched
-        auto_baseline_after_s with no observation open, learn a baseline from the
-        vectors it stored over that history (its own window, so z-scores compare
-        like with like).  Robust statistics (median/MAD) keep a short blip from
-        skewing it; an explicit `ks-features baseline learn` replaces it."""
+        """Learn what is normal without being asked, and keep learning it: once the agent has
+        watched auto_baseline_after_s, and again every baseline_relearn_s, learn from the vectors
+        stored over the last auto_baseline_span_s (its own window, so z-scores compare like with
+        like), leaving out every incident (a fault learned as normal hides the next one).
+        Robust statistics keep a short blip from skewing it; hour-of-day and hour-of-week
+        profiles form as history allows.  A baseline an operator learned is left alone."""
         s = self.rules.settings
-        if not s.auto_baseline_span_s or not self.history or self.tracker.open:
+        if not s.auto_baseline_span_s or not self.history or now_s < self.next_learn_try_s:
             return
-        start = max(self.history[0][0], now_s - s.auto_baseline_span_s)
-        if now_s - start < s.auto_baseline_after_s:
+        b = self.baseline
+        if b is None:
+            if now_s - self.history[0][0] < s.auto_baseline_after_s:
+                return
+        elif (not s.baseline_relearn_s or b.meta.get("source") != AUTO_SOURCE
+              or now_s - (b.meta.get("learned_ts") or 0) / 1e9 < s.baseline_relearn_s):
             return
+        lo_ns, hi_ns = int((now_s - s.auto_baseline_span_s) * 1e9), int(now_s * 1e9)
         try:
-            m = read_matrix(self.ro, int(start * 1e9), int(now_s * 1e9), window_s=FEATURE_WINDOW_S)
-            b = learn_baseline(m)
-            b.meta["source"] = "learned automatically by ks-agent"
-            save_baseline(self.rw, b, self.data_dir)
+            stored = self.ro.execute("SELECT COUNT(*) FROM features WHERE ts >= ? AND ts <= ?",
+                                     (lo_ns, hi_ns)).fetchone()[0]
+            every = max(1, -(-stored // BASELINE_MAX_VECTORS))
+            m = read_matrix(self.ro, lo_ns, hi_ns, window_s=FEATURE_WINDOW_S, every=every)
+            learned = learn_baseline(m, max(1, MIN_PER_HOUR // every), incident_spans(self.ro, lo_ns / 1e9))
+            if learned.meta["vectors"] * every * FEATURE_STEP_S < s.auto_baseline_after_s / 2:
+                raise ValueError(f"only {learned.meta['vectors']} vectors outside incidents")
+            learned.meta["source"] = AUTO_SOURCE
+            save_baseline(self.rw, learned, self.data_dir)
         except (sqlite3.Error, OSError, ValueError) as e:
             if self.log is not None:
                 self.log.warning("automatic baseline failed", error=str(e))
-            s.auto_baseline_span_s = 0  # don't retry every interval
+            self.next_learn_try_s = now_s + max(s.auto_baseline_after_s, 60.0)  # not every interval
             return
-        self.baseline = b
+        self.baseline = learned
+        self.baseline_loaded_at = now_s
         if self.log is not None:
-            self.log.info("baseline learned automatically", vectors=len(m), span_s=round(now_s - start))
+            self.log.info("baseline learned automatically", vectors=learned.meta["vectors"], every=every,
+                          left_out=learned.meta["left_out_vectors"], hours_of_week=len(learned.by_week_hour))
 
     def _baseline_stats(self, names, ts_ns: int) -> dict:
         b = self.baseline
@@ -375,8 +413,7 @@ class Agent:
             out.append(Finding(
                 key=f"anomaly:{name}", rule_id="baseline_deviation", label="Baseline Deviation",
                 category=feature_category(name), observation_type="anomaly",
-                severity=("high" if abs(z) >= 2 * s.anomaly_open_z else "medium" if abs(z) >= s.anomaly_open_z
-                          else "low"), metric=name, value=v,
+                severity=_deviation_severity(z, ctx.z(name, robust=True), v, mean, s), metric=name, value=v,
                 baseline_mean=mean, zscore=z, trend=self.trend(name, v), summary=summary,
                 hints=[f"Compare {name} with related signals around the same time",
                        "If this is a planned change, learn a new baseline (ks-features baseline learn)"],

@@ -149,7 +149,16 @@ class Settings:
     # so that the cause, which may cross its threshold a step later, can take it in.
     consequence_wait_s: float = 10.0
     auto_baseline_after_s: float = 600.0
-    auto_baseline_span_s: float = 86400.0
+    # Learned from this much stored history (8 days: every hour of the week twice over a week
+    # boundary), read one vector in k so that at most BASELINE_MAX_VECTORS are held at once.
+    auto_baseline_span_s: float = 691200.0
+    # A baseline the agent learned itself is learned again this often (0: never), leaving out
+    # every incident; one an operator learned (`ks-features baseline learn`) stays until replaced.
+    baseline_relearn_s: float = 86400.0
+    # A lone deviation this extreme (both z and robust z, and this many times its mean) is
+    # critical: "9.6 standard deviations above normal: 5/s vs typical 0.2/s" (the design's example).
+    anomaly_critical_z: float = 9.5
+    anomaly_critical_ratio: float = 10.0
 
 
 @dataclass

@@ -4,11 +4,17 @@ A baseline holds, per feature, over the feature vectors of a learning range:
 n, mean, std (sample, ddof=1), median, MAD (median absolute deviation, not
 scaled), min, max and the quantiles q01 q05 q25 q75 q95 q99.  NULL values are
 left out (n counts the others).  When an hour of the day (local time) has at
-least `min_per_hour` vectors, that hour gets its own statistics too.
+least `min_per_hour` vectors, that hour gets its own statistics too, and so
+does each hour of the week (Monday 00h = 0 .. Sunday 23h = 167) once the
+history holds one: a Monday-morning batch job is normal on Monday mornings.
+Spans can be left out (the agent leaves out its incidents: a baseline learned
+over a fault would call the fault normal).  Local time from the host's current
+UTC offset (a DST change shifts the profile by an hour until the next learn).
 
-Stored twice: the `baselines` table (one row per feature and hour, hour -1 =
-all hours; learning replaces the table's content) and baseline.json in the
-data dir (same numbers, plus metadata).
+Stored twice: the `baselines` table (one row per feature and hour: hour -1 =
+all hours, 0-23 = hour of day, 100 + h = hour h of the week; learning replaces
+the table's content) and baseline.json in the data dir (same numbers, plus
+metadata).
 
 z-scores: z = (x - mean) / std and robust z = 0.6745 (x - median) / MAD; a
 null value, a feature without baseline or a zero spread gives null with a
@@ -38,6 +44,19 @@ STATS = ("n", "mean", "std", "median", "mad", "min", "max") + QNAMES
 ROBUST_K = 0.6745
 # An hour of day gets its own statistics once it has 10 min of vectors at the feature step.
 MIN_PER_HOUR = int(600 / FEATURE_STEP_S)
+WEEK_HOUR_BASE = 100  # the `hour` column of an hour-of-week row: 100 + (weekday * 24 + hour)
+
+
+def _utc_offset_s() -> float:
+    return dt.datetime.now().astimezone().utcoffset().total_seconds()
+
+
+def local_hours(ts_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hour of day (0-23) and hour of week (Monday 00h = 0 .. 167), local time, for ns timestamps."""
+    local_s = ts_ns / 1e9 + _utc_offset_s()
+    hour = (local_s // 3600).astype(np.int64) % 24
+    weekday = ((local_s // 86400).astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    return hour, weekday * 24 + hour
 
 
 @dataclass
@@ -45,18 +64,28 @@ class Baseline:
     stats: dict[str, dict]  # feature -> {n, mean, std, median, mad, min, max, q01..q99}
     by_hour: dict[int, dict[str, dict]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    by_week_hour: dict[int, dict[str, dict]] = field(default_factory=dict)
 
     def for_ts(self, name: str, ts_ns: int | None) -> tuple[dict | None, str]:
-        if ts_ns is not None and self.by_hour:
-            h = dt.datetime.fromtimestamp(ts_ns / 1e9).hour
-            s = self.by_hour.get(h, {}).get(name)
+        """The most specific statistics learned for that time: its hour of the week, else its hour of
+        the day, else all hours."""
+        if ts_ns is not None and (self.by_hour or self.by_week_hour):
+            hour, week_hour = (int(x[0]) for x in local_hours(np.array([ts_ns], dtype=np.int64)))
+            s = self.by_week_hour.get(week_hour, {}).get(name)
             if s and s["n"]:
-                return s, f"hour {h:02d}"
+                return s, f"{WEEKDAYS[week_hour // 24]} {hour:02d}h"
+            s = self.by_hour.get(hour, {}).get(name)
+            if s and s["n"]:
+                return s, f"hour {hour:02d}"
         return self.stats.get(name), "all hours"
 
     def to_json(self) -> dict:
         return {"meta": self.meta, "stats": self.stats,
-                "by_hour": {str(h): v for h, v in sorted(self.by_hour.items())}}
+                "by_hour": {str(h): v for h, v in sorted(self.by_hour.items())},
+                "by_week_hour": {str(h): v for h, v in sorted(self.by_week_hour.items())}}
+
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 def column_stats(x: np.ndarray) -> dict:
@@ -73,20 +102,32 @@ def column_stats(x: np.ndarray) -> dict:
     return out
 
 
-def learn_baseline(m: FeatureMatrix, min_per_hour: int = MIN_PER_HOUR) -> Baseline:
-    if len(m) == 0:
-        raise ValueError("no feature vectors to learn from")
-    stats = {n: column_stats(m.values[:, j]) for j, n in enumerate(m.names)}
-    by_hour: dict[int, dict[str, dict]] = {}
-    hours = np.array([dt.datetime.fromtimestamp(t / 1e9).hour for t in m.ts[:: max(1, len(m) // 100000)]])
-    if len(hours) == len(m):
-        counts = np.bincount(hours, minlength=24)
-        for h in np.flatnonzero(counts >= min_per_hour):
-            sel = hours == h
-            by_hour[int(h)] = {n: column_stats(m.values[sel, j]) for j, n in enumerate(m.names)}
-    meta = {"since_ts": int(m.ts.min()), "until_ts": int(m.ts.max()), "vectors": len(m), "window_s": m.window_s,
-            "learned_ts": time.time_ns(), "min_per_hour": min_per_hour, "robust_k": ROBUST_K}
-    return Baseline(stats, by_hour, meta)
+def learn_baseline(m: FeatureMatrix, min_per_hour: int = MIN_PER_HOUR,
+                   exclude_spans: list[tuple[int, int]] = ()) -> Baseline:
+    """Statistics of m's vectors, overall, per hour of day and per hour of week (a slot needs
+    min_per_hour vectors), leaving out the vectors inside exclude_spans (ns, inclusive)."""
+    keep = np.ones(len(m), dtype=bool)
+    for lo, hi in exclude_spans:
+        keep &= ~((m.ts >= lo) & (m.ts <= hi))
+    ts, values = m.ts[keep], m.values[keep]
+    if len(ts) == 0:
+        raise ValueError("no feature vectors to learn from" + (" outside the left-out spans" if len(m) else ""))
+    stats = {n: column_stats(values[:, j]) for j, n in enumerate(m.names)}
+    hours, week_hours = local_hours(ts)
+    slots: list[dict[int, dict[str, dict]]] = []
+    for key in (hours, week_hours):
+        counts = np.bincount(key, minlength=168)
+        slots.append({int(h): {n: column_stats(values[key == h, j]) for j, n in enumerate(m.names)}
+                      for h in np.flatnonzero(counts >= min_per_hour)})
+    by_hour, by_week_hour = slots
+    # Under a day of history every week slot is its hour-of-day slot again: rows for nothing.
+    if len(by_week_hour) <= len(by_hour):
+        by_week_hour = {}
+    meta = {"since_ts": int(ts.min()), "until_ts": int(ts.max()), "vectors": int(len(ts)),
+            "left_out_vectors": int(len(m) - len(ts)), "left_out_spans": len(exclude_spans),
+            "window_s": m.window_s, "learned_ts": time.time_ns(), "min_per_hour": min_per_hour,
+            "robust_k": ROBUST_K}
+    return Baseline(stats, by_hour, meta, by_week_hour)
 
 
 def save_baseline(conn: sqlite3.Connection, b: Baseline, data_dir: Path | None) -> Path | None:
@@ -101,7 +142,8 @@ def save_baseline(conn: sqlite3.Connection, b: Baseline, data_dir: Path | None) 
   PRIMARY KEY (name, hour)
 )""")
     rows = []
-    for hour, stats in [(-1, b.stats)] + sorted(b.by_hour.items()):
+    for hour, stats in ([(-1, b.stats)] + sorted(b.by_hour.items())
+                        + [(WEEK_HOUR_BASE + h, v) for h, v in sorted(b.by_week_hour.items())]):
         for name, s in stats.items():
             rows.append((name, hour, *[s[k] for k in STATS], b.meta["since_ts"], b.meta["until_ts"], b.meta["learned_ts"]))
     marks = ",".join("?" * (len(STATS) + 5))
@@ -126,15 +168,27 @@ def load_baseline(conn: sqlite3.Connection | None = None, path: Path | None = No
             if rows:
                 stats: dict[str, dict] = {}
                 by_hour: dict[int, dict[str, dict]] = {}
+                by_week_hour: dict[int, dict[str, dict]] = {}
                 for r in rows:
                     s = dict(zip(STATS, r[2:2 + len(STATS)]))
-                    (stats if r[1] == -1 else by_hour.setdefault(r[1], {}))[r[0]] = s
+                    if r[1] == -1:
+                        stats[r[0]] = s
+                    elif r[1] >= WEEK_HOUR_BASE:
+                        by_week_hour.setdefault(r[1] - WEEK_HOUR_BASE, {})[r[0]] = s
+                    else:
+                        by_hour.setdefault(r[1], {})[r[0]] = s
                 last = rows[0]
                 meta = {"since_ts": last[-3], "until_ts": last[-2], "learned_ts": last[-1], "source": "table"}
-                return Baseline(stats, by_hour, meta)
+                if path is not None and Path(path).exists():  # the JSON twin says who learned it
+                    try:
+                        meta["source"] = orjson.loads(Path(path).read_bytes()).get("meta", {}).get("source", "table")
+                    except (OSError, orjson.JSONDecodeError):
+                        pass
+                return Baseline(stats, by_hour, meta, by_week_hour)
     if path is not None and Path(path).exists():
         d = orjson.loads(Path(path).read_bytes())
-        return Baseline(d["stats"], {int(h): v for h, v in d.get("by_hour", {}).items()}, d.get("meta", {}))
+        return Baseline(d["stats"], {int(h): v for h, v in d.get("by_hour", {}).items()}, d.get("meta", {}),
+                        {int(h): v for h, v in d.get("by_week_hour", {}).items()})
     return None
 
 

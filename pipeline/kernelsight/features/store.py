@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from ..db import transaction
-from .catalog import NAMES
+from .catalog import FEATURE_STEP_S, NAMES
 from .engine import FeatureMatrix
 
 TABLE = "features"
@@ -77,11 +77,12 @@ def has_table(conn: sqlite3.Connection) -> bool:
 
 
 def read_matrix(conn: sqlite3.Connection, since_ns: int, until_ns: int, names: list[str] | None = None,
-                window_s: float | None = None) -> FeatureMatrix:
+                window_s: float | None = None, every: int = 1) -> FeatureMatrix:
     """Stored vectors with since <= ts <= until (names absent from the table come back NULL).
 
     With window_s, only rows over that window: a backfill with another --window
-    must not blend into a baseline or an export of the agent's vectors."""
+    must not blend into a baseline or an export of the agent's vectors.  every=k keeps one
+    vector in k (by step number), so that a week of history is read in bounded memory."""
     names = names or NAMES
     empty_window = 0.0 if window_s is None else float(window_s)
     if not has_table(conn):
@@ -93,6 +94,9 @@ def read_matrix(conn: sqlite3.Connection, since_ns: int, until_ns: int, names: l
     if window_s is not None:
         where += " AND window_s = ?"
         args.append(float(window_s))
+    if every > 1:
+        where += " AND (ts / ?) % ? = 0"
+        args += [int(FEATURE_STEP_S * 1e9), int(every)]
     rows = conn.execute(f"SELECT ts, window_s, reasons, {sel} FROM {TABLE} WHERE {where} ORDER BY ts", args).fetchall()
     ts = np.array([r[0] for r in rows], dtype=np.int64)
     window = float(rows[-1][1]) if rows else empty_window
