@@ -22,6 +22,7 @@ read; they persist across restarts.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -296,7 +297,9 @@ class RemoteWriter:
         self.attempt += 1
 
     def backoff_s(self) -> float:
-        return min(self.cfg.backoff_max_s, self.cfg.backoff_start_s * 2 ** max(0, self.attempt - 1))
+        """Exponential, with jitter (75-100 %) so a fleet whose receiver comes back does not retry in step."""
+        base = min(self.cfg.backoff_max_s, self.cfg.backoff_start_s * 2 ** max(0, self.attempt - 1))
+        return base * random.uniform(0.75, 1.0)
 
     def state(self) -> dict:
         with self.lock:
