@@ -10,17 +10,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from conftest import tool
 from kernelsight import db
+from llm_util import Loopback, mem_obs_id, private_copy, send_json
 from test_egress import BLOCK, INJECTION, SECRETS, plant_hostile_process
 from test_report import replay_incident
 
@@ -75,25 +74,13 @@ class StandIn:
                     delay, resp = stand.script[i](body)
                     code = 200
                 time.sleep(delay)
-                raw = json.dumps(resp).encode()
-                try:
-                    self.send_response(code)
-                    self.send_header("content-type", "application/json; charset=UTF-8")
-                    self.send_header("content-length", str(len(raw)))
-                    self.end_headers()
-                    self.wfile.write(raw)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-                    pass
+                send_json(self, code, resp, "application/json; charset=UTF-8")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.loopback = Loopback(H)
+        self.url = self.loopback.base
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.loopback.close()
 
 
 @pytest.fixture
@@ -113,21 +100,7 @@ def incident(tmp_path_factory):
 @pytest.fixture
 def data(incident, tmp_path):
     """A private copy per test (explain writes the narrative)."""
-    d = tmp_path / "data"
-    d.mkdir()
-    src = sqlite3.connect(db.db_path(incident))
-    dst = sqlite3.connect(db.db_path(d))
-    src.backup(dst)
-    src.close()
-    dst.close()
-    return d
-
-
-def mem_obs_id(d: Path) -> int:
-    conn = db.connect_readonly(db.db_path(d))
-    i = conn.execute("SELECT id FROM observations WHERE rule='memory_pressure'").fetchone()[0]
-    conn.close()
-    return i
+    return private_copy(incident, tmp_path)
 
 
 def unwrap(block: str) -> tuple[str, object]:

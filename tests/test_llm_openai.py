@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ import pytest
 from conftest import tool
 from kernelsight import db
 from test_egress import BLOCK, INJECTION, SECRETS, plant_hostile_process
+from llm_util import Loopback, mem_obs_id, private_copy, send_json
 from test_report import replay_incident
 
 pytest.importorskip("openai", reason="the llm extra (openai) is not installed")
@@ -58,15 +57,7 @@ class OpenAIStandIn:
                 pass
 
             def _send(self, code: int, obj: dict) -> None:
-                raw = json.dumps(obj).encode()
-                try:
-                    self.send_response(code)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(raw)))
-                    self.end_headers()
-                    self.wfile.write(raw)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-                    pass
+                send_json(self, code, obj)
 
             def do_GET(self):
                 stand.requests.append({"method": "GET", "path": self.path, "raw": b""})
@@ -90,17 +81,14 @@ class OpenAIStandIn:
                 time.sleep(delay)
                 self._send(code, resp)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.loopback = Loopback(H)
+        self.url = f"{self.loopback.base}/v1"
 
     def posts(self) -> list[dict]:
         return [r for r in self.requests if r["method"] == "POST"]
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.loopback.close()
 
 
 @pytest.fixture
@@ -119,20 +107,7 @@ def incident(tmp_path_factory):
 
 @pytest.fixture
 def data(incident, tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    src, dst = sqlite3.connect(db.db_path(incident)), sqlite3.connect(db.db_path(d))
-    src.backup(dst)
-    src.close()
-    dst.close()
-    return d
-
-
-def mem_obs_id(d: Path) -> int:
-    conn = db.connect_readonly(db.db_path(d))
-    i = conn.execute("SELECT id FROM observations WHERE rule='memory_pressure'").fetchone()[0]
-    conn.close()
-    return i
+    return private_copy(incident, tmp_path)
 
 
 def config_file(tmp_path: Path, url: str, **extra) -> Path:
