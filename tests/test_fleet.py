@@ -130,3 +130,20 @@ def test_run_without_scraper_starts_no_scraper(monkeypatch, tmp_path):
     assert "ks-scraper" not in names and "ks-ingest" in names
     names = {s.name for s in default_children(RunOptions(fifo="x", tracers=False, collectors=False))}
     assert "ks-scraper" in names
+
+
+def test_ks_top_fleet_panel(prom, tmp_path):
+    from kernelsight import db
+    from kernelsight.agent.store import ensure_tables
+
+    p, _ = prom
+    d = tmp_path / "data"
+    conn = db.connect(d / db.DB_NAME)
+    ensure_tables(conn)
+    conn.close()
+    out = subprocess.run([tool("ks"), "top", "--once", "--width", "200", "--height", "60", "--data-dir", str(d),
+                          "--fleet", p.url], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "fleet (7 hosts, 1 silent, 4 with open observations)" in out.stdout
+    assert "Connection Churning on 3 hosts within 60 s: web-0, web-1, web-3" in out.stdout
+    assert "silent: web-5" in out.stdout and "web-2 |z|" in out.stdout

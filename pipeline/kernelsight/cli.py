@@ -341,11 +341,13 @@ def top(
     snapshot: Optional[Path] = typer.Option(None, help="write one frame as text to SNAPSHOT and exit"),
     width: Optional[int] = typer.Option(None, min=60, help="--once/--snapshot width (default: terminal or 160)"),
     height: Optional[int] = typer.Option(None, min=20, help="--once/--snapshot height (default: terminal or 50)"),
+    fleet: Optional[str] = typer.Option(None, envvar="KS_TOP_FLEET", help="a fleet panel from this central Prometheus (what `ks fleet` "
+                                        "shows, refreshed every 15 s)"),
 ) -> None:
     from .top import Top, render_text, run_live
 
     try:
-        t = Top(db.db_path(_data_dir(data_dir)), interval, pid, tree)
+        t = Top(db.db_path(_data_dir(data_dir)), interval, pid, tree, fleet_url=fleet)
     except (db.StoreError, sqlite3.Error) as e:
         print(f"ks top: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
@@ -362,6 +364,8 @@ def top(
         if once:
             sys.stdout.write(frame)
         return
+    if t.view.fleet is not None:
+        t.view.fleet.start()
     raise typer.Exit(run_live(t, Path.cwd()))
 
 

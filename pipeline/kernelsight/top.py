@@ -486,6 +486,7 @@ class View:
     now: float = 0.0
     message: str = ""
     hostname: str = ""
+    fleet: "FleetPanel | None" = None  # --fleet: the central Prometheus's view of every host
 
 
 def sparkline(vals: list[float | None], lo: float | None, hi: float | None) -> str:
@@ -812,7 +813,8 @@ def render(v: View, width: int, height: int):
     rest = height - 1 - (len(hl) + 2)
     obs_max = max(3, min(len(v.obs.items) * 6 + 1, rest - 2 - 10))
     ol = observation_lines(v.obs, now, width, obs_max)
-    proc_rows = max(rest - (len(ol) + 2) - 2, 3)
+    fl = v.fleet.lines() if v.fleet is not None else None
+    proc_rows = max(rest - (len(ol) + 2) - 2 - (len(fl) + 2 if fl is not None else 0), 3)
     if v.watch is not None:
         pl, title = watch_lines(v.watch, v.procs, width, proc_rows), f"watching pid {v.watch.pid}"
     elif v.tree:
@@ -823,6 +825,8 @@ def render(v: View, width: int, height: int):
     lines = [head]
     lines += box("host, last 2 min", hl, width, "blue")
     lines += box(f"open observations ({n_open})", ol, width, "red" if n_open else "green")
+    if fl is not None:
+        lines += box(v.fleet.title(), fl, width, "magenta")
     lines += box(title, pl, width, "blue")
     return Frame(lines[:height])
 
@@ -940,19 +944,86 @@ def render_text(v: View, width: int = 160, height: int = 50) -> str:
     return buf.getvalue()
 
 
+# ---------------------------------------------------------------- the fleet panel
+
+class FleetPanel:
+    """`ks top --fleet URL`: a few lines of `ks fleet` (kernelsight.fleet), refreshed every
+    refresh_s in a thread of its own so a slow Prometheus never holds up the frame."""
+
+    MAX_LINES = 5
+
+    def __init__(self, url: str, refresh_s: float = 15.0) -> None:
+        from .fleet import Prom
+
+        self.prom = Prom(url, timeout_s=10.0)
+        self.refresh_s = refresh_s
+        self.rep: dict | None = None
+        self.error: str | None = None
+        self.stop = None
+
+    def poll(self) -> None:
+        from .fleet import PromError, report
+
+        try:
+            self.rep, self.error = report(self.prom, top=3), None
+        except PromError as e:
+            self.error = str(e)
+
+    def start(self) -> None:
+        import threading
+
+        self.stop = threading.Event()
+
+        def loop():
+            while not self.stop.is_set():
+                self.poll()
+                self.stop.wait(self.refresh_s)
+
+        threading.Thread(target=loop, name="fleet-panel", daemon=True).start()
+
+    def title(self) -> str:
+        r = self.rep
+        if r is None:
+            return f"fleet: {self.prom.url}"
+        silent = sum(1 for h in r["hosts"] if not h["reporting"])
+        return (f"fleet ({len(r['hosts'])} hosts, {silent} silent, "
+                f"{len({o['host'] for o in r['open']})} with open observations)")
+
+    def lines(self) -> list[Text]:
+        if self.error:
+            return [Text(f"{self.prom.url}: {self.error}", "yellow")]
+        r = self.rep
+        if r is None:
+            return [Text("waiting for the central Prometheus ...", "dim")]
+        out = []
+        silent = [h["host"] for h in r["hosts"] if not h["reporting"]]
+        if silent:
+            out.append(line(("silent: ", "bold red"), (", ".join(silent), "")))
+        w = r["params"]["within_s"]
+        for c in r["coincidences"][:2]:
+            out.append(line((f"{c['label']} on {c['n_hosts']} hosts within {w:.0f} s: ", "bold"),
+                            (", ".join(c["hosts"]), "")))
+        if r["deviating"]:
+            out.append(line(("deviating: ", "bold"), ("  ".join(f"{d['host']} |z| {d['z']:.1f} {d['feature']}"
+                                                                for d in r["deviating"][:3]), "")))
+        return out[: self.MAX_LINES] or [Text("every host reporting; no coincidence", "green")]
+
+
 # ---------------------------------------------------------------- the loop
 
 class Top:
     def __init__(self, db_file: Path, interval: float = 1.0, pid: int | None = None, tree: bool = False,
-                 proc_root: str = "/proc") -> None:
+                 proc_root: str = "/proc", fleet_url: str | None = None) -> None:
         self.conn = db.connect_readonly(db_file)
         self.interval = interval
         self.view = View(HostHistory(), Observations(), ProcSampler(proc_root),
                          PidWatch(pid, proc_root) if pid is not None else None, tree,
-                         hostname=socket.gethostname())
+                         hostname=socket.gethostname(), fleet=FleetPanel(fleet_url) if fleet_url else None)
         self.message_until = 0.0
 
     def close(self) -> None:
+        if self.view.fleet is not None and self.view.fleet.stop is not None:
+            self.view.fleet.stop.set()
         self.conn.close()
 
     def tick(self) -> None:
@@ -967,7 +1038,9 @@ class Top:
             v.message = ""
 
     def warm(self, seconds: float = 0.5) -> None:
-        """Two samples: process and thread rates need an interval."""
+        """Two samples: process and thread rates need an interval (and one fleet poll)."""
+        if self.view.fleet is not None:
+            self.view.fleet.poll()
         self.tick()
         time.sleep(seconds)
         self.tick()
