@@ -29,13 +29,14 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount, cgr
 
 
 def ephemeral_oracle(proc: Path, lo: int, hi: int) -> int:
-    n = 0
+    ports = set()
     for f in ("tcp", "tcp6"):
         for line in (proc / "net" / f).read_text().splitlines()[1:]:
             w = line.split()
             port = int(w[1].rsplit(":", 1)[1], 16)
-            n += w[3] != "0A" and lo <= port <= hi
-    return n
+            if w[3] != "0A" and lo <= port <= hi:
+                ports.add(port)
+    return len(ports)
 
 
 # ---- fixtures -----------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def test_fixture_limits_line():
         "port_range_low": lo, "port_range_high": hi,
         "ephemeral_ports_used": ephemeral_oracle(proc, lo, hi),
     }
-    assert lim["ephemeral_ports_used"] == 5  # 3 sockets on 37443, one each on 40418 and 40424
+    assert lim["ephemeral_ports_used"] == 3  # 37443 (3 sockets), 40418 and 40424
     s.proc_root, s.sys_root = str(T1_ROOT / "proc"), str(T1_ROOT / "sys")
     lim1 = one(s.collect(now_ns=T0 + 2 * SEC), "limits")
     assert (lim1["file_handles"], lim1["conntrack_entries"]) == (841, 5)
@@ -199,3 +200,37 @@ def test_live_pids_cgroup_nearest_its_limit():
             except OSError:
                 time.sleep(0.05)
     assert resource.getrlimit(resource.RLIMIT_NOFILE)  # this process untouched
+
+
+PORTS = """
+import json, os, socket, subprocess
+import psutil
+from kernelsight._scraper import Scraper
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+open("/proc/sys/net/ipv4/ip_local_port_range", "w").write("40000 40099")  # per network namespace
+srv = socket.socket()
+srv.bind(("127.0.0.1", 8080))   # outside the range
+srv.listen(200)
+conns = [socket.create_connection(srv.getsockname()) for _ in range(90)]
+accepted = [srv.accept()[0] for _ in range(90)]   # their local port is the listener's
+oracle = len({c.laddr.port for c in psutil.net_connections("tcp")
+              if c.status != "LISTEN" and 40000 <= c.laddr.port <= 40099})
+lim = next(e for e in Scraper().collect() if e["type"] == "limits")
+print(json.dumps({"limits": lim, "oracle": oracle}))
+"""
+
+
+@root_only
+def test_live_ephemeral_ports_in_a_network_namespace():
+    """90 loopback connections in a namespace of its own whose ephemeral range is 100 ports: the
+    clients' ports are counted (not the listener's, which the accepted ends share), as psutil
+    counts them."""
+    import json
+
+    out = subprocess.run(["unshare", "--net", sys.executable, "-c", PORTS], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    lim = r["limits"]
+    assert (lim["port_range_low"], lim["port_range_high"]) == (40000, 40099)
+    assert lim["ephemeral_ports_used"] == r["oracle"] == 90

@@ -163,9 +163,11 @@ struct NofileLimit {
 	bool found = false;
 };
 NofileLimit parse_limits_nofile(std::string_view text);
-// Sockets of /proc/net/tcp{,6} text that are not listening and whose local
-// port is in [lo, hi] (the ephemeral range).
-uint64_t count_ephemeral_ports(std::string_view text, uint64_t lo, uint64_t hi);
+// Local ports in [lo, hi] (the ephemeral range) of the sockets of a
+// /proc/net/tcp{,6} text that are not listening, each port once: the ones not
+// yet in `seen` (resized to 65536) are marked there and counted.  Distinct
+// ports, not sockets: the accepted ends of a listener share its port.
+uint64_t count_ephemeral_ports(std::string_view text, uint64_t lo, uint64_t hi, std::vector<bool> &seen);
 
 // ---- the source registry (scraper.cpp) ----
 using SourceFactory = std::unique_ptr<Source> (*)();

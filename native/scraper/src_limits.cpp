@@ -10,7 +10,7 @@
 //    v2 hierarchy with the pids controller; at most kMaxWalk cgroups);
 //  * conntrack entries against nf_conntrack_max (null while the module is not
 //    loaded: that is no error, so no warning either);
-//  * TCP sockets holding a port of the ephemeral range (ip_local_port_range).
+//  * ports of the ephemeral range (ip_local_port_range) held by TCP sockets.
 #include "sources.h"
 
 #include <algorithm>
@@ -46,8 +46,10 @@ static int hexval(char ch)
 	return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
 }
 
-uint64_t count_ephemeral_ports(std::string_view text, uint64_t lo, uint64_t hi)
+uint64_t count_ephemeral_ports(std::string_view text, uint64_t lo, uint64_t hi, std::vector<bool> &seen)
 {
+	if (seen.size() < 65536)
+		seen.resize(65536);
 	uint64_t n = 0;
 	bool header = true;
 	for (auto line : split_lines(text)) {
@@ -68,8 +70,10 @@ uint64_t count_ephemeral_ports(std::string_view text, uint64_t lo, uint64_t hi)
 			ok = ok && d >= 0;
 			port = port * 16 + (uint64_t)(d < 0 ? 0 : d);
 		}
-		if (ok && port >= lo && port <= hi)
+		if (ok && port >= lo && port <= hi && port < 65536 && !seen[port]) {
+			seen[port] = true;
 			n++;
+		}
 	}
 	return n;
 }
@@ -268,9 +272,10 @@ public:
 				hi = r[1];
 				uint64_t n = 0;
 				bool any = false;
+				std::vector<bool> seen;
 				for (const char *f : {"/net/tcp", "/net/tcp6"})
 					if (read_file(P + f, t) == 0) {
-						n += count_ephemeral_ports(t, *lo, *hi);
+						n += count_ephemeral_ports(t, *lo, *hi, seen);
 						any = true;
 					}
 				if (any)

@@ -456,8 +456,11 @@ static void test_fs_and_limits_parsers()
 			  "   2: 0100007F:0050 0100007F:9C41 01 00000000:00000000 00:00000000 00000000     0        0 3\n"
 			  "   3: 0100007F:EE47 0100007F:0050 06 00000000:00000000 00:00000000 00000000     0        0 0\n";
 	// 0x9C40 = 40000 listening (not counted), 0x9C41 = 40001 counted, port 80 out of range, 0xEE47 = 60999 counted.
-	CHECK(count_ephemeral_ports(tcp, 32768, 60999) == 2);
-	CHECK(count_ephemeral_ports(tcp, 40002, 60998) == 0);
+	std::vector<bool> seen;
+	CHECK(count_ephemeral_ports(tcp, 32768, 60999, seen) == 2);
+	CHECK(count_ephemeral_ports(tcp, 32768, 60999, seen) == 0); // the same ports again (tcp6): counted once
+	std::vector<bool> none;
+	CHECK(count_ephemeral_ports(tcp, 40002, 60998, none) == 0);
 }
 
 int main()

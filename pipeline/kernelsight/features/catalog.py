@@ -413,7 +413,7 @@ FEATURES: list[Feature] = [
       Gauge(LIM, "pids_cgroup_max - pids_cgroup_current", "last")),
     F("conntrack_used_pct", "capacity", "%", "conntrack entries / nf_conntrack_max, latest; null while nf_conntrack is not loaded",
       Gauge(LIM, "100 * conntrack_entries / conntrack_max", "last")),
-    F("ephemeral_ports_used_pct", "capacity", "%", "TCP sockets on an ephemeral port / size of ip_local_port_range, latest",
+    F("ephemeral_ports_used_pct", "capacity", "%", "ephemeral ports held by TCP sockets / size of ip_local_port_range, latest",
       Gauge(LIM, "100 * ephemeral_ports_used / (port_range_high - port_range_low + 1)", "last")),
     # ---- derived (5+)
     F("cpu_memory_correlation", "derived", "r", "Pearson correlation of CPU utilisation and memory used % over the window",
