@@ -135,6 +135,10 @@ def test_writer_named_is_the_one_writing_to_that_filesystem(tmp_path):
         # gone: the last writer is still named, as stopped
         again = s.writers_to(str(mnt))
         assert again[0]["pid"] == w.pid and again[0]["write_rate"].startswith("stopped")
+        # Unmounted: the directory left is on the filesystem above, whose writers are not named for it.
+        subprocess.run(["umount", str(mnt)], check=True)
+        s.sample()
+        assert [r["pid"] for r in s.writers_to(str(mnt))] == [w.pid]
     finally:
         for p in procs:
             p.kill()

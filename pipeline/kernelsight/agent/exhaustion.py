@@ -127,7 +127,7 @@ class WriterSampler:
         self.prev: dict[int, int] = {}
         self.prev_t: float | None = None
         self.rates: dict[int, float] = {}
-        self.last_writer: dict[int, tuple[float, dict]] = {}  # st_dev -> (when, row)
+        self.last_writer: dict[str, tuple[float, dict]] = {}  # mount point -> (when, row)
 
     def sample(self) -> None:
         now = time.monotonic()
@@ -171,11 +171,13 @@ class WriterSampler:
 
     def writers_to(self, mountpoint: str, limit: int = 3) -> list[dict]:
         try:
-            dev = os.stat(mountpoint).st_dev
+            # Unmounted since (the rows outlive it by a window): the directory left behind belongs to
+            # the filesystem above it, whose writers are not this one's; only the last writer is named.
+            dev = os.stat(mountpoint).st_dev if os.path.ismount(mountpoint) else None
         except OSError:
-            return []
+            dev = None
         out = []
-        for pid, rate in sorted(self.rates.items(), key=lambda kv: -kv[1])[:20]:
+        for pid, rate in sorted(self.rates.items(), key=lambda kv: -kv[1])[:20] if dev is not None else []:
             if rate <= 0 or len(out) >= limit:
                 break
             if not self._writes_on(pid, dev):
@@ -188,9 +190,9 @@ class WriterSampler:
                         "write_rate": f"{rate / 1048576:.2f} MiB/s"})
         now = time.monotonic()
         if out:
-            self.last_writer[dev] = (now, out[0])
+            self.last_writer[mountpoint] = (now, out[0])
             return out
-        seen = self.last_writer.get(dev)
+        seen = self.last_writer.get(mountpoint)
         if seen and now - seen[0] < WRITER_MEMORY_S:
             return [{**seen[1], "write_rate": f"stopped; last seen writing {now - seen[0]:.0f} s ago at "
                                               f"{seen[1]['write_rate']}"}]
