@@ -22,11 +22,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import orjson
+
+from ._pipeline import Pipeline, query, wait
 
 QUIET_S = float(os.environ.get("KS_FSFILL_QUIET_S", "300"))
 NORMALLOAD = os.environ.get("KS_FSFILL_NORMALLOAD", "1") != "0"
@@ -82,25 +83,6 @@ while True:
 """
 
 
-def _query(db: Path, sql: str, args=()) -> list[tuple]:
-    from kernelsight.db import query_once
-
-    try:
-        return query_once(db, sql, args)
-    except Exception:  # the database is busy or not there yet: ask again
-        return []
-
-
-def _wait(cond, timeout_s: float, step: float = 0.5):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return None
-
-
 def _mine(db: Path, since_s: float, until_s: float | None = None) -> list[tuple]:
     q = ("SELECT rule, key, first_seen, summary FROM observations WHERE rule IN (%s) AND first_seen >= ?"
          % ",".join("?" * len(MY_RULES)))
@@ -108,11 +90,11 @@ def _mine(db: Path, since_s: float, until_s: float | None = None) -> list[tuple]
     if until_s is not None:
         q += " AND first_seen <= ?"
         args.append(int(until_s))
-    return _query(db, q, args)
+    return query(db, q, args)
 
 
 def _obs(db: Path, rule: str, key_like: str = "%") -> tuple | None:
-    r = _query(db, "SELECT first_seen, summary, processes, observation FROM observations WHERE rule = ? AND key LIKE ? "
+    r = query(db, "SELECT first_seen, summary, processes, observation FROM observations WHERE rule = ? AND key LIKE ? "
                    "ORDER BY first_seen LIMIT 1", (rule, key_like))
     return r[0] if r else None
 
@@ -126,22 +108,15 @@ def _kill_group(p: subprocess.Popen) -> None:
 
 
 def run_fsfill(log=print) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="ks-fsfill-"))
-    data, fifo = tmp / "data", str(tmp / "fifo")
-    ks = Path(sys.executable).with_name("ks")
-    env = {**os.environ, "KS_DATA_DIR": str(data), "KS_FIFO": fifo}
-    with open(tmp / "ks-run.log", "wb") as log_f:
-        sup = subprocess.Popen([str(ks), "run", "--data-dir", str(data), "--fifo", fifo, "--interval", "1",
-                                "--no-collectors"], env=env, stdout=subprocess.DEVNULL, stderr=log_f,
-                               start_new_session=True)
-    db = data / "kernelsight.db"
+    pipe = Pipeline("ks-fsfill-")
+    tmp, db = pipe.tmp, pipe.db
+    env = {**os.environ, "KS_DATA_DIR": str(pipe.data), "KS_FIFO": pipe.fifo}
     mnt = tmp / "fs"
     cg = Path("/sys/fs/cgroup/pids") / f"ks_fsfill_{os.getpid()}"
     out: dict = {"fs_mb": FS_MB, "fill_mb_s": FILL_MB_S}
     procs: list[subprocess.Popen] = []
     try:
-        if not _wait(lambda: (_query(db, "SELECT COUNT(*) FROM features") or [(0,)])[0][0] >= 4, 180):
-            raise RuntimeError("the pipeline did not start (see " + str(tmp / "ks-run.log") + ")")
+        pipe.wait_vectors(timeout_s=180)
         # 1. quiet
         q0 = time.time()
         log(f"fsfill: {'normal load' if NORMALLOAD else 'quiet'} for {QUIET_S:.0f} s")
@@ -168,11 +143,11 @@ def run_fsfill(log=print) -> dict:
                                   start_new_session=True)
         procs.append(filler)
         log(f"fsfill: filling {FS_MB} MiB at {FILL_MB_S} MiB/s (pid {filler.pid})")
-        if not _wait(status.exists, FS_MB / FILL_MB_S * 2 + 60, 0.2):
+        if not wait(status.exists, FS_MB / FILL_MB_S * 2 + 60, 0.2):
             raise RuntimeError("the filesystem never filled")
         full_s = float(status.read_text())
-        fc = _wait(lambda: _obs(db, "exhaustion_forecast", f"forecast:fs:{mnt}"), 10)
-        full_obs = _wait(lambda: _obs(db, "fs_full"), 60)
+        fc = wait(lambda: _obs(db, "exhaustion_forecast", f"forecast:fs:{mnt}"), 10)
+        full_obs = wait(lambda: _obs(db, "fs_full"), 60)
         out["fill_s"] = round(full_s - t_fill, 1)
         out["fs_forecast_lead_s"] = round(full_s - fc[0], 1) if fc else None
         out["fs_forecast_summary"] = fc[1] if fc else None
@@ -192,7 +167,7 @@ def run_fsfill(log=print) -> dict:
         t_fd = time.time()
         leaker = subprocess.Popen([sys.executable, "-c", FD_LEAKER], start_new_session=True)
         procs.append(leaker)
-        fd_obs = _wait(lambda: _obs(db, "process_fd_near_limit"), 120)
+        fd_obs = wait(lambda: _obs(db, "process_fd_near_limit"), 120)
         out["fd_observation_after_s"] = round(fd_obs[0] - t_fd, 1) if fd_obs else None
         out["fd_summary"] = fd_obs[1] if fd_obs else None
         out["fd_names_process"] = bool(fd_obs) and any(
@@ -210,7 +185,7 @@ def run_fsfill(log=print) -> dict:
             t_pid = time.time()
             loop = subprocess.Popen([sys.executable, "-c", FORK_LOOP, str(cg)], start_new_session=True)
             procs.append(loop)
-            p_obs = _wait(lambda: _obs(db, "pids_cgroup_near_limit"), 120)
+            p_obs = wait(lambda: _obs(db, "pids_cgroup_near_limit"), 120)
             out["pids_observation_after_s"] = round(p_obs[0] - t_pid, 1) if p_obs else None
             out["pids_summary"] = p_obs[1] if p_obs else None
             out["pids_names_process"] = bool(p_obs) and any(
@@ -241,12 +216,7 @@ def run_fsfill(log=print) -> dict:
                 break
             except OSError:
                 time.sleep(0.1)
-        sup.send_signal(signal.SIGINT)
-        try:
-            sup.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(sup.pid, signal.SIGKILL)
-            sup.wait()
+        pipe.stop()
     (Path(__file__).with_name("fsfill_last.json")).write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2) + b"\n")
     return out
 

@@ -18,9 +18,10 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from ._pipeline import Pipeline, query, wait
 
 LIMIT_MB = 512
 FILL_S = {"slow": 60.0, "medium": 30.0, "fast": 15.0}
@@ -47,22 +48,6 @@ def _memcg_root() -> Path:
     raise RuntimeError("no cgroup v1 memory hierarchy mounted (this bench uses the v1 controller)")
 
 
-def _query(db: Path, sql: str, args=()) -> list[tuple]:
-    from kernelsight.db import query_once
-
-    return query_once(db, sql, args)
-
-
-def _wait(cond, timeout_s: float, step: float = 0.2):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return None
-
-
 def one_run(db: Path, root: Path, name: str, rate_mb_s: float) -> dict:
     cg = root / name
     cg.mkdir()
@@ -75,9 +60,9 @@ def one_run(db: Path, root: Path, name: str, rate_mb_s: float) -> dict:
                               sys.executable, LEAK, str(rate_mb_s)])
         p.wait(timeout=LIMIT_MB / rate_mb_s * 4 + 60)
         killed = p.returncode == -signal.SIGKILL
-        kill = _wait(lambda: _query(db, "SELECT ts FROM oom_victim_events WHERE pid = ?", (p.pid,)), 30)
+        kill = wait(lambda: query(db, "SELECT ts FROM oom_victim_events WHERE pid = ?", (p.pid,)), 30)
         kill_s = kill[0][0] / 1e9 if kill else time.time()
-        warn = _wait(lambda: _query(db, "SELECT MIN(first_seen) FROM observations WHERE rule = 'oom_forecast' "
+        warn = wait(lambda: query(db, "SELECT MIN(first_seen) FROM observations WHERE rule = 'oom_forecast' "
                                         "AND key = ? HAVING COUNT(*) > 0", (f"forecast:/{name}",)), 10)
         warn_s = float(warn[0][0]) if warn else None
         lead = round(kill_s - warn_s, 1) if warn_s is not None else None
@@ -94,19 +79,11 @@ def one_run(db: Path, root: Path, name: str, rate_mb_s: float) -> dict:
 
 def run_oomlead(runs: int, log=print) -> dict:
     root = _memcg_root()
-    tmp = Path(tempfile.mkdtemp(prefix="ks-oomlead-"))
-    data, fifo = tmp / "data", str(tmp / "fifo")
-    ks = Path(sys.executable).with_name("ks")
-    env = {**os.environ, "KS_DATA_DIR": str(data), "KS_FIFO": fifo}
-    with open(tmp / "ks-run.log", "wb") as log_f:
-        sup = subprocess.Popen([str(ks), "run", "--data-dir", str(data), "--fifo", fifo, "--interval", "1",
-                                "--no-collectors"], env=env, stdout=subprocess.DEVNULL, stderr=log_f,
-                               start_new_session=True)
-    db = data / "kernelsight.db"
+    pipe = Pipeline("ks-oomlead-")
+    db = pipe.db
     rows = []
     try:
-        if not _wait(lambda: (_query(db, "SELECT COUNT(*) FROM features") or [(0,)])[0][0] >= 4, 120):
-            raise RuntimeError("the pipeline did not start (see " + str(tmp / "ks-run.log") + ")")
+        pipe.wait_vectors()
         for i in range(runs):
             for rate_name, fill_s in FILL_S.items():
                 r = one_run(db, root, f"ks_lead_{os.getpid()}_{rate_name}_{i}", LIMIT_MB / fill_s)
@@ -115,12 +92,7 @@ def run_oomlead(runs: int, log=print) -> dict:
                 log(f"oomlead: {rate_name:6} run {i + 1}/{runs}: killed={r['killed']} lead={r['lead_s']} s")
                 time.sleep(3)
     finally:
-        sup.send_signal(signal.SIGINT)
-        try:
-            sup.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(sup.pid, signal.SIGKILL)
-            sup.wait()
+        pipe.stop()
     killed = [r for r in rows if r["killed"]]
     out = {"runs": rows, "limit_mb": LIMIT_MB,
            "warned_5s_fraction": round(sum(r["warned_5s"] for r in killed) / len(killed), 3) if killed else None,
