@@ -287,3 +287,12 @@ def test_an_extreme_lone_deviation_is_critical():
     assert _deviation_severity(9.6, 3.0, 5.0, 0.2, s) == "medium"  # the robust z disagrees
     assert _deviation_severity(17.0, 17.0, 1.5, 1.0, s) == "high"
     assert _deviation_severity(5.0, 5.0, 5.0, 0.2, s) == "low"
+
+
+def test_a_chain_folds_into_its_root_with_every_link_as_evidence(agent):
+    storm, over, starve = rule_finding("process_explosion"), rule_finding("oversubscription"), rule_finding("cpu_starvation")
+    agent._one_per_incident([rule_finding("process_explosion")], [], now_s=-10.0)  # it waited for a cause of its own
+    out = agent._one_per_incident([starve, over, storm], [], now_s=0.0)
+    assert out == [storm]
+    labels = [c.split(": ", 1)[0] for c in storm.correlated]
+    assert "Oversubscription" in labels and "CPU Starvation" in labels

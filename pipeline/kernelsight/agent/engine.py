@@ -110,6 +110,8 @@ def _absorb(cause: Finding, consequence: Finding) -> None:
     """One incident: the consequence becomes the cause's evidence, and the incident is as severe as
     the worst of them."""
     cause.correlated.append(f"{consequence.label}: {consequence.summary}")
+    # and what it had taken in itself (a chain: CPU starvation -> oversubscription -> a fork storm)
+    cause.correlated.extend(c for c in consequence.correlated if c not in cause.correlated)
     if SEVERITIES.index(consequence.severity) > SEVERITIES.index(cause.severity):
         cause.severity = consequence.severity
 
@@ -455,7 +457,9 @@ class Agent:
             for p in primaries:
                 causes = [q for q in primaries if q is not p and p.label in self.explains.get(q.label, ())]
                 if causes and not self.tracker.is_open(p.key):
-                    _absorb(max(causes, key=lambda q: SEVERITIES.index(q.severity)), p)
+                    # the root first (a cause nothing present explains), then the most severe
+                    roots = [q for q in causes if not any(q.label in self.explains.get(r.label, ()) for r in primaries)]
+                    _absorb(max(roots or causes, key=lambda q: SEVERITIES.index(q.severity)), p)
                     primaries.remove(p)
                     folded = True
                     break
