@@ -147,6 +147,7 @@ def pages(repo: Path = REPO) -> dict[Path, str]:
         DOCS / "benchmarks.md": benchmarks_page(repo / "bench" / "results.json"),
         DOCS / "scenarios.md": scenarios_page(repo / "bench" / "scenarios.json"),
         DOCS / "config.md": HEADER.format(src="pipeline/kernelsight/config.py") + config.markdown(),
+        repo / "deploy" / "config.toml.example": config.example(),
         DOCS / "storage.md": HEADER.format(src="pipeline/kernelsight/storage/__init__.py and schema/events/*.json")
         + storage.markdown(),
     }
@@ -162,7 +163,7 @@ def main(argv: list[str]) -> int:
             stale.append(path.name)
         else:
             path.write_text(text)
-            print(f"wrote {path.relative_to(REPO)}")
+            print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     if stale:
         print(f"out of date: {', '.join(stale)}; run `python docs/generate.py`", file=sys.stderr)
         return 1

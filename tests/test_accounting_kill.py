@@ -152,7 +152,7 @@ def test_line_writer_killed_9_counts_are_exact(env):
         lg.send_signal(signal.SIGKILL)
         assert lg.wait(timeout=30) == -signal.SIGKILL
         marker_stats_line(env)
-        wait_for(lambda: accounts(env)["ks-loadgen"].in_flight == 0, what="everything written stored")
+        wait_for(lambda: accounts(env)["ks-loadgen"].in_flight == 0, 120, what="everything written stored")
     finally:
         ing.send_signal(signal.SIGTERM)
         assert ing.wait(timeout=60) == 0
@@ -190,7 +190,7 @@ def test_scraper_killed_9_with_a_full_pipe_counts_are_exact(env):
         assert sc.wait(timeout=30) == -signal.SIGKILL
         ing.send_signal(signal.SIGCONT)
         marker_stats_line(env)
-        wait_for(lambda: accounts(env)["ks-scraper"].in_flight == 0, what="the pipe drained")
+        wait_for(lambda: accounts(env)["ks-scraper"].in_flight == 0, 120, what="the pipe drained")
     finally:
         ing.send_signal(signal.SIGCONT)
         ing.send_signal(signal.SIGTERM)

@@ -242,6 +242,32 @@ def to_toml(cfg: Config) -> str:
     return "\n".join(out)
 
 
+EXAMPLE_HEADER = """\
+# /etc/kernelsight/config.toml: KernelSight's config file (installed by `make install`
+# if absent).  Every key is shown commented out with its built-in default; uncomment and
+# edit what you change.  Reference: docs/config.md; `ks config show` prints the effective
+# config; an unknown section or key is an error that names it.
+#
+# The data dir and the FIFO are not keys here: the service passes them to `ks run`
+# (--data-dir /var/lib/kernelsight --fifo /run/kernelsight/kernelsight.fifo).
+"""
+
+
+def example() -> str:
+    """deploy/config.toml.example: every section, every key commented out at its default under its doc
+    (written by docs/generate.py, so a new key is never missing from it)."""
+    out = [EXAMPLE_HEADER]
+    cfg = Config()
+    for name in _sections():
+        sec = getattr(cfg, name)
+        out.append(f"[{name}]")
+        for f in dataclasses.fields(sec):
+            out.append(f"#   {f.metadata.get('doc', '')}")
+            out.append(f"# {f.name} = {_toml_value(getattr(sec, f.name))}")
+        out.append("")
+    return "\n".join(out)
+
+
 def markdown() -> str:
     """The reference of every section and key, for docs/config.md (docs/generate.py)."""
     out = ["# Configuration", "",
