@@ -470,6 +470,13 @@ def test_io_saturation_without_ebpf_from_sys_block_and_a_clear_over_missing_data
     assert not evaluate(rule, ctx({**no_ebpf, "disk_await_ms_worst": None, "disk_util_worst_pct": 0}), True)
 
 
+def test_bursty_writeback_is_not_queue_congestion():
+    """Requests issued in a burst each see a deep queue; the device's time-averaged depth is what congests."""
+    rule = RULES.by_id("io_queue_congestion")
+    assert not evaluate(rule, ctx({"io_queue_depth_at_issue_avg": 38, "disk_queue_depth_worst": 1.3}), False)
+    assert evaluate(rule, ctx({"io_queue_depth_at_issue_avg": 38, "disk_queue_depth_worst": 40}), False)
+
+
 def test_a_few_very_slow_ios_are_judged():
     slow = io_worst({"io_traced_iops": 0.2, "io_read_latency_p95_ms": 2000.0}, FEATURE_WINDOW_S)
     assert slow["io_p95_ms_max"] == 2000.0
