@@ -277,12 +277,18 @@ SCENARIOS = [
              fault="SYN flood", needs=("hping3", "ip", "nft"),
              note="500 SYN/s from a network namespace to a listener on the host; the namespace drops the "
                   "SYN-ACKs, so every handshake stays half-open"),
-    Scenario("syn_flood_wrk", "cmd",
-             cmd(40, "ip netns exec {ns} wrk -t1 -c500 -d{seconds}s http://{host_ip}:{port}/ >/dev/null",
-                 "--veth", "--ns-nft", DROP_SYNACK, "--server", LISTENER),
-             ("SYN Flood",), related=NET_RELATED, tool="wrk -c500 (SYN-ACKs dropped at the client)",
-             third_party=True, fault="SYN flood", needs=("wrk", "ip", "nft"),
-             note="500 connections that never complete their handshake"),
+    Scenario("syn_flood_connect", "cmd",
+             cmd(40, "ip netns exec {ns} {python} -c " + shlex.quote(
+                 "import socket, sys, time\n"
+                 "held = []\n"
+                 "for _ in range(600):\n"
+                 "    s = socket.socket(); s.setblocking(False); s.connect_ex((sys.argv[1], int(sys.argv[2])))\n"
+                 "    held.append(s); time.sleep(0.005)\n"
+                 "time.sleep(1e6)") + " {host_ip} {port}", "--veth", "--ns-nft", DROP_SYNACK, "--server", LISTENER),
+             ("SYN Flood",), related=NET_RELATED, tool="python: 600 non-blocking connect() (SYN-ACKs dropped)",
+             fault="SYN flood",
+             note="600 handshakes from a namespace that drops the SYN-ACKs (wrk and ab test-connect first and "
+                  "block, so they cannot make a half-open flood)"),
     Scenario("nic_drops_hping3", "cmd",
              cmd(40, "hping3 --udp -d 8000 -i u1000 -q {ns_ip}", "--veth", "--host-mtu", "9000"),
              ("Network Hardware Issue",), related=("Network Degradation",), tool="hping3 --udp (MTU mismatch)",
