@@ -112,10 +112,13 @@ SCENARIOS = [
              tool="kernelsight fsfail (openat loop)", fault="file system issue",
              fast=True, note="failing openat() storm (ENOENT), 3000/s"),
     Scenario("file_system_issue_cat", "cmd",
-             cmd(40, "while :; do cat {missing}/config-{{1..600}}.conf 2>/dev/null; sleep 0.2; done"),
-             ("File System Issue",), tool="cat (coreutils) on missing files", third_party=True,
-             fault="file system issue", needs=("cat",),
-             note="a bash loop: cat of 600 missing files, 5 times a second (~2,800 failing openat()/s)"),
+             cmd(40, "while :; do setpriv --reuid=nobody --regid=nogroup --clear-groups "
+                     "cat {dir}/config-{{1..600}}.conf 2>/dev/null; sleep 0.2; done"),
+             ("File System Issue",), tool="cat (coreutils) as nobody on files it may not read", third_party=True,
+             fault="file system issue", needs=("cat", "setpriv"),
+             note="a bash loop: cat as nobody of 600 files in root's 0700 scratch dir, 5 times a second: EACCES "
+                  "(a storage errno, always notable; an ENOENT storm spread over short-lived processes is how a "
+                  "build probes headers, and is judged per process)"),
     # ---- process explosion
     Scenario("process_explosion", "forkstorm", ["--seconds", "40", "--rate", "600"], ("Process Explosion",),
              related=CPU_LABELS, tool="kernelsight forkstorm (posix_spawn)", fault="process explosion",
