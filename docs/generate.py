@@ -120,8 +120,12 @@ def scenarios_page(path: Path) -> str:
         return head + "No scenario results yet: run `make scenarios`.\n"
     verdict = "every scenario detected and cleared, no high/critical false positives" if d.get("ok") else \
         "NOT all passed: see bench/scenarios.json"
-    out = (head + f"Run of {d['date']} ({d.get('mode', 'full')}, {d.get('duration_s', 0):.0f} s, kernel "
-           f"{d.get('host', {}).get('kernel', '?')}): {verdict}.\n\n{d['table'].rstrip()}\n")
+    took = f", {d['duration_s']:.0f} s" if d.get("duration_s") else ""
+    out = (head + f"Run of {d['date']} ({d.get('mode', 'full')}{took}, kernel "
+           f"{d.get('host', {}).get('kernel', '?')}): {verdict}.\n\n")
+    if d.get("note"):
+        out += f"{d['note']}\n\n"
+    out += f"{d['table'].rstrip()}\n"
     faults = d.get("faults")
     if faults:
         out += "\n| fault | tools | third-party | detected |\n|---|---|---:|---:|\n"
