@@ -229,15 +229,15 @@ def _toml_value(v: Any) -> str:
     return repr(v)
 
 
-def to_toml(cfg: Config) -> str:
-    """The config as TOML, every key with its doc as a comment."""
+def to_toml(cfg: Config, key_prefix: str = "", doc_prefix: str = "# ") -> str:
+    """The config as TOML, every key with its doc as a comment (key_prefix "# " comments the keys out)."""
     out = []
     for name in _sections():
         sec = getattr(cfg, name)
         out.append(f"[{name}]")
         for f in dataclasses.fields(sec):
-            out.append(f"# {f.metadata.get('doc', '')}")
-            out.append(f"{f.name} = {_toml_value(getattr(sec, f.name))}")
+            out.append(f"{doc_prefix}{f.metadata.get('doc', '')}")
+            out.append(f"{key_prefix}{f.name} = {_toml_value(getattr(sec, f.name))}")
         out.append("")
     return "\n".join(out)
 
@@ -256,16 +256,7 @@ EXAMPLE_HEADER = """\
 def example() -> str:
     """deploy/config.toml.example: every section, every key commented out at its default under its doc
     (written by docs/generate.py, so a new key is never missing from it)."""
-    out = [EXAMPLE_HEADER]
-    cfg = Config()
-    for name in _sections():
-        sec = getattr(cfg, name)
-        out.append(f"[{name}]")
-        for f in dataclasses.fields(sec):
-            out.append(f"#   {f.metadata.get('doc', '')}")
-            out.append(f"# {f.name} = {_toml_value(getattr(sec, f.name))}")
-        out.append("")
-    return "\n".join(out)
+    return EXAMPLE_HEADER + "\n" + to_toml(Config(), key_prefix="# ", doc_prefix="#   ")
 
 
 def markdown() -> str:
