@@ -52,6 +52,7 @@ from functools import cache
 from pathlib import Path
 
 from ..agent.rules import load_rules
+from ..proctree import TreeMeter
 
 DETECT_WITHIN_S = 30.0  # the goal, reported per scenario
 GIVE_UP_S = 2 * DETECT_WITHIN_S  # a late detection is still measured (and fails the goal), not lost
@@ -59,6 +60,7 @@ CLOSE_WITHIN_S = 60.0  # the goal for every observation a scenario opened, after
 TIME_WAIT_S = 60.0  # the kernel's fixed TIME_WAIT (TCP_TIMEWAIT_LEN): churn's observations outlive it by design
 WARM_S = 20.0
 POLL_S = 0.5
+COST_SAMPLE_S = 5.0  # memory samples of the pipeline's process tree while a fault runs
 SEVERE = ("high", "critical")
 IO_LABELS = ("I/O Tail Latency", "I/O Saturation", "I/O Queue Congestion", "I/O Wait Dominates", "I/O Bottleneck",
              "Read Amplification", "I/O Bottleneck Causing Scheduling Churn")
@@ -345,6 +347,11 @@ class Result:
     onset_unix: float | None = None
     fault_end_unix: float | None = None
     injector_rc: int | None = None
+    # What the whole pipeline cost while the fault ran and was detected (kernelsight.proctree):
+    # CPU in % of one core over the fault, PSS mean and max of samples every COST_SAMPLE_S.
+    pipeline_cpu_pct: float | None = None
+    pipeline_pss_mib: float | None = None
+    pipeline_pss_mib_max: float | None = None
     note: str = ""
     error: str | None = None
 
@@ -371,6 +378,10 @@ class Pipeline:
                                       "--fifo", fifo, "--interval", str(interval)],
                                      env=env, stdout=self.log, stderr=self.log, start_new_session=True)
         self.started = time.time()
+
+    def meter(self) -> TreeMeter:
+        """CPU and memory of the whole pipeline (`ks run` and every process below it) from now on."""
+        return TreeMeter([self.proc.pid])
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -640,6 +651,8 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
     args = sc.fast_args if fast and sc.fast_args else sc.args
     say(f"{sc.name}: starting {sc.module} {' '.join(args)}")
     inj = Injector(sc.module, args, log_path)
+    cost = p.meter()
+    cost_sampled = 0.0
     t0 = inj.started
     onset = None
     hit = None
@@ -651,6 +664,9 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
         rows_seen |= rows_in(p, before, t0)
         if inj.running():
             inj.sample_tree()
+            if now - cost_sampled >= COST_SAMPLE_S:
+                cost.sample()
+                cost_sampled = now
         if onset is None:
             if sc.onset == "memory":
                 onset = memory_onset(p, t0)
@@ -681,6 +697,9 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
         named += named_processes(p, hit["id"])  # as the fault ends (the agent refreshes its attribution)
     res.injector_rc = inj.stop()
     res.fault_end_unix = inj.ended
+    c = cost.finish()
+    res.pipeline_cpu_pct, res.pipeline_pss_mib, res.pipeline_pss_mib_max = (
+        round(c["cpu_pct"], 2), round(c["pss_mib"], 1), round(c["pss_mib_max"], 1))
     add_execs(p, inj, t0, inj.ended)
     res.injector_comms = sorted(inj.comms)
     res.injector_pids = len(inj.pids)
@@ -766,12 +785,21 @@ def run_normal(p: Pipeline, seconds: float, idle_s: float, log_path: Path) -> di
     time.sleep(idle_s)
     load_s = max(0.0, seconds - idle_s)
     rc = None
+    load_cost: dict = {}
     if load_s >= 1:
         say(f"normal: build, web service, compression, sqlite, memory grower for {load_s:.0f} s")
         inj = Injector("normalload", ["--seconds", f"{load_s:g}"], log_path)
+        cost = p.meter()
+        sampled = 0.0
         while inj.running() and time.time() - inj.started < load_s + 30:
+            if time.time() - sampled >= COST_SAMPLE_S:
+                cost.sample()
+                sampled = time.time()
             time.sleep(1.0)
         rc = inj.stop()
+        c = cost.finish()
+        load_cost = {"pipeline_cpu_pct": round(c["cpu_pct"], 2), "pipeline_pss_mib": round(c["pss_mib"], 1),
+                     "pipeline_pss_mib_max": round(c["pss_mib_max"], 1)}
         load_s = inj.ended - inj.started
     time.sleep(10.0)  # anything the load's tail would raise
     seen = new_or_reopened(p, before, t0)
@@ -788,15 +816,19 @@ def run_normal(p: Pipeline, seconds: float, idle_s: float, log_path: Path) -> di
            "load_s": round(load_s, 1), "load_rc": rc,
            "load": "C/C++ build -j2, keep-alive web service under ab (~100 req/s), xz/gzip every minute, "
                    "sqlite3 transactions every second, a process growing to 2 GiB and freeing",
-           "labels_seen": labels, "false_positives": fps, "ok": not fps}
+           "labels_seen": labels, "false_positives": fps, "ok": not fps, **load_cost}
     say(f"normal: {len(labels)} observation(s), {len(medium)} medium or above, {len(fps)} high/critical")
     return out
 
 
 # ------------------------------------------------------------------ output
+def _cost_cell(cpu_pct: float | None, pss_mib: float | None) -> str:
+    return "-" if cpu_pct is None else f"{cpu_pct:.1f} / {pss_mib:.0f}"
+
+
 def table(results: list[Result], normal: dict | None) -> str:
     head = ("scenario", "tool", "detected", "label", "s to detect", "s to clear", "extra observations",
-            "names injector", "false positives")
+            "names injector", "false positives", "pipeline CPU % / PSS MiB")
     rows = []
     for r in results:
         extra = str(r.extra_observations) + (f" ({', '.join(x['label'] for x in r.extra_labels)})"
@@ -807,13 +839,15 @@ def table(results: list[Result], normal: dict | None) -> str:
                      ("-" if r.seconds_to_clear is None else f"{r.seconds_to_clear:.1f}") if r.cleared
                      else ("not closed" if r.detected else "-"), extra,
                      "-" if r.named_injector is None else ("yes" if r.named_injector else "no"),
-                     ", ".join(f"{f['label']} ({f['severity']})" for f in r.false_positives) or "none"))
+                     ", ".join(f"{f['label']} ({f['severity']})" for f in r.false_positives) or "none",
+                     _cost_cell(r.pipeline_cpu_pct, r.pipeline_pss_mib_max)))
     if normal is not None:
         rows.append((f"normal load ({normal['seconds'] / 60:.0f} min)", "build, ab, xz/gzip, sqlite3, grower", "-",
                      "-", "-", "-", f"{normal['medium_or_above']} medium or above", "-",
-                     ", ".join(f"{f['label']} ({f['severity']})" for f in normal["false_positives"]) or "none"))
+                     ", ".join(f"{f['label']} ({f['severity']})" for f in normal["false_positives"]) or "none",
+                     _cost_cell(normal.get("pipeline_cpu_pct"), normal.get("pipeline_pss_mib_max"))))
     widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(len(head))]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in rows]
     return "\n".join(out)
@@ -828,6 +862,20 @@ def faults_summary(results: list[Result]) -> dict:
         f["third_party"] += int(r.third_party)
         f["detected"] += int(r.detected)
     return out
+
+
+def cost_summary(results: list[Result], normal: dict | None) -> dict:
+    """What the whole pipeline cost while faults ran (CPU in % of one core, PSS in MiB): the design
+    floor is under 10 % of a core under stress."""
+    runs = [(r.scenario, r.pipeline_cpu_pct, r.pipeline_pss_mib_max) for r in results if r.pipeline_cpu_pct is not None]
+    if normal and normal.get("pipeline_cpu_pct") is not None:
+        runs.append(("normal load", normal["pipeline_cpu_pct"], normal["pipeline_pss_mib_max"]))
+    if not runs:
+        return {}
+    cpus = sorted(c for _, c, _ in runs)
+    worst = max(runs, key=lambda x: x[1])
+    return {"cpu_pct_median": cpus[len(cpus) // 2], "cpu_pct_max": worst[1], "cpu_pct_max_in": worst[0],
+            "pss_mib_max": max(m for _, _, m in runs), "design_floor_cpu_pct": 10.0}
 
 
 def check_tools(names: list[str]) -> list[str]:
@@ -894,6 +942,7 @@ def run_suite(names: list[str], fast: bool = False, normal: bool = True, data_di
         "scenarios": [{**asdict(r), "ok": r.ok} for r in results],
         "faults": faults_summary(results),
         "rows": rows_summary(results),
+        "pipeline_cost": cost_summary(results, normal_out),
         "normal": normal_out,
         "ok": ok,
         "table": table(results, normal_out),
