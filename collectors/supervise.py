@@ -13,6 +13,10 @@ supervisor's types) for pipeline/children.py to turn into ChildSpecs:
 
 The first entry is always there; when no collector can run here it is itself
 unavailable (available False, reason in words) and never started.
+
+`replaced` names collectors whose events another producer already writes
+({"execsnoop": "replaced by ks-exec (...)"}): they are left out of --only and
+listed as collector:NAME, not started, with that reason.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ def _interval_arg(interval_s: float) -> str:
     return str(max(1, int(interval_s)))
 
 
-def supervisor_specs(fifo: str, interval_s: float, probe: list[dict] | None = None) -> list[dict]:
+def supervisor_specs(fifo: str, interval_s: float, probe: list[dict] | None = None,
+                     replaced: dict[str, str] | None = None) -> list[dict]:
     """Entries for the supervisor (see the module doc).  `probe` defaults to probe_all()."""
     if probe is None:
         from .probe import probe_all
@@ -35,6 +40,9 @@ def supervisor_specs(fifo: str, interval_s: float, probe: list[dict] | None = No
     from .registry import COLLECTORS
 
     probe = [p for p in probe if p.get("kind", "collector") == "collector" and p["name"] in COLLECTORS]
+    replaced = replaced or {}
+    probe = [{**p, "available": False, "reason": replaced[p["name"]]} if p["name"] in replaced else p
+             for p in probe]
     interval = _interval_arg(interval_s)
     base = [sys.executable, "-m", "kernelsight.collectors"]
     avail = [p for p in probe if p["available"]]

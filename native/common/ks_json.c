@@ -98,6 +98,80 @@ void ks_json_str(struct ks_json *j, const char *k, const char *s)
 	put_escaped(j, s ? s : "");
 }
 
+int ks_utf8_next(const unsigned char *s, size_t n, int32_t *cp)
+{
+	unsigned char c = s[0];
+	int need, i;
+	int32_t v;
+	unsigned char lo = 0x80, hi = 0xbf;
+
+	if (c < 0x80) {
+		*cp = c;
+		return 1;
+	}
+	if (c >= 0xc2 && c <= 0xdf) {
+		need = 1;
+		v = c & 0x1f;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		need = 2;
+		v = c & 0x0f;
+		if (c == 0xe0)
+			lo = 0xa0; /* no overlongs */
+		else if (c == 0xed)
+			hi = 0x9f; /* no surrogates */
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		need = 3;
+		v = c & 0x07;
+		if (c == 0xf0)
+			lo = 0x90;
+		else if (c == 0xf4)
+			hi = 0x8f; /* <= U+10FFFF */
+	} else {
+		*cp = -1;
+		return 1;
+	}
+	for (i = 1; i <= need; i++) {
+		if ((size_t)i >= n || s[i] < lo || s[i] > hi) {
+			*cp = -1;
+			return i;
+		}
+		v = (v << 6) | (s[i] & 0x3f);
+		lo = 0x80;
+		hi = 0xbf;
+	}
+	*cp = v;
+	return need + 1;
+}
+
+void ks_json_str_utf8(struct ks_json *j, const char *k, const char *s)
+{
+	const unsigned char *p = (const unsigned char *)(s ? s : "");
+	size_t n = strlen((const char *)p);
+
+	key(j, k);
+	put(j, "\"");
+	while (n && !j->overflow) {
+		int32_t cp;
+		int len = ks_utf8_next(p, n, &cp);
+
+		if (cp == '"' || cp == '\\')
+			put(j, "\\%c", (char)cp);
+		else if (cp == '\n')
+			put(j, "\\n");
+		else if (cp == '\t')
+			put(j, "\\t");
+		else if (cp < 0)
+			put(j, "\\ufffd");
+		else if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029)
+			put(j, "\\u%04x", (unsigned)cp);
+		else
+			put(j, "%.*s", len, (const char *)p);
+		p += len;
+		n -= (size_t)len;
+	}
+	put(j, "\"");
+}
+
 void ks_json_null(struct ks_json *j, const char *k)
 {
 	key(j, k);

@@ -5,6 +5,7 @@ registry; any other child is one entry in default_children."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +41,50 @@ def _tracer_specs(opts: RunOptions) -> list[ChildSpec]:
     return specs
 
 
+# Collectors whose events one of our tracers writes at lower cost: collector -> (tracer, why).
+REPLACED_BY_TRACER = {
+    "execsnoop": ("ks-exec", "sched:sched_process_exec, no per-syscall cost"),
+}
+TRACER_TRIAL_TIMEOUT_S = 10.0
+
+
+def tracer_attaches(exe: str, timeout_s: float = TRACER_TRIAL_TIMEOUT_S) -> bool:
+    """Does tracer `exe` load and attach here?  A trial run of a few ms (--duration)."""
+    path = find_executable(exe)
+    if not path:
+        return False
+    try:
+        r = subprocess.run([path, "--duration", "0.01", "--output", "-"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def replaced_collectors(opts: RunOptions) -> dict[str, str]:
+    """{collector: reason} for the collectors `ks run` leaves out because a tracer it
+    starts writes the same events (only when it starts tracers and that one attaches);
+    without the tracer the collector runs as before."""
+    if not opts.tracers:
+        return {}
+    tracers = load_schema().tracers
+    return {name: f"replaced by {exe} ({why})" for name, (exe, why) in REPLACED_BY_TRACER.items()
+            if exe in tracers and tracer_attaches(exe)}
+
+
 def _collector_specs(opts: RunOptions) -> list[ChildSpec]:
     """One process hosts every collector that attaches here; collectors that cannot,
     and the other libbpf-tools that do not attach on this kernel, are listed as
-    unavailable with the probe's reason in words (never started)."""
+    unavailable with the probe's reason in words (never started), as are the ones
+    a tracer replaces (replaced_collectors)."""
     from .collectors import supervisor_specs
     from .collectors.probe import probe_all
 
     probe = probe_all(include_extra=True)
     specs = [ChildSpec(e["name"], e["argv"], "producer",
                        unavailable_reason=None if e["available"] else e["reason"], details=e["details"])
-             for e in supervisor_specs(opts.fifo, opts.interval_s, probe=probe)]
+             for e in supervisor_specs(opts.fifo, opts.interval_s, probe=probe,
+                                       replaced=replaced_collectors(opts))]
     specs += [ChildSpec(f"libbpf-tool:{p['name']}", [], "producer", unavailable_reason=p["reason"],
                         details={"tool": p.get("tool"), "attach": None})
               for p in probe if p.get("kind") == "extra" and not p["available"]]
