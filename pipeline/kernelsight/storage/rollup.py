@@ -11,16 +11,19 @@ watermark.  A chunk is therefore rolled up once, and redoing one (after a
 crash, or a lost watermark) gives the same rows: idempotent and restart-safe.
 
 Rows that arrive for a minute already rolled up are not added to its rollup.
+
+The aggregation is numpy only, not pandas: ks-agent runs it every minute and
+stays resident, so it must not carry pandas (and pyarrow) in its memory.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 
 import numpy as np
 import orjson
-import pandas as pd
 
 from ..db import transaction
 from . import state
@@ -51,86 +54,274 @@ def _int_arrays(texts) -> tuple[np.ndarray, np.ndarray]:
     return out, present
 
 
-def _py(v):
-    """A pandas/numpy scalar as a value sqlite3 binds (NaN and NA -> NULL)."""
-    if v is None or v is pd.NA:
-        return None
-    if isinstance(v, (float, np.floating)):
-        return None if np.isnan(v) else float(v)
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    return v
+_I64_MIN, _I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+_KAHAN_PY_GROUPS = 8  # Kahan sums: once this few groups still have rows, finish them in Python
+
+
+def _is_null(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _ints(vals: list) -> tuple[np.ndarray, np.ndarray]:
+    """An int column as (int64 values, mask of non-null rows); NULLs may arrive as None or NaN."""
+    try:
+        return np.array(vals, dtype=np.int64), np.ones(len(vals), dtype=bool)
+    except (TypeError, ValueError):
+        valid = np.array([not _is_null(v) for v in vals], dtype=bool)
+        return np.array([0 if _is_null(v) else v for v in vals], dtype=np.int64), valid
+
+
+def _to_float(v) -> float:
+    """One value of a float column as a float, NaN where it is not a number."""
+    if v is None:
+        return np.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _floats(vals: list) -> np.ndarray:
+    """A float column as float64, NULLs (and anything not a number) as NaN."""
+    try:
+        return np.array(vals, dtype=np.float64)  # None -> NaN
+    except (TypeError, ValueError):
+        return np.array([_to_float(v) for v in vals], dtype=np.float64)
+
+
+def _codes(vals: list, ftype: str) -> np.ndarray:
+    """Group codes of a key column in sort order: values ascending, NULL after every value."""
+    if ftype == "int":
+        x, valid = _ints(vals)
+        uniq = np.unique(x[valid])
+        return np.where(valid, np.searchsorted(uniq, x), len(uniq))
+    if ftype == "float":
+        x = _floats(vals)
+        valid = ~np.isnan(x)
+        uniq = np.unique(x[valid])
+        return np.where(valid, np.searchsorted(uniq, np.where(valid, x, 0.0)), len(uniq))
+    present = {v for v in vals if not _is_null(v)}
+    try:
+        uniq = sorted(present)
+    except TypeError:  # mixed types in one column: any fixed order will do
+        uniq = sorted(present, key=lambda v: (type(v).__name__, v))
+    code = {v: i for i, v in enumerate(uniq)}
+    return np.array([len(uniq) if _is_null(v) else code[v] for v in vals], dtype=np.int64)
+
+
+def _float_sums(x: np.ndarray, starts: np.ndarray, ends: np.ndarray, in_group_order: bool) -> np.ndarray:
+    """Per segment [start, end) of x (a float column, rows group by group, NaN = NULL), the sum of its
+    non-null values, summed as pandas' groupby summed them (this replaced it: rollups written before
+    and after agree bit for bit): with np.add.reduceat when the rows were already in group order and
+    the column has no NULL, else per group in row order with Kahan compensation.  NaN when a group
+    has no value."""
+    valid = ~np.isnan(x)
+    if in_group_order and valid.all():
+        return np.add.reduceat(x, starts)
+    sizes = ends - starts
+    by_size = np.argsort(-sizes, kind="stable")  # longest first: the groups still going are a prefix
+    first, size = starts[by_size], sizes[by_size]
+    s = np.zeros(len(starts))
+    c = np.zeros(len(starts))
+    k, longest, active = 0, int(size[0]), 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        while k < longest:  # the k-th row of every group that has one, vectorised across groups
+            active = int(np.count_nonzero(size > k))
+            if active <= _KAHAN_PY_GROUPS:
+                break
+            at = first[:active] + k
+            ok = valid[at]
+            ss, cc = s[:active], c[:active]
+            y = x[at] - cc
+            t = ss + y
+            cn = (t - ss) - y
+            cn[np.isnan(cn)] = 0.0  # an infinity: keep the sum infinite rather than NaN
+            c[:active] = np.where(ok, cn, cc)
+            s[:active] = np.where(ok, t, ss)
+            k += 1
+        else:
+            active = 0
+    for j in range(active):  # the rest of the few longest groups, in Python (the same double arithmetic)
+        sj, cj = float(s[j]), float(c[j])
+        for v in x[first[j] + k:first[j] + size[j]].tolist():
+            if not math.isnan(v):
+                y = v - cj
+                t = sj + y
+                cj = (t - sj) - y
+                if math.isnan(cj):
+                    cj = 0.0
+                sj = t
+        s[j] = sj
+    out = np.empty(len(starts))
+    out[by_size] = s
+    n = np.add.reduceat(valid.astype(np.int64), starts)
+    out[n == 0] = np.nan
+    return out
+
+
+def _nulls(vals: list, valid) -> list:
+    """vals with None where valid is false."""
+    return [v if ok else None for v, ok in zip(vals, valid.tolist())]
 
 
 def aggregate(plan: TablePlan, rows: list[tuple], step_ns: int) -> list[tuple]:
-    """Rollup rows (in plan.columns() order) from raw rows (id, ts, field...)."""
+    """Rollup rows (in plan.columns() order) from raw rows (id, ts, field...).
+
+    Groups are (bucket, keys...) in sort order (bucket, then each key ascending,
+    a NULL key after every value); rows are taken in (ts, id) order.  numpy
+    only (this runs every minute in ks-agent): values come back as Python
+    ints, floats, str and None (NULL) for sqlite3 to bind.  Sums of int
+    columns are exact (int64); sums and means of float columns are added up
+    as pandas' groupby added them (_float_sums), so the rows are the ones the
+    pandas implementation this replaced wrote."""
     if not rows:
         return []
-    names = [f.name for f in plan.fields]
-    df = pd.DataFrame.from_records(rows, columns=["id", "ts", *names])
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    ts = np.array([r[1] for r in rows], dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    order = order[np.argsort(ts[order], kind="stable")]  # (ts, id), ties kept in their order
+    if (order != np.arange(len(order))).any():
+        rows = [rows[i] for i in order.tolist()]
+        ts = ts[order]
+    cols = dict(zip([f.name for f in plan.fields], list(zip(*rows))[2:]))
+    bucket = bucket_end(ts, step_ns)
+
+    # groups: (bucket, keys...) sorted; perm lists the rows group by group, each group in (ts, id) order
+    codes = [np.unique(bucket, return_inverse=True)[1].reshape(-1)]
+    codes += [_codes(list(cols[f.name]), f.type) for f in plan.fields if f.agg == "key"]
+    perm = np.lexsort(codes[::-1])
+    sorted_codes = np.stack([c[perm] for c in codes])
+    new = np.ones(len(perm), dtype=bool)
+    new[1:] = (sorted_codes[:, 1:] != sorted_codes[:, :-1]).any(axis=0)
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(perm))
+    n_groups = len(starts)
+    gid = np.empty(len(perm), dtype=np.int64)
+    gid[perm] = np.cumsum(new) - 1
+    first = perm[starts]  # a row of each group, for its bucket and keys
+    in_group_order = bool((perm == np.arange(len(perm))).all())
+
+    out: dict[str, list] = {"ts": bucket[first].tolist(), plan.samples: (ends - starts).tolist()}
     for f in plan.fields:
-        if f.type == "int" and f.agg != "last":
-            df[f.name] = pd.array(df[f.name].tolist(), dtype="Int64")
-        elif f.type == "float":
-            df[f.name] = pd.to_numeric(df[f.name], errors="coerce").astype("float64")
-    df["_b"] = bucket_end(df["ts"].to_numpy(np.int64), step_ns)
-    df = df.sort_values(["ts", "id"], kind="stable").reset_index(drop=True)
-    by = ["_b", *plan.keys]
-    g = df.groupby(by, dropna=False, sort=True)
-    out = g.size().rename(plan.samples).to_frame()
-    gid = g.ngroup().to_numpy()
-    n_groups = len(out)
-    for f in plan.fields:
+        vals = cols[f.name]
         if f.agg == "key":
-            continue
-        col = g[f.name]
-        if f.agg == "gauge":
-            out[f.name] = col.mean()
-            out[f.name + "_min"] = col.min()
-            out[f.name + "_max"] = col.max()
-        elif f.agg == "sum":
-            out[f.name] = col.sum(min_count=1)
+            out[f.name] = [None if _is_null(vals[i]) else _scalar(vals[i], f.type) for i in first.tolist()]
+        elif f.agg in ("hist", "max", "min") and f.type == "int_array":
+            out[f.name] = _int_array_agg(f.agg, list(vals), gid, n_groups)
         elif f.agg == "last":
-            out[f.name] = col.last()
-        elif f.agg in ("max", "min") and f.type != "int_array":
-            out[f.name] = col.max() if f.agg == "max" else col.min()
+            out[f.name] = _last(vals, f.type, perm, starts)
         elif f.agg == "interval":
-            # the time the producer covered in the minute: each interval once (rows
-            # of one interval share its ts), at most the step (several producers
-            # writing one table, as tracer_stats, each cover the same minute)
-            once = df[~df.duplicated(["_b", "ts"])]
-            covered = once.groupby("_b")[f.name].sum(min_count=1).astype("float64").clip(upper=step_ns / NS)
-            out[f.name] = covered.reindex(out.index.get_level_values("_b")).to_numpy()
-        else:  # hist (sum) or element-wise max/min of int arrays
-            m, present = _int_arrays(df[f.name].tolist())
-            red = np.zeros((n_groups, m.shape[1]), dtype=np.int64)
-            if f.agg == "hist":
-                np.add.at(red, gid, m)
-            else:
-                red[:] = np.iinfo(np.int64).min if f.agg == "max" else np.iinfo(np.int64).max
-                (np.maximum if f.agg == "max" else np.minimum).at(red, gid, m)
-            has = np.zeros(n_groups, dtype=bool)
-            np.logical_or.at(has, gid, present)
-            if f.agg == "hist":  # trailing empty buckets say nothing (readers pad): leave them out
-                nz = red != 0
-                width = np.where(nz.any(axis=1), red.shape[1] - np.argmax(nz[:, ::-1], axis=1), 0)
-            else:
-                width = np.full(len(red), red.shape[1])
-            out[f.name] = [orjson.dumps(r[:w].tolist()).decode() if h else None for r, w, h in zip(red, width, has)]
-    out = out.reset_index()
-    cols = [c for c, _ in plan.columns()]
-    out = out.rename(columns={"_b": "ts"})[cols]
-    return list(zip(*(_pylist(out[c]) for c in cols)))
+            out[f.name] = _interval(vals, f.type, ts, bucket, first, step_ns)
+        elif f.type == "int":
+            x, valid = _ints(list(vals))
+            x, valid = x[perm], valid[perm]
+            n = np.add.reduceat(valid.astype(np.int64), starts)
+            has = n > 0
+            if f.agg in ("gauge", "sum"):
+                total = np.add.reduceat(np.where(valid, x, 0), starts)  # int64, as the database's
+                if f.agg == "sum":
+                    out[f.name] = _nulls(total.tolist(), has)
+                else:
+                    out[f.name] = _nulls([t / c if c else None for t, c in zip(total.tolist(), n.tolist())], has)
+            if f.agg in ("gauge", "min"):
+                out[f.name + ("_min" if f.agg == "gauge" else "")] = _nulls(
+                    np.minimum.reduceat(np.where(valid, x, _I64_MAX), starts).tolist(), has)
+            if f.agg in ("gauge", "max"):
+                out[f.name + ("_max" if f.agg == "gauge" else "")] = _nulls(
+                    np.maximum.reduceat(np.where(valid, x, _I64_MIN), starts).tolist(), has)
+        elif f.type == "float":
+            x = _floats(list(vals))[perm]
+            valid = ~np.isnan(x)
+            n = np.add.reduceat(valid.astype(np.int64), starts)
+            has = n > 0
+            if f.agg in ("gauge", "sum"):
+                total = _float_sums(x, starts, ends, in_group_order)
+                if f.agg == "gauge":
+                    total = total / np.maximum(n, 1)
+                out[f.name] = _nulls(total.tolist(), has)
+            if f.agg in ("gauge", "min"):
+                out[f.name + ("_min" if f.agg == "gauge" else "")] = _nulls(np.fmin.reduceat(x, starts).tolist(), has)
+            if f.agg in ("gauge", "max"):
+                out[f.name + ("_max" if f.agg == "gauge" else "")] = _nulls(np.fmax.reduceat(x, starts).tolist(), has)
+        elif f.agg in ("max", "min"):  # of text: Python's order
+            pick = max if f.agg == "max" else min
+            out[f.name] = []
+            for s, e in zip(starts.tolist(), ends.tolist()):
+                present = [vals[i] for i in perm[s:e].tolist() if not _is_null(vals[i])]
+                out[f.name].append(pick(present) if present else None)
+        else:
+            raise TypeError(f"{plan.table}.{f.name}: agg {f.agg} of a {f.type} field")
+    return list(zip(*(out[c] for c, _ in plan.columns())))
 
 
-def _pylist(col: pd.Series) -> list:
-    """A column as Python values sqlite3 binds, NaN and NA as None (column-wise: rows are many)."""
-    if col.dtype == object:
-        return [_py(v) for v in col.tolist()]
-    vals = col.to_numpy(dtype=object, na_value=None) if hasattr(col.dtype, "na_value") else col.to_numpy().astype(object)
-    if col.dtype.kind == "f":
-        vals[pd.isna(col.to_numpy())] = None
-    return vals.tolist()
+def _scalar(v, ftype: str):
+    """A key value as the type its column holds."""
+    if ftype == "int":
+        return int(v)
+    if ftype == "float":
+        return float(v)
+    return v
+
+
+def _last(vals: tuple, ftype: str, perm: np.ndarray, starts: np.ndarray) -> list:
+    """Per group, its last non-null value in (ts, id) order (None when every value is null)."""
+    if ftype == "int":
+        x, valid = _ints(list(vals))
+        src: list = x.tolist()
+    elif ftype == "float":
+        x = _floats(list(vals))
+        valid = ~np.isnan(x)
+        src = x.tolist()
+    else:
+        valid = np.array([not _is_null(v) for v in vals], dtype=bool)
+        src = list(vals)
+    pos = np.maximum.reduceat(np.where(valid[perm], np.arange(len(perm)), -1), starts)
+    at = perm[np.maximum(pos, 0)].tolist()
+    return [src[i] if p >= 0 else None for i, p in zip(at, pos.tolist())]
+
+
+def _interval(vals: tuple, ftype: str, ts: np.ndarray, bucket: np.ndarray, first: np.ndarray, step_ns: int) -> list:
+    """The time the producer covered in each group's minute: each interval once (rows of one interval
+    share its ts: the first row of each ts counts), at most the step (several producers writing one
+    table, as tracer_stats, each cover the same minute).  The same on every row of a minute."""
+    once = np.ones(len(ts), dtype=bool)
+    once[1:] = ts[1:] != ts[:-1]  # rows are in ts order
+    b = bucket[once]
+    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+    ends = np.append(starts[1:], len(b))
+    if ftype == "int":
+        x, valid = _ints([v for v, o in zip(vals, once.tolist()) if o])
+        total = [float(t) for t in np.add.reduceat(np.where(valid, x, 0), starts).tolist()]
+    else:
+        x = _floats([v for v, o in zip(vals, once.tolist()) if o])
+        valid = ~np.isnan(x)
+        total = _float_sums(x, starts, ends, True).tolist()  # rows in ts order: minutes in order
+    has = np.add.reduceat(valid.astype(np.int64), starts) > 0
+    cap = step_ns / NS
+    covered = dict(zip(b[starts].tolist(), [min(t, cap) if h else None for t, h in zip(total, has.tolist())]))
+    return [covered[v] for v in bucket[first].tolist()]
+
+
+def _int_array_agg(agg: str, texts: list, gid: np.ndarray, n_groups: int) -> list:
+    """hist: bucket-wise sum of the groups' JSON int arrays, trailing empty buckets left out (readers
+    pad); max/min: element-wise, as wide as the widest array of the chunk.  None where every array of
+    a group is NULL."""
+    m, present = _int_arrays(texts)
+    red = np.zeros((n_groups, m.shape[1]), dtype=np.int64)
+    if agg == "hist":
+        np.add.at(red, gid, m)
+    else:
+        red[:] = _I64_MIN if agg == "max" else _I64_MAX
+        (np.maximum if agg == "max" else np.minimum).at(red, gid, m)
+    has = np.zeros(n_groups, dtype=bool)
+    np.logical_or.at(has, gid, present)
+    if agg == "hist":
+        nz = red != 0
+        last_nz = np.argmax(nz[:, ::-1], axis=1) if red.shape[1] else np.zeros(len(red), dtype=np.int64)
+        width = np.where(nz.any(axis=1), red.shape[1] - last_nz, 0)  # (no width: every array NULL or [])
+    else:
+        width = np.full(len(red), red.shape[1])
+    return [orjson.dumps(r[:w].tolist()).decode() if h else None for r, w, h in zip(red, width, has)]
 
 
 def ensure_tables(conn: sqlite3.Connection, plan: TablePlan) -> None:
