@@ -33,13 +33,16 @@ import functools
 import re
 import sqlite3
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
-import pandas as pd
 
 from . import catalog as C
 from ..storage.plan import ROLLUP_SUFFIX, plans as rollup_plans, step_ns as rollup_step_ns
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 NS = 1_000_000_000
 LOOKBACK_NS = 10 * NS  # extra history read before the first window for counter deltas
@@ -80,6 +83,10 @@ class FeatureMatrix:
         return FeatureVector(int(self.ts[i]), self.window_s, vals, self.reasons_at(i))
 
     def frame(self) -> pd.DataFrame:
+        """The matrix as a DataFrame indexed by ts (an export: pandas is imported here, not by the
+        long-running processes that compute features)."""
+        import pandas as pd
+
         return pd.DataFrame(self.values, index=pd.Index(self.ts, name="ts"), columns=self.names)
 
 
