@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import orjson
 import pytest
@@ -199,3 +200,38 @@ def test_tracers_exclude_every_pipeline_process(tmp_path):
     tracers = [s for s in specs if "--exclude-pids-file" in s.argv]
     assert tracers and all(s.argv[s.argv.index("--exclude-pids-file") + 1] == str(tmp_path / "run" / "pipeline.pids")
                            and "--exclude-pid" in s.argv for s in tracers)
+
+
+def test_descendants_from_children_files_match_psutil_and_the_proc_scan():
+    """The supervisor finds the pipeline's processes through /proc/PID/task/TID/children (a few
+    reads); the full scan of /proc it falls back to and psutil (the oracle) find the same tree."""
+    import psutil
+
+    from kernelsight import supervisor
+
+    # a tree three levels deep, one child started from a second thread
+    code = ("import subprocess, sys, threading; "
+            "a = subprocess.Popen(['sh', '-c', 'sleep 60 & sleep 60 & wait']); "
+            "t = threading.Thread(target=lambda: subprocess.Popen(['sleep', '60'])); t.start(); t.join(); "
+            "print('ready', flush=True); sys.stdin.read()")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        wait_for(lambda: len({c.pid for c in psutil.Process(p.pid).children(recursive=True)}) == 4, 30, 0.05,
+                 "both sleeps under sh")
+        want = {c.pid for c in psutil.Process(p.pid).children(recursive=True)}
+        assert supervisor.descendants(p.pid) == want
+        kids = supervisor._children_map()
+        scan, todo = set(), [p.pid]
+        while todo:
+            for k in kids.get(todo.pop(), ()):
+                scan.add(k)
+                todo.append(k)
+        assert scan == want
+        assert supervisor.descendants(2**22 + 1) == set()  # no such pid
+    finally:
+        for c in psutil.Process(p.pid).children(recursive=True):
+            c.kill()
+        p.stdin.close()
+        p.wait()
+        p.stdout.close()

@@ -158,6 +158,8 @@ def claim(data_dir: Path, fifo: str) -> Claim:
 
 
 def _children_map() -> dict[int, list[int]]:
+    """ppid -> pids from every /proc/PID/stat: the fallback for kernels without
+    /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN, on in distribution kernels)."""
     kids: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -171,13 +173,40 @@ def _children_map() -> dict[int, list[int]]:
     return kids
 
 
+def _children_of(pid: int) -> list[int] | None:
+    """pid's children from its threads' children files (a few reads instead of one per
+    process on the host); None when the kernel has no such file, [] when pid is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread exited meanwhile
+            return None
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def descendants(pid: int) -> set[int]:
-    """Every live process below pid (children, their children, ...)."""
-    kids = _children_map()
+    """Every live process below pid (children, their children, ...).  A process forked
+    while we read may be missed: the caller looks again every second."""
     out: set[int] = set()
     todo = [pid]
+    kids_map: dict[int, list[int]] | None = None
     while todo:
-        for k in kids.get(todo.pop(), ()):
+        p = todo.pop()
+        kids = _children_of(p) if kids_map is None else kids_map.get(p, [])
+        if kids is None:  # no children files: one scan of /proc, then walk it
+            kids_map = _children_map()
+            kids = kids_map.get(p, [])
+        for k in kids:
             if k not in out:
                 out.add(k)
                 todo.append(k)
