@@ -117,6 +117,7 @@ def test_ks_run_supervisor(replayed):
                   kernelsight.collectors.supervise):
             imports_of(m)
         log.configure("ks-supervisor")
+        assert "numpy" not in sys.modules, "the supervisor has no use for numpy"
     ''', d) == []
 
 

@@ -12,7 +12,7 @@ import orjson
 import typer
 
 from .. import db, log as klog
-from ..features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
+from ..features.window import FEATURE_STEP_S, FEATURE_WINDOW_S
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="The diagnosis agent: observations from features, offline.")

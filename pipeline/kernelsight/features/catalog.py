@@ -36,7 +36,7 @@ A `where` is (column, op, value) with op one of ==, !=, applied before
 aggregation.
 
 Windows: every stored vector, every baseline and every rule threshold is over
-FEATURE_WINDOW_S, one vector each FEATURE_STEP_S (defined below, nowhere else).
+FEATURE_WINDOW_S, one vector each FEATURE_STEP_S (defined in features/window.py, nowhere else).
 """
 
 from __future__ import annotations
@@ -46,12 +46,7 @@ from typing import Callable
 
 import numpy as np
 
-# The one feature window and step.  ks-agent computes a vector every step over
-# this window, stores it in the `features` table and evaluates its rules on it;
-# ks-features compute/backfill/export/baseline learn default to the same, so a
-# stored vector, a baseline statistic and a rule threshold describe the same span.
-FEATURE_WINDOW_S = 15.0  # short, so an onset shows within seconds; rules.toml thresholds are tuned to it
-FEATURE_STEP_S = 5.0  # one vector per agent evaluation
+from .window import FEATURE_STEP_S, FEATURE_WINDOW_S  # noqa: F401 - re-exported: the catalog's window and step
 
 
 @dataclass(frozen=True)
