@@ -11,7 +11,7 @@ import typer
 
 from .. import db, log as klog
 from ..fifo import FifoError, default_fifo_path
-from .daemon import PENDING_MAX_BYTES, Daemon, make_ingestor, open_spool, replay
+from .daemon import FLUSH_MS, PENDING_MAX_BYTES, Daemon, make_ingestor, open_spool, replay
 
 app = typer.Typer(pretty_exceptions_enable=False)
 
@@ -28,7 +28,7 @@ def main(
     data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
     replay_file: Optional[Path] = typer.Option(None, "--replay", help="ingest this JSONL file and exit"),
     batch_size: int = typer.Option(2000, min=1, help="flush after this many rows"),
-    flush_ms: int = typer.Option(200, min=1, help="flush at least this often (ms)"),
+    flush_ms: int = typer.Option(FLUSH_MS, min=1, help="flush at least this often (ms)"),
     stats_interval: float = typer.Option(5.0, min=0.1, help="seconds between pipeline_stats rows"),
     mirror: bool = typer.Option(False, help="best-effort per-type JSONL mirror under DATA_DIR/stream"),
     max_pending_mib: int = typer.Option(PENDING_MAX_BYTES >> 20, min=1,
