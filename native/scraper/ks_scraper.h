@@ -70,6 +70,8 @@ struct Options {
 	size_t cgroups_max = 64; // cgroup lines per read (src_cgroup.cpp)
 };
 
+class TcpSockets; // sources.h
+
 // What every source gets for one collect.
 struct Ctx {
 	const std::string &proc_root;
@@ -79,6 +81,7 @@ struct Ctx {
 	double dt_s; // seconds since the previous collect; NaN on the first
 	std::vector<Event> &out;
 	const Options &opt;
+	TcpSockets &tcp; // the TCP sockets, read once per collect
 };
 
 class Source {
@@ -113,6 +116,7 @@ private:
 	Options opt_;
 	std::optional<uint64_t> last_clock_ns_;
 	std::vector<std::unique_ptr<Source>> sources_;
+	std::unique_ptr<TcpSockets> tcp_;
 };
 
 } // namespace ks

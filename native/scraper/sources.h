@@ -85,6 +85,59 @@ std::vector<NetDevRow> parse_net_dev(std::string_view text);
 // number of socket lines.
 uint64_t count_tcp_states(std::string_view text, std::array<uint64_t, 16> &counts);
 
+// The TCP sockets of the caller's network namespace from a NETLINK_SOCK_DIAG
+// dump (src_tcp.cpp): every state, no extensions, so little more than one
+// inet_diag_msg per socket.  One TCPDIAG_GETSOCK request (both families in one walk of the
+// kernel's hash tables), or, where the kernel refuses that (and always with
+// compat false), SOCK_DIAG_BY_FAMILY for AF_INET then AF_INET6.  One socket
+// and one 32 KiB buffer, kept from the first dump on; a failed dump closes
+// the socket (the next dump opens another).
+class TcpDiag {
+public:
+	struct Counts {
+		std::array<uint64_t, 16> states{}; // sockets per state (include/net/tcp_states.h)
+		uint64_t total = 0;
+		std::vector<bool> ports;           // 65536: local port of a socket not listening
+	};
+	explicit TcpDiag(bool compat = true) : compat_(compat) {}
+	~TcpDiag();
+	TcpDiag(const TcpDiag &) = delete;
+	TcpDiag &operator=(const TcpDiag &) = delete;
+	// Fills out (cleared first, its storage reused); returns 0 or an errno.
+	int dump(Counts &out);
+	// err says sock_diag cannot work here (not built, not allowed), as
+	// opposed to one failed dump.
+	static bool unavailable(int err);
+	// Whether dumps use the one TCPDIAG_GETSOCK request.
+	bool compat() const { return compat_; }
+
+private:
+	static constexpr size_t kBufSize = 32768;
+	int open_socket();
+	void close_socket();
+	int dump_one(bool compat, uint8_t family, Counts &out, bool &refused);
+	bool compat_;
+	int fd_ = -1;
+	uint32_t seq_ = 0;
+	std::vector<char> buf_;
+};
+
+// One dump per collect, shared by the sources that count TCP sockets (tcp,
+// limits' ephemeral ports): Ctx::tcp.
+class TcpSockets {
+public:
+	// The live host's sockets (proc root "/proc"), dumped on the first call
+	// of a collect.  nullptr: count PROC/net/tcp{,6} instead (a recorded
+	// tree; or sock_diag unavailable, warned once; or this dump failed).
+	const TcpDiag::Counts *get(Ctx &c);
+	void next_collect() { fresh_ = false; }
+
+private:
+	TcpDiag diag_;
+	TcpDiag::Counts counts_;
+	bool fresh_ = false, ok_ = false, off_ = false;
+};
+
 // "Prefix: Name1 Name2\nPrefix: 1 2" pairs of /proc/net/snmp and /proc/net/netstat.
 I64Map parse_snmp_section(std::string_view text, std::string_view prefix);
 

@@ -272,12 +272,20 @@ public:
 				hi = r[1];
 				uint64_t n = 0;
 				bool any = false;
-				std::vector<bool> seen;
-				for (const char *f : {"/net/tcp", "/net/tcp6"})
-					if (read_file(P + f, t) == 0) {
-						n += count_ephemeral_ports(t, *lo, *hi, seen);
-						any = true;
-					}
+				if (const TcpDiag::Counts *live = c.tcp.get(c)) {
+					// The tcp source's dump (sock_diag): local ports of the
+					// sockets not listening.
+					for (uint64_t p = *lo; p <= *hi && p < live->ports.size(); p++)
+						n += live->ports[p];
+					any = true;
+				} else {
+					std::vector<bool> seen;
+					for (const char *f : {"/net/tcp", "/net/tcp6"})
+						if (read_file(P + f, t) == 0) {
+							n += count_ephemeral_ports(t, *lo, *hi, seen);
+							any = true;
+						}
+				}
 				if (any)
 					used = n;
 			}
