@@ -28,6 +28,7 @@ glibc's dynamic thresholds keep that heap mapped, so the histogram tools
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -44,7 +45,12 @@ STDERR_KEEP = 32 * 1024
 STDERR_LOG_LINES = 40      # per child start; the rest is counted, not logged
 WARN_LOG_MAX = 100         # parser warnings logged per child start
 REAP_GRACE_S = 2.0         # a child that closed its output but does not exit is killed after this
-LOOP_MAX_WAIT_S = 0.1      # longest select(); bounds how late a stop request is seen
+REAP_POLL_S = 0.02         # how often such a child is looked at until it has exited
+# Longest select(): a signal wakes it at once (set_wakeup_fd), so this only bounds how late a
+# child that exited without closing its output is seen; LOOP_MAX_WAIT_NO_WAKEUP_S where the
+# wakeup fd cannot be set (a host run outside the main thread, as some tests do).
+LOOP_MAX_WAIT_S = 1.0
+LOOP_MAX_WAIT_NO_WAKEUP_S = 0.1
 CHILD_PIPE_SIZE = 1 << 20  # tool stdout pipe: a burst waits here, not in the tool's perf buffer
 CHILD_ENV = {"MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_MMAP_THRESHOLD_": "131072"}
 # How libbpf-tools report perf buffer overruns (strings of Debian's 0.26 build):
@@ -280,7 +286,9 @@ class Slot:
 
     def tick(self, now: float) -> None:
         """Timers: idle flush, stop escalation, reaping, restarts."""
-        if self.child is not None and self.parser is not None and self.pending_idle \
+        # Not once the output has closed: then finish() at the reap decides what was complete
+        # (a tool that died mid-histogram must not have its cut histogram flushed as idle).
+        if self.child is not None and self.parser is not None and self.pending_idle and self.eof_at is None \
                 and now - self.last_out >= self.host.idle_flush_s:
             self.pending_idle = False
             self._emit_all(self.parser.idle(time.time_ns()))
@@ -303,6 +311,8 @@ class Slot:
             self.start()
 
     def next_deadline(self) -> float | None:
+        if self.child is not None and self.eof_at is not None:
+            return time.monotonic() + REAP_POLL_S  # output closed, exit not reaped yet: look again soon
         if self.child is not None and self.pending_idle:
             return self.last_out + self.host.idle_flush_s
         if self.child is None and not self.done and not self.host.stopping:
@@ -432,9 +442,24 @@ class Host:
             self.writer.emit_stats()
             self._next_stats = now + self.interval_s
 
+    def _wakeup_on_signals(self) -> tuple[int, int, int] | None:
+        """A pipe the kernel writes a byte to on every signal, in the selector: a stop request
+        ends the wait at once, with no polling timer.  (read fd, write fd, the previous wakeup fd)."""
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread
+            os.close(r)
+            os.close(w)
+            return None
+        self.sel.register(r, selectors.EVENT_READ, (None, "wakeup"))
+        return r, w, old
+
     def run(self) -> int:
         """Returns 0 after a requested stop, 2 when no hosted collector can run here."""
         stop_seen: float | None = None
+        wakeup = self._wakeup_on_signals()
+        max_wait = LOOP_MAX_WAIT_S if wakeup is not None else LOOP_MAX_WAIT_NO_WAKEUP_S
         try:
             while True:
                 now = time.monotonic()
@@ -452,15 +477,23 @@ class Host:
                     return 2
                 self._maybe_stats(time.monotonic())
                 now = time.monotonic()
-                wait = min(LOOP_MAX_WAIT_S, self._next_stats - now)
+                wait = min(max_wait, self._next_stats - now)
                 for s in self.slots:
                     d = s.next_deadline()
                     if d is not None:
                         wait = min(wait, d - now)
                 for key, _ in self.sel.select(timeout=max(0.0, wait)):
                     slot, kind = key.data
+                    if slot is None:  # a signal arrived: its handler has run; drain the pipe
+                        with contextlib.suppress(OSError):
+                            os.read(key.fd, 512)
+                        continue
                     slot.on_readable(key.fileobj, kind)
         finally:
+            if wakeup is not None:
+                signal.set_wakeup_fd(wakeup[2])
+                os.close(wakeup[0])
+                os.close(wakeup[1])
             self.stopping = True
             for s in self.slots:  # first every child, so a failing write cannot leave one behind
                 s.kill_and_reap()
