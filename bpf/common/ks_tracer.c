@@ -7,6 +7,9 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <math.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -270,11 +273,36 @@ static bool tracefs_ok(void)
 	       access("/sys/kernel/debug/tracing/events", R_OK) == 0;
 }
 
+/*
+ * The kernel's BTF for the start-up probes below (ks_tp_exists, ks_probe_*):
+ * parsed once (about 2x the size of /sys/kernel/btf/vmlinux in heap, tens of
+ * ms of CPU) however many tracepoints are probed, and freed by
+ * probe_btf_release() before libbpf loads its own copy for CO-RE, so no two
+ * copies are ever live together.
+ */
+static struct btf *probe_btf;
+static bool probe_btf_tried;
+
+static const struct btf *vmlinux_btf(void)
+{
+	if (!probe_btf_tried) {
+		probe_btf = btf__load_vmlinux_btf();
+		probe_btf_tried = true;
+	}
+	return probe_btf;
+}
+
+static void probe_btf_release(void)
+{
+	btf__free(probe_btf);
+	probe_btf = NULL;
+	probe_btf_tried = false;
+}
+
 bool ks_tp_exists(const char *category, const char *name)
 {
 	char path[256];
-	struct btf *btf;
-	bool ok = false;
+	const struct btf *btf;
 
 	snprintf(path, sizeof(path), "/sys/kernel/tracing/events/%s/%s", category, name);
 	if (access(path, F_OK) == 0)
@@ -282,13 +310,11 @@ bool ks_tp_exists(const char *category, const char *name)
 	snprintf(path, sizeof(path), "/sys/kernel/debug/tracing/events/%s/%s", category, name);
 	if (access(path, F_OK) == 0)
 		return true;
-	btf = btf__load_vmlinux_btf();
-	if (btf) {
-		snprintf(path, sizeof(path), "btf_trace_%s", name);
-		ok = btf__find_by_name_kind(btf, path, BTF_KIND_TYPEDEF) > 0;
-		btf__free(btf);
-	}
-	return ok;
+	btf = vmlinux_btf();
+	if (!btf)
+		return false;
+	snprintf(path, sizeof(path), "btf_trace_%s", name);
+	return btf__find_by_name_kind(btf, path, BTF_KIND_TYPEDEF) > 0;
 }
 
 /* r0 = 0; exit */
@@ -299,13 +325,12 @@ static const struct bpf_insn ret0[] = {
 
 static int probe_tracing(const char *btf_name, int kind, enum bpf_attach_type type)
 {
-	struct btf *btf = btf__load_vmlinux_btf();
+	const struct btf *btf = vmlinux_btf();
 	int id, fd, lfd, ret;
 
 	if (!btf)
 		return -ENOENT;
 	id = btf__find_by_name_kind(btf, btf_name, kind);
-	btf__free(btf);
 	if (id <= 0)
 		return -ENOENT;
 	LIBBPF_OPTS(bpf_prog_load_opts, lo, .expected_attach_type = type, .attach_btf_id = id);
@@ -768,6 +793,7 @@ static int load_and_attach(struct ks_tracer *t, struct bpf_object_skeleton *s, c
 {
 	int err;
 
+	probe_btf_release(); /* libbpf parses its own copy for CO-RE and frees it after the load */
 	err = bpf_object__load_skeleton(s);
 	if (err) {
 		fprintf(stderr, "%s: cannot load BPF programs: %s (run with -v for the verifier log)\n", t->producer,
@@ -782,6 +808,24 @@ static int load_and_attach(struct ks_tracer *t, struct bpf_object_skeleton *s, c
 		return -1;
 	}
 	return 0;
+}
+
+/*
+ * Start-up is over: hand the freed heap back to the kernel.  Loading the
+ * kernel BTF takes two blocks the size of /sys/kernel/btf/vmlinux (the file's
+ * bytes and the parsed copy); the probes' load gets them from mmap and
+ * returns them on free, but that free raises glibc's dynamic mmap threshold,
+ * so libbpf's load for CO-RE takes them from brk, and what is allocated after
+ * it (links, ring buffer, per-CPU buffers) pins the heap top: freed, yet kept
+ * (measured: ks-oom-kill 11.4 MiB of heap).  malloc_trim(0) returns every
+ * free page, not only the top.
+ */
+static void release_startup_heap(void)
+{
+	probe_btf_release();
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
 }
 
 int ks_tracer_main(const struct ks_tracer_desc *d, int argc, char **argv)
@@ -826,6 +870,7 @@ int ks_tracer_main(const struct ks_tracer_desc *d, int argc, char **argv)
 	snprintf(t.detail, sizeof(t.detail), "pid=%d", ks_opts.pid);
 	if (d->start && d->start(&t) != 0)
 		goto cleanup;
+	release_startup_heap();
 	fprintf(stderr, "%s: attached (attach_mode=%s, %s)\n", t.producer, t.attach_mode, t.detail);
 	err = run(&t, rb, d->tick) ? 1 : 0;
 
@@ -833,6 +878,7 @@ cleanup:
 	ring_buffer__free(rb);
 	if (d->close)
 		d->close();
+	probe_btf_release();
 	ks_out_close(&t.out);
 	return err;
 }
