@@ -10,7 +10,7 @@ export KS_DATA_DIR ?= $(CURDIR)/data
 APT_PACKAGES := build-essential cmake pkg-config clang llvm libbpf-dev bpftool \
 	libelf-dev zlib1g-dev libbpf-tools python3-venv python3-dev stress-ng fio chromium \
 	sysbench linux-perf apache2-utils wrk iperf3 nftables iproute2 sqlite3 xz-utils \
-	prometheus prometheus-alertmanager tmux hping3 nodejs
+	prometheus prometheus-alertmanager prometheus-node-exporter tmux hping3 nodejs
 PY_BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12"
 
 # Python is installed editable (every .py is live); only native sources, the

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-BENCHES = ["ingest", "tracers", "features", "storage"]
+BENCHES = ["ingest", "tracers", "features", "storage", "overhead"]
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,241 @@
+"""What KernelSight costs, side by side with what operators already run, in one run.
+
+Phase 1, the reference: Debian's prometheus-node-exporter, and Debian's prometheus
+scraping it every 1 s (TSDB in a temp dir), both on free loopback ports.
+Phase 2: the whole pipeline as `make run` starts it (`ks run`: tracers, libbpf-tools
+collectors, scraper, ingest, agent, exporter) at --interval 1 on a private data dir,
+FIFO and exporter port.
+Each phase: WARMUP_S of warm-up, then MEASURE_S measured on an otherwise idle machine:
+- CPU, % of one core, over the whole process tree (kernelsight.proctree: utime+stime
+  plus what exited children were reaped into);
+- PSS and RSS summed over the tree, mean of samples every PSS_EVERY_S.
+The per-process table names each pipeline process by its supervisor child name
+(DATA_DIR/status.json) and a child's own children by "name/comm".
+Phase 3, tracing cost with the whole pipeline running: the getppid loop and
+`tar -cf - /usr/include | cat >/dev/null`, pinned to the last CPU, untraced (before
+`ks run`) / traced (pipeline up) / untraced (after), median of RUNS each.
+Phase 2 also counts the exec events the pipeline stored while idle, by command and
+parent command: an idle host should exec next to nothing, and the pipeline nothing.
+
+run() -> rows for bench/results.json (see bench/__main__.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from kernelsight.proctree import TreeMeter, names_below
+
+from bench._pipeline import query, wait
+
+WARMUP_S = float(os.environ.get("KS_BENCH_WARMUP_S", "90"))
+MEASURE_S = float(os.environ.get("KS_BENCH_MEASURE_S", "60"))
+PSS_EVERY_S = 10.0
+RUNS = int(os.environ.get("KS_BENCH_RUNS", "3"))
+LOOP = 3_000_000
+
+
+def measure(roots: list[int], seconds: float, name_of=None) -> dict:
+    """CPU and memory of the trees below roots over `seconds` (kernelsight.proctree)."""
+    m = TreeMeter(roots, name_of)
+    end = time.monotonic() + seconds
+    while True:
+        m.sample()
+        left = end - time.monotonic()
+        if left <= 0:
+            return m.finish()
+        time.sleep(min(PSS_EVERY_S, left))
+
+
+def _du_bytes(path: Path) -> int:
+    n = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                n += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return n
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _stop(procs: list[subprocess.Popen], sig=signal.SIGTERM) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+# ------------------------------------------------------------------ phases
+def reference(tmp: Path) -> dict:
+    """node_exporter + Prometheus scraping it every 1 s."""
+    ne_bin = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+    prom_bin = shutil.which("prometheus")
+    if not ne_bin or not prom_bin:
+        raise RuntimeError("prometheus-node-exporter and prometheus are needed (make setup installs them)")
+    ne_port, prom_port = _free_port(), _free_port()
+    (tmp / "tsdb").mkdir()
+    (tmp / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: node\n    static_configs: [{{targets: ['127.0.0.1:{ne_port}']}}]\n")
+    procs = []
+    with open(tmp / "reference.log", "wb") as log:
+        procs.append(subprocess.Popen([ne_bin, f"--web.listen-address=127.0.0.1:{ne_port}"],
+                                      stdout=log, stderr=log, start_new_session=True))
+        procs.append(subprocess.Popen([prom_bin, f"--config.file={tmp / 'prometheus.yml'}",
+                                       f"--storage.tsdb.path={tmp / 'tsdb'}",
+                                       f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                      stdout=log, stderr=log, start_new_session=True))
+    try:
+        if not wait(lambda: _ready(f"http://127.0.0.1:{prom_port}/-/ready"), 60, 0.5):
+            raise RuntimeError(f"prometheus did not start (see {tmp / 'reference.log'})")
+        time.sleep(WARMUP_S)
+        m = measure([p.pid for p in procs], MEASURE_S,
+                    names_below({procs[0].pid: "node_exporter", procs[1].pid: "prometheus"}))
+        m["disk_bytes"] = _du_bytes(tmp / "tsdb")
+        return m
+    finally:
+        _stop(procs)
+
+
+class _Ks:
+    """`ks run --interval 1` with everything on (as `make run`), private data dir, FIFO and exporter port."""
+
+    def __init__(self, tmp: Path):
+        self.data, self.fifo = tmp / "ks-data", str(tmp / "ks.fifo")
+        self.db = self.data / "kernelsight.db"
+        self.log = tmp / "ks-run.log"
+        cfg = tmp / "config.toml"
+        cfg.write_text(f"[exporter]\nport = {_free_port()}\n")
+        env = {**os.environ, "KS_CONFIG": str(cfg), "KS_DATA_DIR": str(self.data), "KS_FIFO": self.fifo}
+        ks = Path(sys.executable).with_name("ks")
+        with open(self.log, "wb") as log_f:
+            self.sup = subprocess.Popen([str(ks), "run", "--data-dir", str(self.data), "--fifo", self.fifo,
+                                         "--interval", "1"], env=env, stdout=subprocess.DEVNULL, stderr=log_f,
+                                        start_new_session=True)
+        if not wait(lambda: (query(self.db, "SELECT COUNT(*) FROM features") or [(0,)])[0][0] >= 4, 180):
+            self.stop()
+            raise RuntimeError(f"the pipeline did not start (see {self.log})")
+
+    def child_names(self) -> dict[int, str]:
+        import orjson
+
+        try:
+            st = orjson.loads((self.data / "status.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return {c["pid"]: c["name"] for c in st.get("children", []) if c.get("pid")}
+
+    def stop(self) -> None:
+        _stop([self.sup], signal.SIGINT)
+
+
+def pipeline(tmp: Path, ks: _Ks) -> dict:
+    time.sleep(WARMUP_S)
+    t_from = time.time_ns()
+    m = measure([ks.sup.pid], MEASURE_S, names_below({ks.sup.pid: "supervisor (ks run)", **ks.child_names()}))
+    t_to = time.time_ns()
+    m["disk_bytes"] = _du_bytes(ks.data)
+    execs = query(ks.db, "SELECT e.comm, COALESCE(p.comm, '?'), COUNT(*) FROM exec_events e "
+                         "LEFT JOIN (SELECT pid, comm FROM exec_events GROUP BY pid) p ON p.pid = e.ppid "
+                         "WHERE e.ts BETWEEN ? AND ? GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 8", (t_from, t_to))
+    m["execs"] = sum(n for _, _, n in execs)
+    m["exec_top"] = [f"{c} (parent {pc}) x{n}" for c, pc, n in execs]
+    return m
+
+
+def _tracing(fns: dict) -> dict[str, list[float]]:
+    return {name: [fn() for _ in range(RUNS)] for name, fn in fns.items()}
+
+
+def run() -> list[dict]:
+    from bench.tracers import _cpu, _pinned, _timed, _workload
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="ks_overhead_") as td:
+        tmp = Path(td)
+        wl = _workload(tmp)
+        src = "/usr/include" if Path("/usr/include").is_dir() else "/usr/lib"
+
+        def getppid_s() -> float:
+            out = subprocess.run(_pinned([wl, "getppid", str(LOOP)]), capture_output=True, text=True, check=True)
+            return int(out.stdout.split()[1]) / 1e9
+        fns = {"getppid": getppid_s,
+               "tar_pipe": lambda: _timed(["sh", "-c", f"tar -cf - -C {src} . | cat > /dev/null"])}
+        fns["tar_pipe"]()  # page cache warm for every tar run
+        ref = reference(tmp)
+        before = _tracing(fns)
+        ks = _Ks(tmp)
+        try:
+            ksm = pipeline(tmp, ks)
+            traced = _tracing(fns)
+        finally:
+            ks.stop()
+        after = _tracing(fns)
+
+    load = os.getloadavg()
+    table = "; ".join(f"{r['process']} {r['cpu_pct']:.2f} % / {r['pss_mib']:.0f} MiB" for r in ksm["per_process"]
+                      if r["cpu_pct"] >= 0.05 or r["pss_mib"] >= 5)
+    ref_table = "; ".join(f"{r['process']} {r['cpu_pct']:.2f} % / {r['pss_mib']:.0f} MiB" for r in ref["per_process"])
+    common = (f"idle, --interval 1, {WARMUP_S:.0f} s warm-up then {MEASURE_S:.0f} s measured, one run, "
+              f"{os.cpu_count()} CPUs; load avg at the end {load[0]:.2f}")
+    rows.append({
+        "name": "idle_cpu_ratio_vs_node_exporter_prometheus", "value": ksm["cpu_pct"] / ref["cpu_pct"],
+        "unit": "x", "ratio": ksm["cpu_pct"] / ref["cpu_pct"],
+        "notes": f"ks run (whole pipeline) {ksm['cpu_pct']:.2f} % of a core, {ksm['processes']} processes vs "
+                 f"node_exporter + Prometheus (1 s scrapes) {ref['cpu_pct']:.2f} %, {ref['processes']} processes; "
+                 f"target <= 1.0; {common}. Per process (CPU / PSS): {table}. Reference: {ref_table}. "
+                 f"Exec events stored while idle: {ksm['execs']}"
+                 + (f" ({', '.join(ksm['exec_top'])})" if ksm["exec_top"] else ""),
+        "per_process": ksm["per_process"], "reference_per_process": ref["per_process"]})
+    rows.append({
+        "name": "idle_pss_ratio_vs_node_exporter_prometheus", "value": ksm["pss_mib"] / ref["pss_mib"],
+        "unit": "x", "ratio": ksm["pss_mib"] / ref["pss_mib"],
+        "notes": f"PSS ks run {ksm['pss_mib']:.0f} MiB (RSS {ksm['rss_mib']:.0f} MiB) vs node_exporter + Prometheus "
+                 f"{ref['pss_mib']:.0f} MiB (RSS {ref['rss_mib']:.0f} MiB); target <= 1.5; disk after the phase: "
+                 f"ks {ksm['disk_bytes'] / 1e6:.1f} MB, Prometheus TSDB {ref['disk_bytes'] / 1e6:.1f} MB; {common}"})
+    for name, unit, target in (("getppid", "ns/call", 2.5), ("tar_pipe", "s", None)):
+        b = statistics.median(before[name] + after[name])
+        t = statistics.median(traced[name])
+        value = t * 1e9 / LOOP if name == "getppid" else t
+        rows.append({
+            "name": f"tracer_syscall_{name}_overhead_full_pipeline", "value": value, "unit": unit, "ratio": t / b,
+            "notes": f"pinned to cpu {_cpu()}, untraced (before ks run) / traced (whole pipeline up, idle) / untraced "
+                     f"(after), median of {RUNS} each: before {statistics.median(before[name]):.4f} s, traced "
+                     f"{t:.4f} s, after {statistics.median(after[name]):.4f} s"
+                     + (f"; target ratio <= {target}" if target else f"; tar -cf - -C {src} . | cat >/dev/null")})
+    return rows
+
+
+if __name__ == "__main__":
+    import json
+
+    for r in run():
+        print(json.dumps(r))
