@@ -11,7 +11,7 @@ import orjson
 
 
 def _log(component: str):
-    # Not kernelsight.log (structlog): importing it costs ~15 MB RSS per runner.
+    # kernelsight.log's JSON-lines logger (no structlog: see kernelsight/log.py).
     from .jsonlog import get_logger
     return get_logger(component)
 

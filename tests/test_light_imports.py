@@ -1,4 +1,4 @@
-"""The long-running processes stay light: none imports pandas, pyarrow or matplotlib.
+"""The long-running processes stay light: none imports pandas, pyarrow, matplotlib or structlog.
 
 Each test starts a fresh interpreter and imports what that process imports at
 start: its entry module, and the modules its start-up functions import inside
@@ -23,7 +23,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURE = REPO / "tests" / "fixtures" / "agent" / "memory_pressure.jsonl"
-HEAVY = ("pandas", "pyarrow", "matplotlib")
+HEAVY = ("pandas", "pyarrow", "matplotlib", "structlog")  # structlog: asyncio, ssl and rich come with it
 
 PRELUDE = textwrap.dedent('''
     import ast, importlib, inspect, json, os, sys, textwrap
@@ -151,6 +151,7 @@ def test_ks_exporter(replayed):
         assert "kernelsight_" in out.getvalue()
         from kernelsight import log
         log.configure("ks-exporter")
+        assert "numpy" not in sys.modules, "the exporter reads the catalog for names and units only"
     ''', d) == []
 
 

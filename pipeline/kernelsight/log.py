@@ -1,58 +1,102 @@
-"""structlog set-up shared by every Python process: JSON lines to stderr or a file.
+"""Logging for every Python process: JSON lines to stderr or a file, and log rotation.
+
+One line per call, written with one write(): the bound keys, "event", the call's keys,
+"level" and an ISO UTC "timestamp" (the shape structlog's JSONRenderer gives).  A small
+logger of our own rather than structlog in the long-running processes: structlog's
+import pulls in asyncio, ssl and rich, about 13 MiB of PSS in each of ks run, ks-ingest,
+ks-agent and ks-exporter (measured), for bind() and four levels.  KS_LOG_LEVEL filters.
 
 stdout belongs to data (producers write event lines there), so logs never go to it.
+A log that cannot be written (a full disk) costs the line, counted in lost_lines,
+never the process.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import stat
-import sys
+import time
 from pathlib import Path
 
-import structlog
+import orjson
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-class _LossyStream:
-    """A log stream that never raises: a child's stderr is a file in the data dir,
-    and a full disk must cost log lines (counted), not the process."""
+def _timestamp() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
-    def __init__(self, stream):
-        self.stream = stream
+
+class _Sink:
+    """Where a logger's lines go, shared by the loggers bind() derives."""
+
+    def __init__(self, fd: int, min_level: int):
+        self.fd = fd
+        self.min_level = min_level
         self.lost_lines = 0
 
-    def write(self, text: str) -> None:
+
+class JsonLog:
+    def __init__(self, fd: int = 2, level: str | None = None, **bound) -> None:
+        name = (level or os.environ.get("KS_LOG_LEVEL", "info")).lower()
+        self._sink = _Sink(fd, LEVELS.get(name, 20))
+        self.bound = bound
+
+    @property
+    def lost_lines(self) -> int:
+        return self._sink.lost_lines
+
+    def bind(self, **kw) -> JsonLog:
+        new = JsonLog.__new__(JsonLog)
+        new._sink = self._sink
+        new.bound = {**self.bound, **kw}
+        return new
+
+    def _log(self, level: str, event: str, kw: dict) -> None:
+        sink = self._sink
+        if LEVELS[level] < sink.min_level:
+            return
+        rec = {**self.bound, "event": event, **kw, "level": level, "timestamp": _timestamp()}
         try:
-            self.stream.write(text)
-        except (OSError, ValueError):
-            self.lost_lines += 1
+            os.write(sink.fd, orjson.dumps(rec, default=str) + b"\n")
+        except (OSError, TypeError):
+            sink.lost_lines += 1
 
-    def flush(self) -> None:
-        try:
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
+    def debug(self, event: str, **kw) -> None:
+        self._log("debug", event, kw)
+
+    def info(self, event: str, **kw) -> None:
+        self._log("info", event, kw)
+
+    def warning(self, event: str, **kw) -> None:
+        self._log("warning", event, kw)
+
+    warn = warning
+
+    def error(self, event: str, **kw) -> None:
+        self._log("error", event, kw)
+
+    def critical(self, event: str, **kw) -> None:
+        self._log("critical", event, kw)
+
+    def exception(self, event: str, **kw) -> None:
+        import traceback
+
+        self._log("error", event, {**kw, "exception": traceback.format_exc()})
 
 
-def configure(component: str, level: str | None = None, log_file: str | None = None) -> structlog.BoundLogger:
-    level_name = (level or os.environ.get("KS_LOG_LEVEL", "info")).upper()
-    raw = open(log_file, "a", buffering=1) if log_file else sys.stderr  # noqa: SIM115 - lives as long as the process
-    stream = _LossyStream(raw)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level_name)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
-    )
-    return structlog.get_logger().bind(component=component, pid=os.getpid())
+def get_logger(component: str, fd: int = 2) -> JsonLog:
+    return JsonLog(fd, component=component, pid=os.getpid())
+
+
+def configure(component: str, level: str | None = None, log_file: str | None = None) -> JsonLog:
+    """The logger of one process: to stderr, or appended to log_file (created 0600)."""
+    fd = 2
+    if log_file:
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)  # lives as long as we do
+    return JsonLog(fd, level, component=component, pid=os.getpid())
 
 
 def rotate_if_needed(path: str | os.PathLike, max_bytes: int, keep: int) -> bool:

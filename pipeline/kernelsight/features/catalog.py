@@ -44,8 +44,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
 from .window import FEATURE_STEP_S, FEATURE_WINDOW_S  # noqa: F401 - re-exported: the catalog's window and step
 
 
@@ -176,19 +174,27 @@ class Feature:
         return "derived"
 
 
+# numpy is imported where a derived feature is computed, not here: ks-exporter reads the
+# catalog for names and units only, and must not carry numpy for that.
 def _nan_safe(f):
     def g(*a):
+        import numpy as np
+
         with np.errstate(all="ignore"):
             return f(*a)
     return g
 
 
 def _clip01(x):
+    import numpy as np
+
     return np.clip(x, 0.0, 1.0)
 
 
 @_nan_safe
 def _io_bottleneck(util, iowait, psi_io, await_ms):
+    import numpy as np
+
     comps = np.vstack([_clip01(util / 100.0), _clip01(iowait / 25.0), _clip01(psi_io / 25.0), _clip01(await_ms / 50.0)])
     n = np.sum(~np.isnan(comps), axis=0)
     out = 100.0 * np.nansum(comps, axis=0) / np.where(n > 0, n, 1)
@@ -197,6 +203,8 @@ def _io_bottleneck(util, iowait, psi_io, await_ms):
 
 @_nan_safe
 def _mem_pressure(avail_pct, swap_out, scan, psi_mem):
+    import numpy as np
+
     comps = np.vstack([_clip01((20.0 - avail_pct) / 20.0), _clip01(swap_out / 1000.0),
                        _clip01(scan / 10000.0), _clip01(psi_mem / 10.0)])
     n = np.sum(~np.isnan(comps), axis=0)
@@ -206,17 +214,23 @@ def _mem_pressure(avail_pct, swap_out, scan, psi_mem):
 
 @_nan_safe
 def _exhaustion_eta(avail_mb, slope_mb_per_min):
+    import numpy as np
+
     eta = avail_mb / (-slope_mb_per_min) * 60.0
     return np.where(slope_mb_per_min < 0, eta, np.nan)
 
 
 @_nan_safe
 def _ratio(a, b):
+    import numpy as np
+
     return np.where(b > 0, a / b, np.nan)
 
 
 @_nan_safe
 def _blocked_share(running, blocked):
+    import numpy as np
+
     tot = running + blocked
     return np.where(tot > 0, 100.0 * blocked / tot, np.nan)
 
