@@ -66,7 +66,9 @@ def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (defa
             next_t += step
             polled = time.monotonic()
             while not stopping and time.monotonic() < next_t:
-                time.sleep(min(0.2, max(0.0, next_t - time.monotonic())))
+                # wake only to look for urgent work (or to step): a signal ends the sleep's
+                # wait no later than URGENT_POLL_S (PEP 475 resumes it after the handler)
+                time.sleep(max(0.0, min(polled + URGENT_POLL_S, next_t) - time.monotonic()))
                 if time.monotonic() - polled >= URGENT_POLL_S:
                     polled = time.monotonic()
                     if agent.urgent():  # an OOM kill: judge now, not at the next step
