@@ -200,3 +200,28 @@ def test_hist_quantile_matches_tracer_rule():
     assert hist_quantile(h, 0.25)[0] == approx(2.0)  # rank 1: top of bucket 0
     assert hist_quantile(h, 0.5)[0] == approx(8 + 8 * (2 - 1) / 3)
     assert math.isnan(hist_quantile(np.zeros((1, 32)), 0.5)[0])
+
+
+def test_table_schema_is_kept_until_the_database_schema_changes(tmp_path):
+    """The engine keeps each database file's table info between vectors (the agent computes one
+    every step) and reads it again once the schema changes (a column added by a newer schema)."""
+    import sqlite3
+    from types import SimpleNamespace
+
+    from kernelsight.features import engine as fe
+
+    conn = sqlite3.connect(tmp_path / "k.db")
+    conn.execute("CREATE TABLE memory_metrics (id INTEGER PRIMARY KEY, ts INTEGER, mem_available_kb INTEGER)")
+    conn.commit()
+    eng = SimpleNamespace(conn=conn)
+    first = fe._Engine._schema(eng)
+    assert fe._Engine._schema(eng) is first  # kept
+    conn.execute("ALTER TABLE memory_metrics ADD COLUMN swap_used_kb INTEGER")
+    conn.commit()
+    again = fe._Engine._schema(eng)
+    assert again is not first and again["memory_metrics"]["swap_used_kb"] == "INTEGER"
+    mem = sqlite3.connect(":memory:")  # no file: never kept (another in-memory database may follow)
+    mem.execute("CREATE TABLE t (ts INTEGER)")
+    assert fe._Engine._schema(SimpleNamespace(conn=mem)) is not fe._Engine._schema(SimpleNamespace(conn=mem))
+    conn.close()
+    mem.close()

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 NS = 1_000_000_000
 LOOKBACK_NS = 10 * NS  # extra history read before the first window for counter deltas
 PAIR_TOLERANCE_NS = int(1.5 * NS)
+# database file -> (PRAGMA schema_version, {table: {column: type}}), see _Engine._schema
+_SCHEMA_CACHE: dict[str, tuple[int, dict[str, dict[str, str]]]] = {}
 _IDENT = re.compile(r"(?<![\w.])([A-Za-z_]\w*)")
 
 
@@ -261,8 +263,20 @@ class _Engine:
 
     # ---- loading
     def _schema(self) -> dict[str, dict[str, str]]:
-        tables = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: {r[1]: (r[2] or "").upper() for r in self.conn.execute(f'PRAGMA table_info("{t}")')} for t in tables}
+        """Columns and types of every table (read-only for callers).  Kept per database file
+        until its schema_version changes: the agent computes a vector every step, and reading
+        every table's info each time was ~75 queries a step."""
+        conn = self.conn
+        path = next((r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"), "")
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+        hit = _SCHEMA_CACHE.get(path) if path else None
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        schema = {t: {r[1]: (r[2] or "").upper() for r in conn.execute(f'PRAGMA table_info("{t}")')} for t in tables}
+        if path:  # not an in-memory database: its name is "" and another one may reuse it
+            _SCHEMA_CACHE[path] = (version, schema)
+        return schema
 
     def _load(self) -> None:
         need: dict[str, set[str]] = {}
