@@ -61,3 +61,17 @@ def has_reader(fifo: str) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def tracer_bin(name: str, required: bool = False) -> str:
+    """A built tracer (ks-NAME): $KS_TRACER_DIR, the venv's bin, then the CMake build trees.
+    Missing: the test is skipped, or failed when the suite requires it (required=True)."""
+    dirs = [Path(os.environ["KS_TRACER_DIR"])] if os.environ.get("KS_TRACER_DIR") else []
+    dirs += [BIN_DIR, REPO / "build/dev/bpf", *sorted(REPO.glob("build/*/bpf"))]
+    for d in dirs:
+        if (d / name).exists():
+            return str(d / name)
+    why = f"{name} not built (make build, or cmake -S . -B build/dev && cmake --build build/dev)"
+    if required:
+        pytest.fail(why)
+    pytest.skip(why)

@@ -13,12 +13,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import orjson
 import pytest
+from conftest import tracer_bin
 from kernelsight.collectors.execsnoop import ExecsnoopParser
 from kernelsight.schema import LINE_MAX, load_schema
 
@@ -26,13 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 TRUE = "/bin/true"
 
 
-def tracer_bin(name: str) -> str:
-    dirs = [Path(os.environ["KS_TRACER_DIR"])] if os.environ.get("KS_TRACER_DIR") else []
-    dirs += [Path(sys.executable).parent, REPO / "build/dev/bpf", *sorted(REPO.glob("build/*/bpf"))]
-    for d in dirs:
-        if (d / name).exists():
-            return str(d / name)
-    pytest.skip(f"{name} not built (make build)")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-
+from conftest import tracer_bin
 from kernelsight.schema import load_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,13 +32,6 @@ LIMIT = 64 << 20
 ALLOC = "a = []\nwhile True:\n    a.append(bytearray(8 << 20))\n"
 
 
-def tracer_bin(name: str) -> str:
-    dirs = [Path(os.environ["KS_TRACER_DIR"])] if os.environ.get("KS_TRACER_DIR") else []
-    dirs += [Path(sys.executable).parent, REPO / "build/dev/bpf", *sorted(REPO.glob("build/*/bpf"))]
-    for d in dirs:
-        if (d / name).exists():
-            return str(d / name)
-    pytest.skip(f"{name} not built (make build)")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,20 +26,8 @@ SCHEMA = {t: e for p in sorted((REPO / "schema/events").glob("*.json"))
 pytestmark = pytest.mark.bpf
 
 
-def _bin_dirs():
-    if os.environ.get("KS_TRACER_DIR"):
-        yield Path(os.environ["KS_TRACER_DIR"])
-    yield Path(sys.executable).parent
-    yield REPO / "build/dev/bpf"
-    yield from sorted(REPO.glob("build/*/bpf"))
-
-
 def tracer_bin(name: str) -> str:
-    for d in _bin_dirs():
-        p = d / name
-        if p.exists():
-            return str(p)
-    pytest.fail(f"{name} not built (make build, or cmake -S . -B build/dev && cmake --build build/dev)")
+    return conftest.tracer_bin(name, required=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
