@@ -207,7 +207,7 @@ def test_descendants_from_children_files_match_psutil_and_the_proc_scan():
     reads); the full scan of /proc it falls back to and psutil (the oracle) find the same tree."""
     import psutil
 
-    from kernelsight import supervisor
+    from kernelsight import proctree, supervisor
 
     # a tree three levels deep, one child started from a second thread
     code = ("import subprocess, sys, threading; "
@@ -221,7 +221,7 @@ def test_descendants_from_children_files_match_psutil_and_the_proc_scan():
                  "both sleeps under sh")
         want = {c.pid for c in psutil.Process(p.pid).children(recursive=True)}
         assert supervisor.descendants(p.pid) == want
-        kids = supervisor._children_map()
+        kids = proctree._children_map()
         scan, todo = set(), [p.pid]
         while todo:
             for k in kids.get(todo.pop(), ()):

@@ -42,24 +42,66 @@ def read_stat(pid: int, proc: str = "/proc") -> Proc | None:
         return None
 
 
-def tree(roots: list[int], proc: str = "/proc") -> dict[int, Proc]:
-    """Every live process at or below roots."""
-    stats: dict[int, Proc] = {}
+def _children_map(proc: str = "/proc") -> dict[int, list[int]]:
+    """ppid -> pids from every PID/stat: the fallback for kernels without
+    /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN, on in distribution kernels)."""
+    kids: dict[int, list[int]] = {}
     for name in os.listdir(proc):
         if name.isdigit():
             s = read_stat(int(name), proc)
             if s is not None:
-                stats[int(name)] = s
-    kids: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in stats.items():
-        kids.setdefault(ppid, []).append(pid)
-    out: dict[int, Proc] = {}
-    todo = [r for r in roots if r in stats]
+                kids.setdefault(s[0], []).append(int(name))
+    return kids
+
+
+def _children_of(pid: int, proc: str = "/proc") -> list[int] | None:
+    """pid's children from its threads' children files (a few reads instead of one per
+    process on the host); None when the kernel has no such file, [] when pid is gone."""
+    try:
+        tids = os.listdir(f"{proc}/{pid}/task")
+    except OSError:
+        return None if os.path.isdir(f"{proc}/{pid}") else []
+    out: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"{proc}/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            if not os.path.exists(f"{proc}/{pid}/task/{tid}"):
+                continue  # the thread exited meanwhile
+            return None
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def descendants(pid: int, proc: str = "/proc") -> set[int]:
+    """Every live process below pid (children, their children, ...).  A process forked
+    while we read may be missed: callers look again."""
+    out: set[int] = set()
+    todo = [pid]
+    kids_map: dict[int, list[int]] | None = None
     while todo:
-        pid = todo.pop()
-        if pid not in out:
-            out[pid] = stats[pid]
-            todo.extend(kids.get(pid, ()))
+        p = todo.pop()
+        kids = _children_of(p, proc) if kids_map is None else kids_map.get(p, [])
+        if kids is None:  # no children files: one scan of /proc, then walk it
+            kids_map = _children_map(proc)
+            kids = kids_map.get(p, [])
+        for k in kids:
+            if k not in out:
+                out.add(k)
+                todo.append(k)
+    return out
+
+
+def tree(roots: list[int], proc: str = "/proc") -> dict[int, Proc]:
+    """Every live process at or below roots."""
+    out: dict[int, Proc] = {}
+    for root in roots:
+        for pid in {root} | descendants(root, proc):
+            s = read_stat(pid, proc)
+            if s is not None:
+                out[pid] = s
     return out
 
 

@@ -38,6 +38,7 @@ from .fifo import hold_fifo
 from .config import load as load_config
 from .log import rotate_if_needed
 from .procutil import Backoff, die_with_parent_preexec
+from .proctree import descendants
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -155,62 +156,6 @@ def claim(data_dir: Path, fifo: str) -> Claim:
         raise PipelineBusy(f"FIFO {fifo} is already used by another pipeline (pid {pid or '?'}), "
                            "on another data dir; give this one its own --fifo") from None
     return Claim(fd, ffd, size)
-
-
-def _children_map() -> dict[int, list[int]]:
-    """ppid -> pids from every /proc/PID/stat: the fallback for kernels without
-    /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN, on in distribution kernels)."""
-    kids: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(name))
-    return kids
-
-
-def _children_of(pid: int) -> list[int] | None:
-    """pid's children from its threads' children files (a few reads instead of one per
-    process on the host); None when the kernel has no such file, [] when pid is gone."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    out: list[int] = []
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out += [int(x) for x in f.read().split()]
-        except FileNotFoundError:
-            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
-                continue  # the thread exited meanwhile
-            return None
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below pid (children, their children, ...).  A process forked
-    while we read may be missed: the caller looks again every second."""
-    out: set[int] = set()
-    todo = [pid]
-    kids_map: dict[int, list[int]] | None = None
-    while todo:
-        p = todo.pop()
-        kids = _children_of(p) if kids_map is None else kids_map.get(p, [])
-        if kids is None:  # no children files: one scan of /proc, then walk it
-            kids_map = _children_map()
-            kids = kids_map.get(p, [])
-        for k in kids:
-            if k not in out:
-                out.add(k)
-                todo.append(k)
-    return out
 
 
 @dataclass
