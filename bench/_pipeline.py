@@ -34,19 +34,23 @@ def wait(cond, timeout_s: float, step: float = 0.2):
 
 
 class Pipeline:
-    """`ks run --interval 1 --no-collectors` in a temp dir named `prefix`; .tmp, .data, .fifo, .db."""
+    """`ks run --interval 1` in a temp dir named `prefix`; .tmp, .data, .fifo, .db.  Without the
+    libbpf-tools collectors unless collectors=True; `config` (TOML) becomes its KS_CONFIG."""
 
-    def __init__(self, prefix: str, *args: str):
+    def __init__(self, prefix: str, *args: str, collectors: bool = False, config: str | None = None):
         self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
         self.data, self.fifo = self.tmp / "data", str(self.tmp / "fifo")
         self.db = self.data / "kernelsight.db"
         self.log = self.tmp / "ks-run.log"
         ks = Path(sys.executable).with_name("ks")
         env = {**os.environ, "KS_DATA_DIR": str(self.data), "KS_FIFO": self.fifo}
+        if config is not None:
+            (self.tmp / "config.toml").write_text(config)
+            env["KS_CONFIG"] = str(self.tmp / "config.toml")
         with open(self.log, "wb") as log_f:
             self.sup = subprocess.Popen([str(ks), "run", "--data-dir", str(self.data), "--fifo", self.fifo,
-                                         "--interval", "1", "--no-collectors", *args], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=log_f, start_new_session=True)
+                                         "--interval", "1", *([] if collectors else ["--no-collectors"]), *args],
+                                        env=env, stdout=subprocess.DEVNULL, stderr=log_f, start_new_session=True)
 
     def wait_vectors(self, n: int = 4, timeout_s: float = 120) -> None:
         """Until the agent has stored n feature vectors (the whole pipeline runs)."""

@@ -28,7 +28,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from kernelsight.proctree import TreeMeter, names_below
 
-from bench._pipeline import query, wait
+from bench._pipeline import Pipeline, query, wait
 
 WARMUP_S = float(os.environ.get("KS_BENCH_WARMUP_S", "90"))
 MEASURE_S = float(os.environ.get("KS_BENCH_MEASURE_S", "60"))
@@ -82,10 +81,10 @@ def _ready(url: str) -> bool:
         return False
 
 
-def _stop(procs: list[subprocess.Popen], sig=signal.SIGTERM) -> None:
+def _stop(procs: list[subprocess.Popen]) -> None:
     for p in reversed(procs):
         if p.poll() is None:
-            p.send_signal(sig)
+            p.send_signal(signal.SIGTERM)
             try:
                 p.wait(timeout=90)
             except subprocess.TimeoutExpired:
@@ -125,42 +124,21 @@ def reference(tmp: Path) -> dict:
         _stop(procs)
 
 
-class _Ks:
-    """`ks run --interval 1` with everything on (as `make run`), private data dir, FIFO and exporter port."""
+def _child_names(data: Path) -> dict[int, str]:
+    """pid -> child name, from the supervisor's DATA_DIR/status.json."""
+    import orjson
 
-    def __init__(self, tmp: Path):
-        self.data, self.fifo = tmp / "ks-data", str(tmp / "ks.fifo")
-        self.db = self.data / "kernelsight.db"
-        self.log = tmp / "ks-run.log"
-        cfg = tmp / "config.toml"
-        cfg.write_text(f"[exporter]\nport = {_free_port()}\n")
-        env = {**os.environ, "KS_CONFIG": str(cfg), "KS_DATA_DIR": str(self.data), "KS_FIFO": self.fifo}
-        ks = Path(sys.executable).with_name("ks")
-        with open(self.log, "wb") as log_f:
-            self.sup = subprocess.Popen([str(ks), "run", "--data-dir", str(self.data), "--fifo", self.fifo,
-                                         "--interval", "1"], env=env, stdout=subprocess.DEVNULL, stderr=log_f,
-                                        start_new_session=True)
-        if not wait(lambda: (query(self.db, "SELECT COUNT(*) FROM features") or [(0,)])[0][0] >= 4, 180):
-            self.stop()
-            raise RuntimeError(f"the pipeline did not start (see {self.log})")
-
-    def child_names(self) -> dict[int, str]:
-        import orjson
-
-        try:
-            st = orjson.loads((self.data / "status.json").read_bytes())
-        except (OSError, ValueError):
-            return {}
-        return {c["pid"]: c["name"] for c in st.get("children", []) if c.get("pid")}
-
-    def stop(self) -> None:
-        _stop([self.sup], signal.SIGINT)
+    try:
+        st = orjson.loads((data / "status.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return {c["pid"]: c["name"] for c in st.get("children", []) if c.get("pid")}
 
 
-def pipeline(tmp: Path, ks: _Ks) -> dict:
+def pipeline(ks: Pipeline) -> dict:
     time.sleep(WARMUP_S)
     t_from = time.time_ns()
-    m = measure([ks.sup.pid], MEASURE_S, names_below({ks.sup.pid: "supervisor (ks run)", **ks.child_names()}))
+    m = measure([ks.sup.pid], MEASURE_S, names_below({ks.sup.pid: "supervisor (ks run)", **_child_names(ks.data)}))
     t_to = time.time_ns()
     m["disk_bytes"] = _du_bytes(ks.data)
     execs = query(ks.db, "SELECT e.comm, COALESCE(p.comm, '?'), COUNT(*) FROM exec_events e "
@@ -176,7 +154,7 @@ def _tracing(fns: dict) -> dict[str, list[float]]:
 
 
 def run() -> list[dict]:
-    from bench.tracers import _cpu, _pinned, _timed, _workload
+    from bench.tracers import _cpu, _loop_s, _timed, _workload
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ks_overhead_") as td:
@@ -184,20 +162,20 @@ def run() -> list[dict]:
         wl = _workload(tmp)
         src = "/usr/include" if Path("/usr/include").is_dir() else "/usr/lib"
 
-        def getppid_s() -> float:
-            out = subprocess.run(_pinned([wl, "getppid", str(LOOP)]), capture_output=True, text=True, check=True)
-            return int(out.stdout.split()[1]) / 1e9
-        fns = {"getppid": getppid_s,
+        fns = {"getppid": lambda: _loop_s(wl, LOOP),
                "tar_pipe": lambda: _timed(["sh", "-c", f"tar -cf - -C {src} . | cat > /dev/null"])}
         fns["tar_pipe"]()  # page cache warm for every tar run
         ref = reference(tmp)
         before = _tracing(fns)
-        ks = _Ks(tmp)
+        # everything on, as `make run` starts it; the exporter on a free port
+        ks = Pipeline("ks-overhead-", collectors=True, config=f"[exporter]\nport = {_free_port()}\n")
         try:
-            ksm = pipeline(tmp, ks)
+            ks.wait_vectors(4, 180)
+            ksm = pipeline(ks)
             traced = _tracing(fns)
         finally:
             ks.stop()
+            shutil.rmtree(ks.tmp, ignore_errors=True)
         after = _tracing(fns)
 
     load = os.getloadavg()

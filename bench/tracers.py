@@ -166,8 +166,8 @@ def _overhead(fn, tmp: Path, runs: int) -> tuple[float, float, float]:
     return statistics.median(base), statistics.median(traced), sc / sc_t if sc_t else 0.0
 
 
-def _loop_s(wl: str) -> float:
-    out = subprocess.run(_pinned([wl, "getppid", str(LOOP)]), capture_output=True, text=True, check=True)
+def _loop_s(wl: str, n: int = LOOP) -> float:
+    out = subprocess.run(_pinned([wl, "getppid", str(n)]), capture_output=True, text=True, check=True)
     return int(out.stdout.split()[1]) / 1e9
 
 
