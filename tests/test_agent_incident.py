@@ -296,3 +296,20 @@ def test_a_chain_folds_into_its_root_with_every_link_as_evidence(agent):
     assert out == [storm]
     labels = [c.split(": ", 1)[0] for c in storm.correlated]
     assert "Oversubscription" in labels and "CPU Starvation" in labels
+
+
+def test_a_consequence_that_outlasts_its_cause_is_its_tail(agent):
+    # Oversubscription (the cause) held, then clears; the run queues (CPU Saturation) drain a step later
+    agent.tracker.update(0.0, [rule_finding("oversubscription")])
+    wait = RULES.settings.consequence_wait_s
+    for t in (5.0, 5.0 + wait, 5.0 + 2 * wait):
+        assert agent._one_per_incident([rule_finding("cpu_saturation")], [], now_s=t) == []
+    # once the cause is closed longer than the reopen window, a consequence is news again
+    agent.tracker.update(100.0, [])
+    agent.tracker.update(100.0 + RULES.settings.clear_after_s, [])
+    late = 100.0 + RULES.settings.clear_after_s + RULES.settings.reopen_within_s + 1
+    agent.tracker.update(late, [])
+    agent._one_per_incident([], [], now_s=late - 1)  # it stopped firing meanwhile
+    assert agent._one_per_incident([rule_finding("cpu_saturation")], [], now_s=late) == []
+    out = agent._one_per_incident([rule_finding("cpu_saturation")], [], now_s=late + wait)
+    assert [f.rule_id for f in out] == ["cpu_saturation"]

@@ -192,3 +192,19 @@ def test_event_loop_threads_and_their_run_queue_delay():
         p.wait()
         p.stdin.close()
         p.stdout.close()
+
+
+def test_dropping_interfaces_names_the_interface_by_its_drops_in_the_window():
+    import sqlite3
+
+    from kernelsight.agent.attribution import dropping_interfaces
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE network_interface_stats (ts INTEGER, interface TEXT, rx_drops_total INTEGER, "
+               "tx_drops_total INTEGER, rx_errors_total INTEGER, tx_errors_total INTEGER)")
+    rows = [(1, "eth0", 5, 0, 0, 0), (2, "eth0", 5, 0, 0, 0),  # old drops, none in the window
+            (1, "ks-loss0", 0, 100, 0, 0), (2, "ks-loss0", 0, 2100, 0, 3),
+            (1, "lo", 0, 0, 0, 0), (2, "lo", 0, 0, 0, 0)]
+    db.executemany("INSERT INTO network_interface_stats VALUES (?, ?, ?, ?, ?, ?)", rows)
+    assert dropping_interfaces(db, since_ns=0) == [
+        {"interface": "ks-loss0", "rx_drops": 0, "tx_drops": 2000, "rx_errors": 0, "tx_errors": 3}]
+    assert dropping_interfaces(sqlite3.connect(":memory:"), since_ns=0) == []  # no table yet: nobody named

@@ -357,6 +357,24 @@ def retransmitters(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
     return out
 
 
+def dropping_interfaces(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
+    """Interfaces by packets dropped plus errors since since_ns (/proc/net/dev deltas, every
+    namespace the scraper reads): a NIC, a veth end or a bridge is where such loss happens,
+    not a process."""
+    try:
+        rows = conn.execute(
+            "SELECT interface, MAX(rx_drops_total) - MIN(rx_drops_total), MAX(tx_drops_total) - MIN(tx_drops_total), "
+            "MAX(rx_errors_total) - MIN(rx_errors_total), MAX(tx_errors_total) - MIN(tx_errors_total) "
+            "FROM network_interface_stats WHERE ts >= ? GROUP BY interface", (since_ns,)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    out = [{"interface": i, "rx_drops": rd or 0, "tx_drops": td or 0, "rx_errors": re or 0, "tx_errors": te or 0}
+           for i, rd, td, re, te in rows]
+    out = [x for x in out if x["rx_drops"] + x["tx_drops"] + x["rx_errors"] + x["tx_errors"] > 0]
+    out.sort(key=lambda x: -(x["rx_drops"] + x["tx_drops"] + x["rx_errors"] + x["tx_errors"]))
+    return out[:TOP_N]
+
+
 CGROUP_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "name=systemd")
 
 

@@ -37,8 +37,8 @@ from ..features.store import read_matrix, write_matrix
 from ..storage.housekeeping import Housekeeper
 from .oom import OomWatch
 from .telemetry import TelemetryWatch
-from .attribution import (ProcessSampler, cgroup_of, connection_makers, retransmitters, short_lived_children,
-                          slow_syscalls, spawners)
+from .attribution import (ProcessSampler, cgroup_of, connection_makers, dropping_interfaces, retransmitters,
+                          short_lived_children, slow_syscalls, spawners)
 from .exhaustion import KINDS as EXHAUSTION_KINDS
 from .exhaustion import ExhaustionWatch
 from .forecast import RISK_LEVELS, forecast, forecast_cgroups
@@ -467,6 +467,13 @@ class Agent:
         explained = set().union(*self.explains.values()) if self.explains else set()
         firing = {f.key: self.firing_since.get(f.key, now_s) for f in fired if f.rule_id not in secondary}
         self.firing_since = firing
+        # A consequence that outlasts its cause (the run queues drain a step after the CPUs idle)
+        # is that incident's tail while the cause is open, clearing, or closed within reopen_within_s.
+        causes_about = [t for t in (*self.tracker.open.values(), *self.tracker.recently_closed.values())
+                        if t.closed_at is None or now_s - t.closed_at <= s.reopen_within_s]
+        for p in [p for p in primaries if p.label in explained and not self.tracker.is_open(p.key)]:
+            if any(p.label in self.explains.get(t.finding.label, ()) for t in causes_about if t.key != p.key):
+                primaries.remove(p)
         out = [p for p in primaries if self.tracker.is_open(p.key) or p.label not in explained
                or now_s - firing[p.key] >= s.consequence_wait_s]
         for f in fired:
@@ -526,6 +533,8 @@ class Agent:
                 rows = connection_makers(self.ro, since)
             elif kind == "retransmitters":
                 rows = retransmitters(self.ro, since)
+            elif kind == "dropping_interfaces":
+                rows = dropping_interfaces(self.ro, now_ns - int(FEATURE_WINDOW_S * 1e9))
             elif kind == "failing_processes":
                 rows = failing_processes(self.ro, now_ns - int(FEATURE_WINDOW_S * 1e9), now_ns,
                                          FEATURE_WINDOW_S) or []

@@ -53,6 +53,7 @@ from pathlib import Path
 
 from ..agent.rules import load_rules
 from ..proctree import TreeMeter
+from .netloss import VETH_HOST, VETH_NS
 
 DETECT_WITHIN_S = 30.0  # the goal, reported per scenario
 GIVE_UP_S = 2 * DETECT_WITHIN_S  # a late detection is still measured (and fails the goal), not lost
@@ -93,7 +94,10 @@ NET_RELATED = ("Network Hardware Issue",)
 IO_EXPECTED = ("I/O Saturation", "I/O Tail Latency", "I/O Queue Congestion")
 # HTTP/1.0 (the server closes each connection), a thread per connection; {python}: no pyenv-style shim in between
 HTTP_SERVER = "{python} -m http.server -b 127.0.0.1 {port} -d {dir}"
-NODE_SERVER = "node -e \"require('http').createServer((q, r) => r.end('ok')).listen({port}, '127.0.0.1')\""
+# Content-Length set: ab speaks HTTP/1.0, where node can only keep a connection alive when the body's
+# length is known (without it every ab -k request closed its connection: churn, not a loop under load).
+NODE_SERVER = ("node -e \"require('http').createServer((q, r) => {{ r.setHeader('Content-Length', 2); r.end('ok'); }})"
+               ".listen({port}, '127.0.0.1')\"")
 # A listener on every host address with a deep accept queue (never accepting: a flood target).
 LISTENER = ("{python} -c \"import socket, time; s = socket.socket(); "
             "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', {port})); "
@@ -160,10 +164,13 @@ SCENARIOS = [
              related=IO_LABELS + ("Scheduling Thrash",), tool="fio randread direct qd32", third_party=True,
              fault="I/O saturation", needs=("fio",), note="fio random 1 MiB O_DIRECT reads, iodepth 32, one job"),
     Scenario("io_saturation_dd", "cmd",
-             cmd(45, "rm -f {dir}/data; dd if=/dev/zero of={dir}/data bs=4M count=1024 oflag=direct status=none",
-                 "--loop"), IO_EXPECTED, related=IO_LABELS + ("Scheduling Thrash",), tool="dd oflag=direct",
+             # Four writers: one dd keeps a request or four in flight and each takes ~5 ms on this disk
+             # (busy, not slow); four queue ~26 deep and wait ~30 ms each.
+             cmd(45, "for i in 1 2 3 4; do rm -f {dir}/data$i; "
+                     "dd if=/dev/zero of={dir}/data$i bs=4M count=256 oflag=direct status=none & done; wait",
+                 "--loop"), IO_EXPECTED, related=IO_LABELS + ("Scheduling Thrash",), tool="dd oflag=direct (4 writers)",
              third_party=True, fault="I/O saturation", needs=("dd",),
-             note="dd 4 MiB O_DIRECT writes to a fresh 4 GiB file, again and again"),
+             note="four dd writing 4 MiB O_DIRECT blocks to fresh 1 GiB files, again and again"),
     # ---- write buffer saturation
     Scenario("write_buffer_saturation", "dirty", ["--seconds", "45"], ("Write Buffer Saturation",),
              related=IO_LABELS, tool="kernelsight dirty (pwrite loop)", fault="write buffer saturation",
@@ -597,10 +604,12 @@ GENERIC_COMMS = {"python", "python3", "bash", "sh", "dash", "sleep", "timeout", 
 
 
 def _named(obj, out: list[dict]) -> None:
-    """Every dict with a pid or a comm anywhere in an observation's JSON."""
+    """Every dict with a pid, a comm or an interface anywhere in an observation's JSON."""
     if isinstance(obj, dict):
-        if "pid" in obj or "comm" in obj:
-            out.append({k: obj[k] for k in ("pid", "comm") if k in obj})
+        if "pid" in obj or "comm" in obj or "interface" in obj:
+            out.append({k: obj[k] for k in ("pid", "comm", "interface") if k in obj})
+        if isinstance(obj.get("interfaces"), str):  # a namespace's interfaces (retransmitters)
+            out += [{"interface": i.strip()} for i in obj["interfaces"].split(",") if i.strip()]
         for v in obj.values():
             _named(v, out)
     elif isinstance(obj, list):
@@ -623,9 +632,13 @@ def named_processes(p: Pipeline, obs_id: int) -> list[dict]:
     return uniq
 
 
-def names_injector(named: list[dict], pids: set[int], comms: set[str]) -> list[dict]:
+def names_injector(named: list[dict], pids: set[int], comms: set[str],
+                   interfaces: frozenset[str] = frozenset()) -> list[dict]:
+    """What names the injector: a pid of its tree, a (non-generic) comm of it, or for a fault on a veth
+    pair the scenario set up, one of its interfaces (drops happen on an interface, not in a process)."""
     return [x for x in named if (isinstance(x.get("pid"), int) and x["pid"] in pids)
-            or (x.get("comm") in comms and x.get("comm") not in GENERIC_COMMS)]
+            or (x.get("comm") in comms and x.get("comm") not in GENERIC_COMMS)
+            or x.get("interface") in interfaces]
 
 
 def add_execs(p: Pipeline, inj: Injector, t0: float, t1: float) -> None:
@@ -734,6 +747,8 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
         while not fast and time.time() < deadline and any(x["status"] == "open" for x in new_or_reopened(p, before, t0)):
             time.sleep(POLL_S)
     seen = new_or_reopened(p, before, t0)
+    # A fault on the veth pair the injector set up is named by naming that pair.
+    ifaces = frozenset((VETH_HOST, VETH_NS)) if sc.module == "netloss" or "--veth" in args else frozenset()
     res.rows_fired = sorted(rows_seen | rows_in(p, before, t0))
     allowed = set(sc.expected) | set(sc.related)
     for r in seen:
@@ -746,7 +761,7 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
         if hit is None or r["id"] != hit["id"]:
             res.extra_labels.append({"id": r["id"], "label": r["label"], "severity": severity,
                                      "names_injector": bool(names_injector(named_processes(p, r["id"]), inj.pids,
-                                                                           inj.comms))})
+                                                                           inj.comms, ifaces))})
         closed_at = cur[0]["closed_at"] if cur and cur[0]["status"] == "closed" else None
         if closed_at is None or closed_at - res.fault_end_unix > sc.close_goal_s:
             res.unclosed.append({"id": r["id"], "label": r["label"],
@@ -762,7 +777,7 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
             if x not in uniq:
                 uniq.append(x)
         res.named_processes = uniq[:20]
-        res.named_injector = bool(names_injector(uniq, inj.pids, inj.comms))
+        res.named_injector = bool(names_injector(uniq, inj.pids, inj.comms, ifaces))
     say(f"{sc.name}: {res.extra_observations} extra observation(s)"
         + (f" ({', '.join(x['label'] for x in res.extra_labels)})" if res.extra_labels else "")
         + (f"; names the injector: {res.named_injector}" if hit is not None else ""))
