@@ -87,7 +87,8 @@ FIRES = {
     "io_wait_dominates": ({"procs_blocked_avg": 3, "io_p95_ms_max": 80}, {}, set(), 0),
     "steady_demand_growth": ({"load_per_cpu_ratio": 0.9}, {"load_avg_5m": 0.3}, set(), 0),
     "approaching_oom": ({"memory_available_pct": 6}, {}, {"memory_pressure"}, 2),
-    "io_bottleneck_scheduling_churn": ({"io_p95_ms_max": 40, "ctx_switches_per_sec": 60000}, {}, set(), 0),
+    "io_bottleneck_scheduling_churn": ({"io_p95_ms_max": 40, "ctx_switches_per_sec": 60000, "procs_blocked_avg": 2},
+                                       {}, set(), 0),
     # a 300 MiB tmpfs with 20 MiB left; a big volume at 95 % filling at a rate that ends it within hours
     "fs_near_full": ({"fs_avail_pct_worst": 6.5, "fs_avail_mb_worst": 20}, {}, set(), 0),
     "fs_full": ({"fs_avail_pct_worst": 0.0, "fs_avail_mb_worst": 0.0, "fs_full_count": 1}, {}, set(), 0),
@@ -132,7 +133,7 @@ def test_missing_data_is_never_evidence():
     c = ctx({"memory_available_pct": None})
     assert not evaluate(RULES.by_id("memory_pressure"), c, is_open=False)
     # No baseline: a deviation cannot be judged (z() is missing), only the floor can.
-    churn = {"io_p95_ms_max": 40, "ctx_switches_per_sec": 20000}
+    churn = {"io_p95_ms_max": 40, "ctx_switches_per_sec": 20000, "procs_blocked_avg": 2}
     assert evaluate(RULES.by_id("io_bottleneck_scheduling_churn"), ctx(churn), False)
     assert not evaluate(RULES.by_id("io_bottleneck_scheduling_churn"), ctx(churn, baseline={}), False)
 

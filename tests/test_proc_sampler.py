@@ -206,5 +206,5 @@ def test_dropping_interfaces_names_the_interface_by_its_drops_in_the_window():
             (1, "lo", 0, 0, 0, 0), (2, "lo", 0, 0, 0, 0)]
     db.executemany("INSERT INTO network_interface_stats VALUES (?, ?, ?, ?, ?, ?)", rows)
     assert dropping_interfaces(db, since_ns=0) == [
-        {"interface": "ks-loss0", "rx_drops": 0, "tx_drops": 2000, "rx_errors": 0, "tx_errors": 3}]
+        {"comm": "interface ks-loss0", "interface": "ks-loss0", "rx_drops": 0, "tx_drops": 2000, "rx_errors": 0, "tx_errors": 3}]
     assert dropping_interfaces(sqlite3.connect(":memory:"), since_ns=0) == []  # no table yet: nobody named

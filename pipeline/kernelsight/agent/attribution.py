@@ -368,7 +368,7 @@ def dropping_interfaces(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
             "FROM network_interface_stats WHERE ts >= ? GROUP BY interface", (since_ns,)).fetchall()
     except sqlite3.OperationalError:
         return []
-    out = [{"interface": i, "rx_drops": rd or 0, "tx_drops": td or 0, "rx_errors": re or 0, "tx_errors": te or 0}
+    out = [{"comm": f"interface {i}", "interface": i, "rx_drops": rd or 0, "tx_drops": td or 0, "rx_errors": re or 0, "tx_errors": te or 0}
            for i, rd, td, re, te in rows]
     out = [x for x in out if x["rx_drops"] + x["tx_drops"] + x["rx_errors"] + x["tx_errors"] > 0]
     out.sort(key=lambda x: -(x["rx_drops"] + x["tx_drops"] + x["rx_errors"] + x["tx_errors"]))

@@ -637,7 +637,7 @@ class Agent:
         def suspect(p: dict) -> str:
             what = ", ".join(f"{k} {v}" for k, v in p.items() if k not in ("kind", "comm", "pid", "unit"))
             pid = f" (pid {p['pid']})" if "pid" in p else ""
-            return f"({p['kind'].replace('_', ' ')}): {p['comm']}{pid}: {what}"
+            return f"({str(p.get('kind', '?')).replace('_', ' ')}): {p.get('comm', '?')}{pid}: {what}"
 
         if f.processes:
             hints.insert(0, f"Top suspect {suspect(f.processes[0])}")
