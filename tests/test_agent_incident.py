@@ -301,9 +301,15 @@ def test_a_chain_folds_into_its_root_with_every_link_as_evidence(agent):
 def test_a_consequence_that_outlasts_its_cause_is_its_tail(agent):
     # Oversubscription (the cause) held, then clears; the run queues (CPU Saturation) drain a step later
     agent.tracker.update(0.0, [rule_finding("oversubscription")])
+    agent.tracker.update(5.0, [rule_finding("oversubscription")])  # its last step
     wait = RULES.settings.consequence_wait_s
     for t in (5.0, 5.0 + wait, 5.0 + 2 * wait):
         assert agent._one_per_incident([rule_finding("cpu_saturation")], [], now_s=t) == []
+    # one that begins after the cause stopped firing is the next fault's, not a tail
+    agent._one_per_incident([], [], now_s=30.0)
+    assert agent._one_per_incident([rule_finding("cpu_saturation")], [], now_s=31.0) == []
+    out = agent._one_per_incident([rule_finding("cpu_saturation")], [], now_s=31.0 + wait)
+    assert [f.rule_id for f in out] == ["cpu_saturation"]
     # once the cause is closed longer than the reopen window, a consequence is news again
     agent.tracker.update(100.0, [])
     agent.tracker.update(100.0 + RULES.settings.clear_after_s, [])

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import contextlib
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -342,6 +343,31 @@ class Supervisor:
             self._failing_writes[what] = str(e)
             self.log.warning(f"cannot write {what}; supervising on", error=str(e))
 
+    def _wake_on_signals(self) -> int | None:
+        """A pipe that SIGCHLD (a child exited) and the stop signals write to, so the loop sleeps
+        until something happens or the next status write is due instead of polling 5 times a
+        second.  None where signals cannot wake us (not the main thread): then it polls."""
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            signal.signal(signal.SIGCHLD, lambda *_: None)  # the default ignores it: no wake-up byte
+        except ValueError:
+            os.close(r)
+            os.close(w)
+            return None
+        return r
+
+    @staticmethod
+    def _sleep(wake: int | None, timeout_s: float) -> None:
+        timeout_s = min(max(timeout_s, 0.0), PIDS_REFRESH_S)
+        if wake is None:
+            time.sleep(min(timeout_s, 0.2))
+            return
+        if select.select([wake], [], [], timeout_s)[0]:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake, 512):
+                    pass
+
     def _terminate(self, group: list[Child]) -> None:
         for c in group:
             if c.proc is not None and c.proc.poll() is None:
@@ -381,6 +407,7 @@ class Supervisor:
             if c.state == "pending":
                 self.start(c)
         next_status = 0.0
+        wake = self._wake_on_signals()
         while not self.stopping:
             now = time.monotonic()
             for c in self.children:
@@ -392,7 +419,8 @@ class Supervisor:
                 self.write_status()
                 self.write_pids()
                 next_status = now + PIDS_REFRESH_S
-            time.sleep(0.2)
+            self._sleep(wake, min([next_status] + [c.next_start for c in self.children
+                                                   if c.state in ("restarting", "failed")]) - time.monotonic())
         self.log.info("stopping producers")
         self._terminate(producers)
         self.log.info("stopping consumers")

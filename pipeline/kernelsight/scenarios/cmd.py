@@ -13,6 +13,7 @@ these fields filled in first:
     {grab_mb_half}   half of that (one of two workers)
     {missing}        a directory that does not exist
     {ns} {host_ip} {ns_ip}   with --veth: the network namespace and the two ends' addresses
+    {fs}             with --tmpfs: a small tmpfs mounted for the fault (a filesystem to fill)
 
 --server starts a companion first (e.g. a web server on {port}) and waits until
 it accepts connections; --setup runs (to completion) before the fault.  The
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--veth", action="store_true", help="a network namespace behind a veth pair ({ns}, {ns_ip})")
     p.add_argument("--ns-nft", default=None, help="with --veth: an nftables ruleset loaded inside the namespace")
     p.add_argument("--host-mtu", type=int, default=None, help="with --veth: MTU of the host's end")
+    p.add_argument("--tmpfs", default=None, help="mount options of a tmpfs at {fs} (e.g. size=64m,nr_inodes=2048), "
+                   "unmounted at the end")
     p.add_argument("command", nargs="+", help="the command line (after --)")
     a = p.parse_args(argv)
     check_seconds(p, a.seconds)
@@ -123,6 +126,8 @@ def main(argv=None) -> int:
     fields = Fields(a.seconds, a.leave_pct)
     if a.veth:
         fields.update(ns=netloss.NS, host_ip=netloss.HOST_IP, ns_ip=netloss.NS_IP)
+    if a.tmpfs:
+        fields["fs"] = os.path.join(fields["dir"], "fs")
     try:
         command = " ".join(a.command).format_map(fields)
         setup = a.setup.format_map(fields) if a.setup else None
@@ -147,6 +152,9 @@ def main(argv=None) -> int:
             if a.ns_nft:
                 subprocess.run(["ip", "netns", "exec", netloss.NS, "nft", "-f", "-"], input=a.ns_nft, text=True,
                                check=True, timeout=30)
+        if a.tmpfs:
+            os.mkdir(fields["fs"], 0o755)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", a.tmpfs, "ks-scenario", fields["fs"]], check=True, timeout=30)
         if setup:
             log("cmd", f"setup: {setup}")
             subprocess.run(["bash", "-c", setup], check=True, timeout=max(10.0, stop.left()),
@@ -180,6 +188,8 @@ def main(argv=None) -> int:
         stop_group(srv)
         if a.veth:
             netloss.cleanup()
+        if a.tmpfs:
+            subprocess.run(["umount", "-l", fields["fs"]], stderr=subprocess.DEVNULL, timeout=30)
         if fields.scratch:
             shutil.rmtree(fields.scratch, ignore_errors=True)
     log("cmd", f"done ({runs} run(s))")

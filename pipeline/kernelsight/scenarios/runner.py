@@ -91,6 +91,8 @@ class Scenario:
 
 
 NET_RELATED = ("Network Hardware Issue",)
+FS_RELATED = ("Filesystem Full", "Filesystem Nearly Full", "Filesystem Out of Inodes", "File System Issue",
+              "Resource Exhaustion Forecast")
 IO_EXPECTED = ("I/O Saturation", "I/O Tail Latency", "I/O Queue Congestion")
 # HTTP/1.0 (the server closes each connection), a thread per connection; {python}: no pyenv-style shim in between
 HTTP_SERVER = "{python} -m http.server -b 127.0.0.1 {port} -d {dir}"
@@ -304,6 +306,33 @@ SCENARIOS = [
              fault="SYN flood",
              note="600 handshakes from a namespace that drops the SYN-ACKs (wrk and ab test-connect first and "
                   "block, so they cannot make a half-open flood)"),
+    # ---- a filesystem running out of space, or of inodes (a 64 MiB tmpfs, its writer retrying on ENOSPC)
+    Scenario("fs_full_dd", "cmd",
+             cmd(40, "while :; do dd if=/dev/zero of={fs}/fill.$RANDOM bs=1M count=16 status=none 2>/dev/null; "
+                     "sleep 0.5; done", "--tmpfs", "size=64m"),
+             ("Filesystem Full", "Filesystem Nearly Full"), related=FS_RELATED, tool="dd into a 64 MiB tmpfs",
+             third_party=True, fault="filesystem full", needs=("dd",),
+             note="dd writes 16 MiB files into a 64 MiB tmpfs until ENOSPC, and keeps trying every 0.5 s"),
+    Scenario("fs_full_fallocate", "cmd",
+             cmd(40, "while :; do fallocate -l 8M {fs}/fill.$RANDOM 2>/dev/null; sleep 0.5; done",
+                 "--tmpfs", "size=64m"),
+             ("Filesystem Full", "Filesystem Nearly Full"), related=FS_RELATED, tool="fallocate into a 64 MiB tmpfs",
+             third_party=True, fault="filesystem full", needs=("fallocate",),
+             note="fallocate reserves 8 MiB files in a 64 MiB tmpfs until ENOSPC, and keeps trying every 0.5 s"),
+    Scenario("fs_inodes_touch", "cmd",
+             cmd(40, "cd {fs} && while :; do seq -f \"f%g.$RANDOM\" 1 500 | xargs touch 2>/dev/null; sleep 0.5; done",
+                 "--tmpfs", "size=64m,nr_inodes=2048"),
+             ("Filesystem Out of Inodes",), related=FS_RELATED, tool="touch (coreutils) via xargs",
+             third_party=True, fault="out of inodes", needs=("touch", "xargs"),
+             note="empty files created 500 at a time in a tmpfs with 2048 inodes (64 MiB of space stays free)"),
+    Scenario("fs_inodes_python", "cmd",
+             cmd(40, "{python} -c " + shlex.quote(
+                 "import itertools, os, sys, time\n"
+                 "for i in itertools.count():\n"
+                 "    try: open(os.path.join(sys.argv[1], f'f{i}'), 'w').close()\n"
+                 "    except OSError: time.sleep(0.5)") + " {fs}", "--tmpfs", "size=64m,nr_inodes=2048"),
+             ("Filesystem Out of Inodes",), related=FS_RELATED, tool="python open(O_CREAT) loop",
+             fault="out of inodes", note="a Python loop creating empty files in a tmpfs with 2048 inodes"),
     Scenario("nic_drops_hping3", "cmd",
              cmd(40, "hping3 --udp -d 8000 -i u1000 -q {ns_ip}", "--veth", "--host-mtu", "9000"),
              ("Network Hardware Issue",), related=("Network Degradation",), tool="hping3 --udp (MTU mismatch)",
