@@ -319,3 +319,15 @@ def test_a_consequence_that_outlasts_its_cause_is_its_tail(agent):
     assert agent._one_per_incident([rule_finding("cpu_saturation")], [], now_s=late) == []
     out = agent._one_per_incident([rule_finding("cpu_saturation")], [], now_s=late + wait)
     assert [f.rule_id for f in out] == ["cpu_saturation"]
+
+
+def test_an_exhaustion_forecast_folds_into_the_limit_rule_of_the_same_resource(agent):
+    fc = Finding(key="forecast:fs:/srv", rule_id="exhaustion_forecast", label="Resource Exhaustion Forecast",
+                 category="io", observation_type="forecast", severity="high", metric="seconds_to_exhaustion",
+                 value=30.0, summary="Forecast: filesystem space on /srv runs out in ~30 s")
+    near = rule_finding("fs_near_full")
+    assert agent._fold_exhaustion([fc], [near]) == []
+    assert near.correlated == ["Resource Exhaustion Forecast: Forecast: filesystem space on /srv runs out in ~30 s"]
+    # another resource's rule does not take it, and alone it is its own observation
+    assert agent._fold_exhaustion([fc], [rule_finding("pids_near_limit")]) == [fc]
+    assert agent._fold_exhaustion([fc], []) == [fc]

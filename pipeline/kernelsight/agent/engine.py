@@ -129,6 +129,12 @@ def _fmt(v: float | None, spec: str = ".3g") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+# Exhaustion forecast scopes (exhaustion.py) and the near-limit rules that cover the same resource.
+LIMIT_RULES_BY_SCOPE = (("fs:", ("fs_near_full", "fs_full")), ("inodes:", ("fs_inodes_near_full", "fs_full")),
+                        ("file_handles", ("file_handles_near_limit",)), ("pids_cgroup:", ("pids_cgroup_near_limit",)),
+                        ("pids", ("pids_near_limit",)), ("nofile:", ("process_fd_near_limit",)))
+
+
 class Agent:
     def __init__(self, data_dir: Path, rules: RuleSet | None = None, proc_root: str = "/proc",
                  stream: bool = True, log=None, config: Config | None = None, housekeeping: bool = True):
@@ -331,7 +337,7 @@ class Agent:
         findings = self._one_per_incident(findings, anomalies, now_s)
         findings += self.oom.findings(self.ro, now_ns)
         findings += self._forecasts([fc, *forecast_cgroups(self.ro, now_ns)])
-        findings += self.exhaustion.forecasts(self.ro, now_ns)
+        findings += self._fold_exhaustion(self.exhaustion.forecasts(self.ro, now_ns), findings)
         findings += self.telemetry.findings(self.ro, now_ns)
         changes = self.tracker.update(now_s, findings)
         self._persist(changes, now_s, now_ns, fc)
@@ -496,6 +502,21 @@ class Agent:
                     not tail and abs(a.zscore or 0.0) >= s.anomaly_open_z and now_s - since >= s.anomaly_sustain_s):
                 out.append(a)
         self.deviating_since = deviating
+        return out
+
+    def _fold_exhaustion(self, forecasts: list[Finding], fired: list[Finding]) -> list[Finding]:
+        """A resource already at its limit is that rule's incident: its exhaustion forecast (the trend
+        that got it there) becomes the observation's evidence, not a second observation.  A forecast
+        already open stays open until it clears."""
+        out = []
+        for fc in forecasts:
+            scope = fc.key.split(":", 1)[1] if ":" in fc.key else ""
+            rules = next((r for p, r in LIMIT_RULES_BY_SCOPE if scope.startswith(p)), ())
+            host = next((f for f in fired if f.rule_id in rules), None)
+            if host is not None and not self.tracker.is_open(fc.key):
+                host.correlated.append(f"{fc.label}: {fc.summary}")
+            else:
+                out.append(fc)
         return out
 
     def _forecasts(self, forecasts) -> list[Finding]:
