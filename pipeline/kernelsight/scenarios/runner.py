@@ -309,7 +309,7 @@ SCENARIOS = [
     # ---- a filesystem running out of space, or of inodes (a 64 MiB tmpfs, its writer retrying on ENOSPC)
     # A writer that stays (a logger, a dump): dd fed 4 MiB a second, fio rate-limited to 4 MiB/s.
     Scenario("fs_full_dd", "cmd",
-             cmd(40, "(while :; do head -c 4M /dev/zero; sleep 1; done) | "
+             cmd(40, "while :; do head -c 4M /dev/zero; sleep 1; done | "
                      "dd of={fs}/fill bs=1M iflag=fullblock status=none 2>/dev/null; sleep {seconds}",
                  "--tmpfs", "size=64m"),
              ("Filesystem Full", "Filesystem Nearly Full"), related=FS_RELATED, tool="dd into a 64 MiB tmpfs",
