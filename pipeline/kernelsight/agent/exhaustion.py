@@ -38,7 +38,7 @@ FILL_RATE_SPAN_S = 60.0                # fs_avail_minutes_worst: the fill rate o
 FULL_FLOOR_BYTES = 1 << 20             # full: less than this available ...
 FULL_FLOOR_FRAC = 0.001                # ... and less than this share of the filesystem
 WRITER_MEMORY_S = 600.0                # the last writer to a filesystem is named this long after it stops
-KINDS = ("fs_writers", "fd_holders", "pids_cgroup")
+KINDS = ("fs_writers", "fs_inode_users", "fd_holders", "pids_cgroup")
 # The values signals() adds to the agent's vector (none is a catalog feature).
 EXHAUSTION_SIGNALS = ("fs_avail_pct_worst", "fs_avail_mb_worst", "fs_avail_minutes_worst", "fs_full_count",
                       "fs_inodes_avail_pct_worst")
@@ -69,6 +69,12 @@ def _fs_series(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dict[s
 def _avail_pct(size: float, free: float, avail: float) -> float:
     used = size - free
     return 100.0 * avail / (used + avail) if used + avail > 0 else 0.0
+
+
+def _inodes_left_ratio(row) -> float:
+    """Free inodes / inodes of one _fs_series row; 1.0 where the filesystem does not count them."""
+    total, free = row[4], row[5]
+    return float(free / total) if total > 0 and free == free else 1.0
 
 
 def fs_signals(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dict[str, float | None]:
@@ -255,11 +261,14 @@ class ExhaustionWatch:
 
     # -- suspects ---------------------------------------------------------------
     def rows(self, kind: str, conn: sqlite3.Connection, now_ns: int, window_s: float = 15.0) -> list[dict]:
-        if kind == "fs_writers":
+        if kind in ("fs_writers", "fs_inode_users"):
             series = _fs_series(conn, now_ns, window_s)
             if not series:
                 return []
-            m = min(series, key=lambda k: _avail_pct(*series[k][-1, 1:4]))
+            if kind == "fs_writers":  # the filesystem with the least space left
+                m = min(series, key=lambda k: _avail_pct(*series[k][-1, 1:4]))
+            else:  # the one with the fewest inodes left (its space may be nearly all free)
+                m = min(series, key=lambda k: _inodes_left_ratio(series[k][-1]))
             a = series[m][-1]
             rows = self.writers.writers_to(m)
             fs = {"mount": m, "avail": f"{a[3] / 1048576:.1f} MiB of {a[1] / 1048576:.0f} MiB"}

@@ -61,7 +61,7 @@ def wait_port(port: int, timeout: float, stop: Stop) -> bool:
     return False
 
 
-SHELL_WORDS = {"while", "until", "for", "if", "{", "(", "exec", "trap", "set"}
+SHELL_WORDS = {"while", "until", "for", "if", "{", "(", "exec", "trap", "set", "ulimit", "cd"}
 
 
 class Fields(dict):

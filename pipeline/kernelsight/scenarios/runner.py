@@ -344,7 +344,7 @@ SCENARIOS = [
              tool="python holding 960 of 1024 descriptors", fault="descriptor limit",
              note="a process with RLIMIT_NOFILE 1024 opens /dev/null 960 times and holds them"),
     Scenario("fd_limit_bash", "cmd",
-             cmd(40, "ulimit -n 1024 && for i in $(seq 960); do exec {fd}</dev/null; done && sleep {seconds}"),
+             cmd(40, "ulimit -n 1024 && for i in $(seq 960); do exec {{fd}}</dev/null; done && sleep {seconds}"),
              ("Process Near Its Descriptor Limit",), related=("Resource Exhaustion Forecast",),
              tool="bash holding 960 of 1024 descriptors", third_party=True, fault="descriptor limit",
              needs=("bash",), note="bash with ulimit -n 1024 opens 960 descriptors (exec {fd}<) and holds them"),
