@@ -146,3 +146,36 @@ def test_writer_named_is_the_one_writing_to_that_filesystem(tmp_path):
             if p.stdout:
                 p.stdout.close()
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_proc_io_parser_against_psutil_and_on_junk():
+    import psutil
+
+    from kernelsight.agent.exhaustion import parse_proc_io
+    with open("/proc/self/io", "rb") as f:
+        text = f.read()
+    io = psutil.Process().io_counters()  # read back to back: this process writes nothing between
+    assert parse_proc_io(text) == (io.write_chars, io.read_bytes, io.write_bytes)
+    recorded = (b"rchar: 4096\nwchar: 123\nsyscr: 1\nsyscw: 2\nread_bytes: 8192\nwrite_bytes: 512\n"
+                b"cancelled_write_bytes: 0\n")
+    assert parse_proc_io(recorded) == (123, 8192, 512)
+    assert parse_proc_io(b"") is None
+    assert parse_proc_io(b"wchar: x\nread_bytes: 1\nwrite_bytes: 2\n") is None
+    assert parse_proc_io(b"\xff\xfe wchar: 1") is None
+
+
+def test_disk_users_names_the_process_moving_bytes(tmp_path):
+    from kernelsight.agent.exhaustion import WriterSampler
+    proc = tmp_path / "proc"
+    (proc / "42").mkdir(parents=True)
+    (proc / "42" / "comm").write_text("fio\n")
+    io = proc / "42" / "io"
+    io.write_bytes(b"wchar: 0\nread_bytes: 0\nwrite_bytes: 0\n")
+    w = WriterSampler(str(proc))
+    w.sample()
+    io.write_bytes(b"wchar: 0\nread_bytes: 1073741824\nwrite_bytes: 0\n")
+    w.prev_t -= 1.0  # as if a second had passed
+    w.sample()
+    (row,) = w.disk_users()
+    assert row["pid"] == 42 and row["comm"] == "fio" and row["write_rate"] == "0.0 MiB/s"
+    assert float(row["read_rate"].split()[0]) > 100

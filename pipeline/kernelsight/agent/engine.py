@@ -474,10 +474,11 @@ class Agent:
         firing = {f.key: self.firing_since.get(f.key, now_s) for f in fired if f.rule_id not in secondary}
         self.firing_since = firing
         # A consequence that outlasts its cause (the run queues drain a step after the CPUs idle) is
-        # that incident's tail: it has fired without a break since a step at which the cause still held.
-        # One that began after the cause ended is news (the next fault), not a tail.
-        causes_about = [t for t in (*self.tracker.open.values(), *self.tracker.recently_closed.values())
-                        if t.closed_at is None or now_s - t.closed_at <= s.reopen_within_s]
+        # that incident's tail: it has fired without a break since a step at which the cause still
+        # held, and the cause held within clear_after_s.  One that began after the cause ended is news
+        # (the next fault); one that goes on longer is an incident of its own (the major faults of a
+        # cold mmap reader after the write-back of the file's creation).
+        causes_about = [t for t in self.tracker.open.values() if now_s - t.last_seen <= s.clear_after_s]
         for p in [p for p in primaries if p.label in explained and not self.tracker.is_open(p.key)]:
             if any(p.label in self.explains.get(t.finding.label, ()) and firing[p.key] <= t.last_seen
                    for t in causes_about if t.key != p.key):

@@ -38,7 +38,7 @@ FILL_RATE_SPAN_S = 60.0                # fs_avail_minutes_worst: the fill rate o
 FULL_FLOOR_BYTES = 1 << 20             # full: less than this available ...
 FULL_FLOOR_FRAC = 0.001                # ... and less than this share of the filesystem
 WRITER_MEMORY_S = 600.0                # the last writer to a filesystem is named this long after it stops
-KINDS = ("fs_writers", "fs_inode_users", "fd_holders", "pids_cgroup")
+KINDS = ("fs_writers", "fs_inode_users", "disk_users", "fd_holders", "pids_cgroup")
 # The values signals() adds to the agent's vector (none is a catalog feature).
 EXHAUSTION_SIGNALS = ("fs_avail_pct_worst", "fs_avail_mb_worst", "fs_avail_minutes_worst", "fs_full_count",
                       "fs_inodes_avail_pct_worst")
@@ -124,20 +124,38 @@ def limit_series(conn: sqlite3.Connection, end_ns: int, window_s: float) -> list
                        "WHERE ts > ? AND ts <= ? ORDER BY ts", (end_ns - int(window_s * 1e9), end_ns))
 
 
+def parse_proc_io(text: bytes) -> tuple[int, int, int] | None:
+    """(wchar, read_bytes, write_bytes) of a /proc/PID/io; None when one is missing or not a number."""
+    got: dict[bytes, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(b":")
+        if key in (b"wchar", b"read_bytes", b"write_bytes"):
+            try:
+                got[key] = int(value)
+            except ValueError:
+                return None
+    if len(got) != 3:
+        return None
+    return got[b"wchar"], got[b"read_bytes"], got[b"write_bytes"]
+
+
 class WriterSampler:
-    """Write rates per process (wchar deltas between two samples) and, on demand, which of the
-    busiest writers hold a file open for writing on a given filesystem."""
+    """Per process, from /proc/PID/io deltas between two samples: write rates (wchar: what it asks
+    to write, page cache included) and block I/O rates (read_bytes + write_bytes: what reaches a
+    device, O_DIRECT included); on demand, which of the busiest writers hold a file open for
+    writing on a given filesystem, and who moves the most bytes to and from the disks."""
 
     def __init__(self, proc_root: str = "/proc"):
         self.proc = Path(proc_root)
-        self.prev: dict[int, int] = {}
+        self.prev: dict[int, tuple[int, int, int]] = {}
         self.prev_t: float | None = None
         self.rates: dict[int, float] = {}
+        self.disk_rates: dict[int, tuple[float, float]] = {}  # pid -> (read, write) B/s reaching a device
         self.last_writer: dict[str, tuple[float, dict]] = {}  # mount point -> (when, row)
 
     def sample(self) -> None:
         now = time.monotonic()
-        cur: dict[int, int] = {}
+        cur: dict[int, tuple[int, int, int]] = {}
         try:
             entries = [e.name for e in os.scandir(self.proc) if e.name.isdigit()]
         except OSError:
@@ -145,16 +163,34 @@ class WriterSampler:
         for name in entries:
             try:
                 with open(self.proc / name / "io", "rb") as f:
-                    for line in f:
-                        if line.startswith(b"wchar:"):
-                            cur[int(name)] = int(line.split()[1])
-                            break
-            except (OSError, ValueError, IndexError):
+                    v = parse_proc_io(f.read())
+            except OSError:
                 continue
+            if v is not None:
+                cur[int(name)] = v
         if self.prev_t is not None and now > self.prev_t:
             dt = now - self.prev_t
-            self.rates = {p: (w - self.prev[p]) / dt for p, w in cur.items() if p in self.prev and w >= self.prev[p]}
+            was = self.prev
+            self.rates = {p: (v[0] - was[p][0]) / dt for p, v in cur.items() if p in was and v[0] >= was[p][0]}
+            self.disk_rates = {p: ((v[1] - was[p][1]) / dt, (v[2] - was[p][2]) / dt) for p, v in cur.items()
+                               if p in was and v[1] >= was[p][1] and v[2] >= was[p][2]}
         self.prev, self.prev_t = cur, now
+
+    def disk_users(self, limit: int = 3) -> list[dict]:
+        """Processes by bytes read from and written to block devices per second since the last
+        sample (a thread pool or an O_DIRECT reader is named though it is rarely blocked in D)."""
+        top = sorted(self.disk_rates.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))
+        out = []
+        for pid, (rd, wr) in top:
+            if rd + wr <= 0 or len(out) >= limit:
+                break
+            try:
+                comm = (self.proc / str(pid) / "comm").read_text().strip()
+            except OSError:
+                continue
+            out.append({"pid": pid, "comm": comm, "read_rate": f"{rd / 1048576:.1f} MiB/s",
+                        "write_rate": f"{wr / 1048576:.1f} MiB/s"})
+        return out
 
     def _writes_on(self, pid: int, dev: int) -> bool:
         fd_dir = self.proc / str(pid) / "fd"
@@ -261,6 +297,8 @@ class ExhaustionWatch:
 
     # -- suspects ---------------------------------------------------------------
     def rows(self, kind: str, conn: sqlite3.Connection, now_ns: int, window_s: float = 15.0) -> list[dict]:
+        if kind == "disk_users":
+            return self.writers.disk_users()
         if kind in ("fs_writers", "fs_inode_users"):
             series = _fs_series(conn, now_ns, window_s)
             if not series:
