@@ -112,7 +112,14 @@ def best_fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: 
             f.risk = classify(f.headroom_pct, None, 0.0)
             f.confidence = 0.0
         fits.append(f)
-    confident = [f for f in fits if f.seconds_to_exhaustion is not None and f.confidence >= CONFIDENT]
+    # Consumption that has stopped is no forecast: 600 sockets opened in 3 s and then held fit a
+    # falling line over 120 s (confidence 0.69, "runs out in ~226 s" with 97 % left) while the
+    # shortest window is flat.
+    recent = fits[0]
+    stopped = (recent.samples >= MIN_SAMPLES and recent.trend_kb_per_s is not None
+               and recent.trend_kb_per_s >= 0)
+    confident = [] if stopped else [f for f in fits if f.seconds_to_exhaustion is not None
+                                    and f.confidence >= CONFIDENT]
     if confident:
         best = min(confident, key=lambda f: f.seconds_to_exhaustion)
     else:

@@ -91,6 +91,7 @@ class Scenario:
 
 
 NET_RELATED = ("Network Hardware Issue",)
+MEMORY_RELATED = ("Approaching OOM", "Memory Overflow", "Disk Thrashing", "Memory Exhaustion Forecast") + CPU_LABELS
 FS_RELATED = ("Filesystem Full", "Filesystem Nearly Full", "Filesystem Out of Inodes", "File System Issue",
               "Resource Exhaustion Forecast")
 IO_EXPECTED = ("I/O Saturation", "I/O Tail Latency", "I/O Queue Congestion")
@@ -106,7 +107,9 @@ LISTENER = ("{python} -c \"import socket, time; s = socket.socket(); "
             "s.listen(4096); time.sleep(1e6)\"")
 DROP_SYNACK = ("table inet ks_syn {\n chain input {\n  type filter hook input priority 0; policy accept;\n"
                "  tcp flags & (syn|ack) == syn|ack drop\n }\n}\n")
-COLD_FILE = "dd if=/dev/zero of={dir}/data bs=1M count=2048 status=none && sync && echo 1 > /proc/sys/vm/drop_caches"
+# Written O_DIRECT: 2 GiB of dirty pages from the setup read as a write-buffer flood of their own.
+COLD_FILE = ("dd if=/dev/zero of={dir}/data bs=4M count=512 oflag=direct status=none && sync && "
+             "echo 1 > /proc/sys/vm/drop_caches")
 
 
 def cmd(seconds: float, line: str, *opts: str) -> list[str]:
@@ -191,7 +194,7 @@ SCENARIOS = [
              fault="write buffer saturation", needs=("fio",), note="fio sequential buffered writes at 400 MiB/s"),
     # ---- memory pressure
     Scenario("memory_pressure", "memhog", ["--leave-pct", "7", "--hold", "40", "--max-seconds", "100"],
-             ("Memory Pressure",), related=("Approaching OOM", "Memory Overflow", "Disk Thrashing") + CPU_LABELS,
+             ("Memory Pressure",), related=MEMORY_RELATED,
              tool="kernelsight memhog (mmap)", fault="memory pressure", onset="memory", max_inject_s=90.0,
              note="memhog leaves ~7 % available; onset = first sample under 10 % available"),
     Scenario("memory_pressure_stress_ng", "cmd",
@@ -199,7 +202,7 @@ SCENARIOS = [
              # Huge pages: 4 KiB faults under the page-fault tracer fill only ~0.2 GB/s on this VM.
              cmd(150, "stress-ng --vm 2 --vm-bytes {grab_mb}m --vm-keep --vm-hang 0 --vm-madvise hugepage "
                       "--vm-method write64 --timeout {seconds}s --quiet", "--leave-pct", "7"),
-             ("Memory Pressure",), related=("Approaching OOM", "Memory Overflow", "Disk Thrashing") + CPU_LABELS,
+             ("Memory Pressure",), related=MEMORY_RELATED,
              tool="stress-ng --vm", third_party=True, fault="memory pressure", needs=("stress-ng",),
              onset="memory", max_inject_s=160.0,
              note="stress-ng --vm 2, --vm-bytes sized from MemAvailable to leave ~7 %, held; "
