@@ -179,3 +179,16 @@ def test_disk_users_names_the_process_moving_bytes(tmp_path):
     (row,) = w.disk_users()
     assert row["pid"] == 42 and row["comm"] == "fio" and row["write_rate"] == "0.0 MiB/s"
     assert float(row["read_rate"].split()[0]) > 100
+
+
+def test_disk_users_with_a_name_that_is_not_utf8(tmp_path):
+    from kernelsight.agent.exhaustion import WriterSampler
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "comm").write_bytes(b"ev\xffil\n")
+    (tmp_path / "7" / "io").write_bytes(b"wchar: 0\nread_bytes: 0\nwrite_bytes: 0\n")
+    w = WriterSampler(str(tmp_path))
+    w.sample()
+    (tmp_path / "7" / "io").write_bytes(b"wchar: 0\nread_bytes: 0\nwrite_bytes: 4096\n")
+    w.prev_t -= 1.0
+    w.sample()
+    assert [r["comm"] for r in w.disk_users()] == ["ev\\xffil"]  # escaped, not a crash

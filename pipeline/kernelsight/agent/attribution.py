@@ -368,11 +368,10 @@ def dropping_interfaces(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
             "FROM network_interface_stats WHERE ts >= ? GROUP BY interface", (since_ns,)).fetchall()
     except sqlite3.OperationalError:
         return []
-    out = [{"comm": f"interface {i}", "interface": i, "rx_drops": rd or 0, "tx_drops": td or 0, "rx_errors": re or 0, "tx_errors": te or 0}
-           for i, rd, td, re, te in rows]
-    out = [x for x in out if x["rx_drops"] + x["tx_drops"] + x["rx_errors"] + x["tx_errors"] > 0]
-    out.sort(key=lambda x: -(x["rx_drops"] + x["tx_drops"] + x["rx_errors"] + x["tx_errors"]))
-    return out[:TOP_N]
+    counted = [(i, *(n or 0 for n in ns)) for i, *ns in rows]
+    counted = sorted((c for c in counted if sum(c[1:]) > 0), key=lambda c: -sum(c[1:]))
+    return [{"comm": f"interface {i}", "interface": i, "rx_drops": rd, "tx_drops": td, "rx_errors": re,
+             "tx_errors": te} for i, rd, td, re, te in counted[:TOP_N]]
 
 
 CGROUP_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "name=systemd")

@@ -184,13 +184,19 @@ class WriterSampler:
         for pid, (rd, wr) in top:
             if rd + wr <= 0 or len(out) >= limit:
                 break
-            try:
-                comm = (self.proc / str(pid) / "comm").read_text().strip()
-            except OSError:
+            comm = self._comm(pid)
+            if comm is None:
                 continue
             out.append({"pid": pid, "comm": comm, "read_rate": f"{rd / 1048576:.1f} MiB/s",
                         "write_rate": f"{wr / 1048576:.1f} MiB/s"})
         return out
+
+    def _comm(self, pid: int) -> str | None:
+        """pid's name, None when it is gone; a name that is not UTF-8 is escaped, never fatal."""
+        try:
+            return (self.proc / str(pid) / "comm").read_bytes().rstrip(b"\n").decode("utf-8", "backslashreplace")
+        except OSError:
+            return None
 
     def _writes_on(self, pid: int, dev: int) -> bool:
         fd_dir = self.proc / str(pid) / "fd"
@@ -224,9 +230,8 @@ class WriterSampler:
                 break
             if not self._writes_on(pid, dev):
                 continue
-            try:
-                comm = (self.proc / str(pid) / "comm").read_text().strip()
-            except OSError:
+            comm = self._comm(pid)
+            if comm is None:
                 continue
             out.append({"pid": pid, "comm": comm, "mount": mountpoint,
                         "write_rate": f"{rate / 1048576:.2f} MiB/s"})
