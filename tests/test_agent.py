@@ -471,6 +471,26 @@ def test_io_saturation_without_ebpf_from_sys_block_and_a_clear_over_missing_data
     assert not evaluate(rule, ctx({**no_ebpf, "disk_await_ms_worst": None, "disk_util_worst_pct": 0}), True)
 
 
+def test_io_saturation_by_queue_wait_against_the_devices_own_service_time():
+    """fio randread at depth 8 here (run 2 of make scenarios): await 14 ms, 1.7 ms of it served,
+    under both fixed floors; the requests waited 7 service times in the queue."""
+    rule = RULES.by_id("io_saturation")
+    quiet_ebpf = {"io_p50_ms_max": 1.5, "disk_await_ms_worst": 14.0, "disk_util_worst_pct": 100}
+    assert evaluate(rule, ctx({**quiet_ebpf, "disk_queue_wait_ms_worst": 12.3,
+                               "disk_queue_wait_per_service_worst": 7.1}), False)
+    # Depth 1 (busy, not slow) and one dd writer: about one service time of wait.
+    assert not evaluate(rule, ctx({**quiet_ebpf, "disk_await_ms_worst": 1.0, "disk_queue_wait_ms_worst": 0.0,
+                                   "disk_queue_wait_per_service_worst": 0.0}), False)
+    assert not evaluate(rule, ctx({**quiet_ebpf, "disk_await_ms_worst": 5.0, "disk_queue_wait_ms_worst": 2.4,
+                                   "disk_queue_wait_per_service_worst": 0.9}), False)
+    # An NVMe at depth 8: busy time per I/O says 8 service times of wait, but 0.2 ms of it.
+    assert not evaluate(rule, ctx({**quiet_ebpf, "disk_await_ms_worst": 0.2, "disk_queue_wait_ms_worst": 0.18,
+                                   "disk_queue_wait_per_service_worst": 7.0}), False)
+    # Both halves of an `and` entry must hold: a long wait of a slow device's own service time is not it.
+    assert not evaluate(rule, ctx({**quiet_ebpf, "disk_queue_wait_ms_worst": 12.0,
+                                   "disk_queue_wait_per_service_worst": 1.5}), False)
+
+
 def test_bursty_writeback_is_not_queue_congestion():
     """Requests issued in a burst each see a deep queue; the device's time-averaged depth is what congests."""
     rule = RULES.by_id("io_queue_congestion")

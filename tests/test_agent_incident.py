@@ -168,6 +168,28 @@ def test_the_worst_device_is_judged_not_the_sum(tmp_path):
     assert w["disk_await_ms_worst"] == 100.0
     assert w["disk_queue_depth_worst"] == 9.0  # not 18: dm-0 carries sda's I/Os, a max does not add them
     assert w["disk_util_worst_pct"] == 100.0
+    # Each sda I/O took 100 ms, all of it served (busy 1 s / 10 I/Os): no queue wait.  The longest
+    # wait is nvme0n1's: 0.1 ms await less 0.06 ms busy per I/O.
+    assert w["disk_queue_wait_ms_worst"] == pytest.approx(0.04)
+    assert w["disk_queue_wait_per_service_worst"] == pytest.approx(0.04 / 0.06)
+    conn.close()
+
+
+def test_queue_wait_is_await_less_the_devices_busy_time_per_io(tmp_path):
+    """Figures of fio randread at depth 8 on this VM's vda (run 2): 575 reads/s, 14 ms await,
+    busy all the time: 1.74 ms of service per read, 12.3 ms waiting in the queue."""
+    from kernelsight import db
+    from kernelsight.agent.signals import disk_worst
+
+    conn = db.connect(db.db_path(tmp_path / "d"))
+    s = 1_000_000_000
+    rows = [(k * s, "vda", 575 * k, 575 * 14 * k, 11_900 * k, 1000 * k) for k in range(11)]
+    conn.executemany("INSERT INTO block_stats (ts, device, reads_completed_total, read_time_ms_total, "
+                     "weighted_io_time_ms_total, io_time_ms_total, writes_completed_total, write_time_ms_total) "
+                     "VALUES (?, ?, ?, ?, ?, ?, 0, 0)", rows)
+    w = disk_worst(conn, 10 * s, 15.0)
+    assert w["disk_queue_wait_ms_worst"] == pytest.approx(14 - 1000 / 575)
+    assert w["disk_queue_wait_per_service_worst"] == pytest.approx((14 - 1000 / 575) / (1000 / 575))
     conn.close()
 
 

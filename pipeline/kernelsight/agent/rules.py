@@ -1,7 +1,7 @@
 """Rules: the signal-interpretation tables of docs/design.md as data (rules.toml).
 
 A rule fires when all of its `when` conditions hold and, if it has
-`when_any`, at least one of those;
+`when_any`, at least one of those (an entry `A and B` holds when both do);
 once its observation is open it stays active until all of its `clear`
 conditions hold: two thresholds, so a value hovering at the edge does not flap.
 
@@ -106,7 +106,7 @@ class Rule:
     summary: str
     hints: list[str]
     when: list[Condition]
-    when_any: list[Condition]
+    when_any: list[tuple[Condition, ...]]  # one of these holds: each entry, all of its conditions
     clear: list[Condition]
     correlated: list[tuple[str, Condition]]
     attribution: list[str] = field(default_factory=list)
@@ -125,7 +125,7 @@ class Rule:
 
     def features(self) -> set[str]:
         out = {self.metric} | ({self.extra} if self.extra else set())
-        for c in self.when + self.when_any + self.clear + [c for _, c in self.correlated]:
+        for c in self.when + [c for group in self.when_any for c in group] + self.clear + [c for _, c in self.correlated]:
             out |= c.left.features() | c.right.features()
         return out
 
@@ -210,7 +210,8 @@ def load_rules(path: Path | None = None) -> RuleSet:
             if r.get("severity", "medium") not in SEVERITIES:
                 raise RuleError(f"{where}: severity must be one of {SEVERITIES}")
             when = [parse_condition(c, where) for c in r.get("when", [])]
-            when_any = [parse_condition(c, where) for c in r.get("when_any", [])]
+            when_any = [tuple(parse_condition(part, where) for part in c.split(" and "))
+                        for c in r.get("when_any", [])]
             if not when and not when_any:
                 raise RuleError(f"{where}: needs `when` or `when_any`")
             rules.append(Rule(
@@ -316,7 +317,7 @@ class Context:
 def evaluate(rule: Rule, ctx: Context, is_open: bool) -> bool:
     """Fires on `when`; once open, holds until `clear` (hysteresis)."""
     fired = all(ctx.holds(c) for c in rule.when) and (
-        any(ctx.holds(c) for c in rule.when_any) if rule.when_any else True)
+        any(all(ctx.holds(c) for c in group) for group in rule.when_any) if rule.when_any else True)
     if fired or not is_open:
         return fired
     if not rule.clear:
