@@ -515,6 +515,10 @@ def test_forecast_keeps_the_most_pessimistic_confident_horizon():
     fc = best_fit(ts, head, 24_000_000.0)
     assert fc.horizon_s == 10.0 and fc.seconds_to_exhaustion == pytest.approx(head[-1] / 100_000, rel=0.05)
     assert fc.risk == "CRITICAL" and "over the last 10 s" in fc.reason
+    # A resource 7 s old (a process opening sockets) has 7 s of history in every window: its
+    # fall says nothing about 4 minutes ahead, whichever window it is fitted in.
+    young = best_fit(ts[-8:], 1_000_000.0 - 4_000 * np.arange(8), 1_000_000.0)
+    assert young.risk == "NORMAL" and young.confidence == 0.0
     # Noise without a trend: no confident fit, no alarm.
     rng = np.random.default_rng(1)
     calm = best_fit(ts, 12_000_000 + rng.normal(0, 50_000, 120), 24_000_000.0)

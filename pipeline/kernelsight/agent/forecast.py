@@ -107,7 +107,10 @@ def best_fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: 
         keep = ts_ns > end - h * 1e9
         f = fit(ts_ns[keep], headroom_kb[keep], total_kb, what, unit)
         f.horizon_s = h
-        if f.seconds_to_exhaustion is not None and f.seconds_to_exhaustion > EXTRAPOLATE_MAX * h:
+        # The time the samples cover, not the window asked for: a process 7 s old has 7 s of
+        # history in a 120 s window (600 sockets opening read "runs out in ~247 s" off 7 s).
+        covered_s = float(ts_ns[keep][-1] - ts_ns[keep][0]) / 1e9 if keep.any() else 0.0
+        if f.seconds_to_exhaustion is not None and f.seconds_to_exhaustion > EXTRAPOLATE_MAX * min(h, covered_s):
             # 10 s of growth say little about 5 minutes from now (a build, a cache filling up).
             f.risk = classify(f.headroom_pct, None, 0.0)
             f.confidence = 0.0
