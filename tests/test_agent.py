@@ -471,6 +471,21 @@ def test_io_saturation_without_ebpf_from_sys_block_and_a_clear_over_missing_data
     assert not evaluate(rule, ctx({**no_ebpf, "disk_await_ms_worst": None, "disk_util_worst_pct": 0}), True)
 
 
+def test_steady_demand_growth_closes_once_the_load_falls():
+    """Load rose for 10 minutes, then the work stopped: load_avg_5m falls within the minute
+    while its 10-minute slope stays positive for minutes."""
+    rule = RULES.by_id("steady_demand_growth")
+
+    def at(slope_600, slope_60):
+        return Context({**NORMAL, "load_per_cpu_ratio": 1.5}, BASELINE,
+                       lambda name, span=None: {600.0: slope_600, 60.0: slope_60}[span], set(), 2, 0, mem_gb=24.0)
+
+    assert evaluate(rule, at(0.3, 0.2), is_open=False)
+    assert evaluate(rule, at(0.3, 0.0), is_open=True)       # a flat minute inside the growth: still open
+    assert not evaluate(rule, at(0.3, -0.6), is_open=True)  # falling: closed, though 10 minutes rose
+    assert not evaluate(rule, at(0.3, -0.6), is_open=False)
+
+
 def test_io_saturation_by_queue_wait_against_the_devices_own_service_time():
     """fio randread at depth 8 here (run 2 of make scenarios): await 14 ms, 1.7 ms of it served,
     under both fixed floors; the requests waited 7 service times in the queue."""
