@@ -413,8 +413,11 @@ class Result:
 
     @property
     def ok(self) -> bool:
+        """Every acceptance line of a fault but the extra-observation count (a goal of 0, counted):
+        the label in time, the injector named, nothing unrelated, everything closed after it."""
         return (self.detected and self.seconds_to_detect is not None and self.seconds_to_detect <= DETECT_WITHIN_S
-                and self.cleared and not self.false_positives)
+                and self.cleared and not self.false_positives and bool(self.named_injector)
+                and self.all_closed is not False)
 
 
 def say(msg: str) -> None:
