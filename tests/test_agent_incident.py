@@ -349,3 +349,31 @@ def test_an_exhaustion_forecast_folds_into_the_limit_rule_of_the_same_resource(a
     # another resource's rule does not take it, and alone it is its own observation
     assert agent._fold_exhaustion([fc], [rule_finding("pids_near_limit")]) == [fc]
     assert agent._fold_exhaustion([fc], []) == [fc]
+
+
+def test_one_observation_that_cannot_be_rendered_does_not_lose_the_others(agent):
+    """A render that raises is logged and counted; the other observations of the step are stored."""
+    import time
+
+    real = agent.observation
+
+    def observation(t, now_s, now_ns):
+        if t.finding.rule_id == "syn_flood":
+            raise KeyError("comm")
+        return real(t, now_s, now_ns)
+
+    from kernelsight.agent.forecast import OomForecast
+
+    fc = OomForecast("NORMAL", None, None, None, None, 0.0, 0, "no memory samples in the window")
+    agent.observation = observation
+    now_s = time.time()
+    changes = agent.tracker.update(now_s, [rule_finding("syn_flood"), rule_finding("cpu_saturation")])
+    agent._persist(changes, now_s, int(now_s * 1e9), fc)
+    labels = [r[0] for r in agent.rw.execute("SELECT label FROM observations")]
+    assert labels == ["CPU Saturation"] and agent.render_failures == 1
+    # The next step renders it again (this time it can).
+    agent.observation = real
+    changes = agent.tracker.update(now_s + 5, [rule_finding("syn_flood"), rule_finding("cpu_saturation")])
+    agent._persist(changes, now_s + 5, int((now_s + 5) * 1e9), fc)
+    assert sorted(r[0] for r in agent.rw.execute("SELECT label FROM observations")) == ["CPU Saturation",
+                                                                                       "SYN Flood"]

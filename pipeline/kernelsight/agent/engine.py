@@ -160,6 +160,7 @@ class Agent:
         self.log = log
         self.last_streamed: dict[str, tuple[str, str]] = {}
         self.last_step_s: float | None = None
+        self.render_failures = 0  # observations _persist could not render (logged; retried next step)
         self.last_forecast = None
         self.last_vector: FeatureVector | None = None  # the stored vector the last step evaluated
         # Rollups, retention and rotation, once a minute: the agent holds the read-write connection.
@@ -694,11 +695,21 @@ class Agent:
 
     def _persist(self, changes, now_s: float, now_ns: int, fc) -> None:
         conn = self.rw
+        rendered = []
+        for ch in changes:
+            # One observation that cannot be rendered (a value of a shape no rule foresaw) is
+            # logged and counted, and retried at the next step; it does not fail the others.
+            try:
+                rendered.append((ch, self.observation(ch.tracked, now_s, now_ns)))
+            except Exception as e:  # noqa: BLE001 - isolate, log and count any failure of one render
+                self.render_failures += 1
+                if self.log is not None:
+                    self.log.error("observation not rendered", label=ch.tracked.finding.label, kind=ch.kind,
+                                   error=f"{type(e).__name__}: {e}", failures_total=self.render_failures)
         with transaction(conn):
             self.store.save_forecast(now_ns, fc)
-            for ch in changes:
+            for ch, obs in rendered:
                 t = ch.tracked
-                obs = self.observation(t, now_s, now_ns)
                 b = band(t.duration(now_s))
                 closed = ch.kind == "closed"
                 if t.obs_id is None:
