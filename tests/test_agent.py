@@ -538,3 +538,12 @@ def test_forecast_keeps_the_most_pessimistic_confident_horizon():
     rng = np.random.default_rng(1)
     calm = best_fit(ts, 12_000_000 + rng.normal(0, 50_000, 120), 24_000_000.0)
     assert calm.risk == "NORMAL"
+
+
+def test_a_late_step_skips_the_missed_ones_and_stays_on_the_grid():
+    from kernelsight.agent.cli import next_step_at
+
+    assert next_step_at(100.0, 5.0, 101.0) == (105.0, 0)
+    assert next_step_at(100.0, 5.0, 105.0) == (105.0, 0)
+    assert next_step_at(100.0, 5.0, 105.5) == (110.0, 1)    # a step that ran 0.5 s over: the next slot
+    assert next_step_at(100.0, 5.0, 123.0) == (125.0, 4)    # 23 s starved: 105..120 missed, not run in a burst

@@ -118,6 +118,21 @@ def test_a_consequence_open_before_its_cause_stays_its_own(agent):
     assert sorted(f.rule_id for f in out) == ["connection_churning", "process_explosion"]
 
 
+def test_a_cause_of_a_cause_holds_the_whole_chain(agent):
+    """stress-ng --switch: wakeups outnumber switches (Serialization Bottleneck), which are many
+    (Scheduling Thrash), whose run queues are long (CPU Saturation): one observation, the root's,
+    whichever order the rules are read in."""
+    for order in (["cpu_saturation", "scheduling_thrash", "serialization_bottleneck"],
+                  ["serialization_bottleneck", "scheduling_thrash", "cpu_saturation"]):
+        agent.firing_since = {}
+        fired = [rule_finding(r) for r in order]
+        out = agent._one_per_incident(fired, [], now_s=100.0)
+        assert [f.rule_id for f in out] == ["serialization_bottleneck"]
+        root = out[0]
+        assert any(c.startswith("Scheduling Thrash:") for c in root.correlated)
+        assert any(c.startswith("CPU Saturation:") for c in root.correlated)
+
+
 @pytest.mark.parametrize("explains, error", [
     ('["No Such Label"]', "explains unknown label"),
     ('["B"]', "cycle: A -> B -> A"),

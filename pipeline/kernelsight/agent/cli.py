@@ -55,6 +55,7 @@ def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (defa
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     log.info("agent running", interval_s=step, rules=len(agent.rules.rules))
     next_t = time.monotonic()
+    skipped_total = 0
     try:
         while not stopping:
             try:
@@ -63,7 +64,12 @@ def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (defa
                 log.exception("agent step failed")
             if once:
                 break
-            next_t += step
+            next_t, skipped = next_step_at(next_t, step, time.monotonic())
+            if skipped:
+                # A step that ran long (the agent starved of CPU: 19 s under stress-ng --switch):
+                # the missed ones are not run back to back, each on the same data.
+                skipped_total += skipped
+                log.warning("agent steps skipped", skipped=skipped, skipped_total=skipped_total)
             polled = time.monotonic()
             while not stopping and time.monotonic() < next_t:
                 # wake only to look for urgent work (or to step): a signal ends the sleep's
@@ -79,6 +85,16 @@ def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (defa
     finally:
         agent.close()
         log.info("agent stopped")
+
+
+def next_step_at(last_due: float, step: float, now: float) -> tuple[float, int]:
+    """The next step's due time on the grid last_due + k*step, the first one not yet past, and how
+    many due times were missed on the way."""
+    due = last_due + step
+    if now <= due:
+        return due, 0
+    missed = int((now - due) // step) + 1
+    return due + missed * step, missed
 
 
 @app.command(help="Show the OOM forecast from recent memory samples.\n\nExample: ks agent forecast")

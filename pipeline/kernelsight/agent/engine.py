@@ -458,18 +458,31 @@ class Agent:
                 primaries.remove(p)
         # Cause and consequence (rules' `explains`): a consequence folds into its cause while both
         # hold, unless it was open first (then it began first and stays its own until it clears).
-        folded = True
-        while folded:
-            folded = False
-            for p in primaries:
-                causes = [q for q in primaries if q is not p and p.label in self.explains.get(q.label, ())]
-                if causes and not self.tracker.is_open(p.key):
-                    # the root first (a cause nothing present explains), then the most severe
-                    roots = [q for q in causes if not any(q.label in self.explains.get(r.label, ()) for r in primaries)]
-                    _absorb(max(roots or causes, key=lambda q: SEVERITIES.index(q.severity)), p)
-                    primaries.remove(p)
-                    folded = True
-                    break
+        # Up a chain of causes that all hold, to its top: the run queues (CPU Saturation) of a
+        # switch storm (Scheduling Thrash) that serialisation (Serialization Bottleneck) explains
+        # are the serialisation's incident, whichever rule is read first.
+        present = list(primaries)
+
+        def causes_of(p: Finding) -> list[Finding]:
+            if self.tracker.is_open(p.key):
+                return []
+            return [q for q in present if q is not p and p.label in self.explains.get(q.label, ())]
+
+        def pick(causes: list[Finding]) -> Finding:
+            # the root first (a cause nothing present explains), then the most severe
+            roots = [q for q in causes if not causes_of(q)]
+            return max(roots or causes, key=lambda q: SEVERITIES.index(q.severity))
+
+        for p in present:
+            causes = causes_of(p)
+            if not causes:
+                continue
+            top, seen = pick(causes), {id(p)}
+            while causes_of(top) and id(top) not in seen:  # `explains` has no cycles; guard anyway
+                seen.add(id(top))
+                top = pick(causes_of(top))
+            _absorb(top, p)
+            primaries.remove(p)
         # A consequence with no cause in sight waits consequence_wait_s before it opens alone.
         explained = set().union(*self.explains.values()) if self.explains else set()
         firing = {f.key: self.firing_since.get(f.key, now_s) for f in fired if f.rule_id not in secondary}
