@@ -143,7 +143,7 @@ SCENARIOS = [
     Scenario("scheduling_thrash", "ctxswitch", ["--seconds", "40"], ("Scheduling Thrash", "Serialization Bottleneck"),
              related=CPU_LABELS,
              tool="stress-ng --switch", third_party=True, fault="scheduling thrash", needs=("stress-ng",),
-             fast=True, note="stress-ng --switch (pipe ping-pong), ~150k switches/s per worker"),
+             fast=True, note="stress-ng --switch 1 (one pipe ping-pong pair), ~250k switches/s"),
     Scenario("scheduling_thrash_perf", "cmd", cmd(40, "perf bench sched pipe -l 2000000000"),
              ("Scheduling Thrash", "Serialization Bottleneck"), related=CPU_LABELS, tool="perf bench sched pipe", third_party=True,
              fault="scheduling thrash", needs=("perf",),
