@@ -64,6 +64,9 @@ def test_a_lone_deviation_opens_only_when_large_and_sustained(agent):
 
 def test_a_lone_secondary_rule_still_opens_but_not_in_an_incident_tail(agent):
     lone = rule_finding("read_amplification")
+    # alone, once it has held anomaly_sustain_s (30 s): a fault's own rule comes a step later
+    assert agent._one_per_incident([lone], [], now_s=-30.0) == []
+    assert agent._one_per_incident([lone], [], now_s=-5.0) == []
     assert agent._one_per_incident([lone], [], now_s=0.0) == [lone]
     # An incident that just closed: what shows up in the next minute is its tail.
     agent.tracker.update(100.0, [rule_finding("io_saturation")])

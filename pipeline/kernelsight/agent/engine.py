@@ -170,6 +170,7 @@ class Agent:
         self.exhaustion = ExhaustionWatch(proc_root)  # filesystems, descriptors, PIDs: forecasts and suspects
         self.last_forecast_check_ns = 0
         self.deviating_since: dict[str, float] = {}  # feature -> when its baseline deviation began
+        self.secondary_since: dict[str, float] = {}  # secondary rule -> when it began to fire
         self.firing_since: dict[str, float] = {}  # primary rule key -> when it began to hold
         self.explains = self.rules.explains()  # cause label -> labels it explains
 
@@ -499,14 +500,19 @@ class Agent:
                 primaries.remove(p)
         out = [p for p in primaries if self.tracker.is_open(p.key) or p.label not in explained
                or now_s - firing[p.key] >= s.consequence_wait_s]
+        # Alone, a secondary rule opens once it has held anomaly_sustain_s: at a fault's start the
+        # load's 10-minute climb (Steady Demand Growth) fires a step before the fault's own rule.
+        sec_since = {}
         for f in fired:
             if f.rule_id not in secondary:
                 continue
+            since = sec_since[f.key] = self.secondary_since.get(f.key, now_s)
             h = None if self.tracker.is_open(f.key) else host(f)
             if h is not None:
                 h.correlated.append(f"{f.label}: {f.summary}")
-            elif self.tracker.is_open(f.key) or not tail:
+            elif self.tracker.is_open(f.key) or (not tail and now_s - since >= s.anomaly_sustain_s):
                 out.append(f)
+        self.secondary_since = sec_since
         deviating = {}
         for a in anomalies:
             since = deviating[a.metric] = self.deviating_since.get(a.metric, now_s)
