@@ -85,7 +85,19 @@ sample under 10 % available. Seconds to clear count from the end of the fault;
 connection churn clears only once the kernel's 60 s TIME_WAIT expires. The
 fast scenarios also run in `make test` (`tests/test_scenarios.py`). Don't run
 `make test` and `make scenarios` at the same time: each is the other's false
-positive.
+positive. A fault is ok when it is labelled within 30 s, the label's observation
+names the injector, nothing unrelated of high or critical opened, and every
+observation of the scenario closed within 60 s of its end; extra observations
+are counted beside it.
+
+stress-ng --switch runs one ping-pong pair. With two pairs filling both CPUs
+from another session, the pipeline's own processes waited seconds on the run
+queue (ks-scraper 10.6 s, read from /proc/PID/schedstat; a plain sleeper in the
+same spot was not delayed, and the same load started from the pipeline's own
+session delayed nothing): the label then came after 40 s. `chrt -r 1` on
+ks-scraper removed the wait in a trial, `nice -5` did not reliably; the pipeline
+keeps normal priority, so on a host where such a load fills every CPU, expect
+late samples rather than none.
 
 """
 
@@ -118,7 +130,7 @@ def scenarios_page(path: Path) -> str:
         d = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return head + "No scenario results yet: run `make scenarios`.\n"
-    verdict = "every scenario detected and cleared, no high/critical false positives" if d.get("ok") else \
+    verdict = "every fault ok (labelled in time, injector named, nothing unrelated, all closed)" if d.get("ok") else \
         "NOT all passed: see bench/scenarios.json"
     took = f", {d['duration_s']:.0f} s" if d.get("duration_s") else ""
     out = (head + f"Run of {d['date']} ({d.get('mode', 'full')}{took}, kernel "
