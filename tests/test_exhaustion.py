@@ -192,3 +192,19 @@ def test_disk_users_with_a_name_that_is_not_utf8(tmp_path):
     w.prev_t -= 1.0
     w.sample()
     assert [r["comm"] for r in w.disk_users()] == ["ev\\xffil"]  # escaped, not a crash
+
+
+def test_a_pids_cgroup_leader_with_a_name_that_is_not_utf8_is_named_escaped(tmp_path):
+    """The fork loop's parent is named from its comm like every other suspect: escaped, not a crash."""
+    from kernelsight.agent.exhaustion import pids_cgroup_leader
+
+    cg = tmp_path / "sys" / "fs" / "cgroup" / "pids" / "loop"
+    cg.mkdir(parents=True)
+    (cg / "cgroup.procs").write_text("7\n8\n9\n")
+    for pid, ppid, comm in ((7, 1, b"fork\xffer"), (8, 7, b"child"), (9, 7, b"child")):
+        d = tmp_path / "proc" / str(pid)
+        d.mkdir(parents=True)
+        (d / "stat").write_bytes(b"%d (" % pid + comm + b") S %d 0 0" % ppid)
+        (d / "comm").write_bytes(comm + b"\n")
+    lead = pids_cgroup_leader("/loop", str(tmp_path / "proc"), str(tmp_path / "sys"))
+    assert lead == {"pid": 7, "comm": "fork\\xffer", "children_in_cgroup": 2}

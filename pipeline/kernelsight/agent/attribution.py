@@ -304,7 +304,7 @@ def spawners(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
 
 def _parent_name(conn: sqlite3.Connection, pid: int) -> str | None:
     """A parent's name: its live /proc comm, else (it is gone too) its own last exec or exit line."""
-    name = _comm_of(pid)
+    name = read_comm(pid)
     for sql in ("SELECT comm FROM exec_events WHERE pid = ? ORDER BY ts DESC LIMIT 1",
                 "SELECT comm FROM process_exit_events WHERE pid = ? ORDER BY ts DESC LIMIT 1"):
         if name is not None:
@@ -317,9 +317,10 @@ def _parent_name(conn: sqlite3.Connection, pid: int) -> str | None:
     return name
 
 
-def _comm_of(pid: int) -> str | None:
+def read_comm(pid: int, proc_root: str | Path = "/proc") -> str | None:
+    """pid's name, None when it is gone; a name that is not UTF-8 is escaped, never fatal."""
     try:
-        return Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n").decode("utf-8", "backslashreplace")
+        return (Path(proc_root) / str(pid) / "comm").read_bytes().rstrip(b"\n").decode("utf-8", "backslashreplace")
     except OSError:
         return None
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .attribution import read_comm
 from .forecast import CONFIDENT, RISK_LEVELS, OomForecast, best_fit
 from .tracker import Finding
 
@@ -184,19 +185,12 @@ class WriterSampler:
         for pid, (rd, wr) in top:
             if rd + wr <= 0 or len(out) >= limit:
                 break
-            comm = self._comm(pid)
+            comm = read_comm(pid, self.proc)
             if comm is None:
                 continue
             out.append({"pid": pid, "comm": comm, "read_rate": f"{rd / 1048576:.1f} MiB/s",
                         "write_rate": f"{wr / 1048576:.1f} MiB/s"})
         return out
-
-    def _comm(self, pid: int) -> str | None:
-        """pid's name, None when it is gone; a name that is not UTF-8 is escaped, never fatal."""
-        try:
-            return (self.proc / str(pid) / "comm").read_bytes().rstrip(b"\n").decode("utf-8", "backslashreplace")
-        except OSError:
-            return None
 
     def _writes_on(self, pid: int, dev: int) -> bool:
         fd_dir = self.proc / str(pid) / "fd"
@@ -230,7 +224,7 @@ class WriterSampler:
                 break
             if not self._writes_on(pid, dev):
                 continue
-            comm = self._comm(pid)
+            comm = read_comm(pid, self.proc)
             if comm is None:
                 continue
             out.append({"pid": pid, "comm": comm, "mount": mountpoint,
@@ -282,11 +276,7 @@ def pids_cgroup_leader(path: str, proc_root: str = "/proc", sys_root: str = "/sy
     lead = max(children, key=children.get) if children else (pids[0] if pids else None)
     if lead is None:
         return None
-    try:
-        comm = Path(f"{proc_root}/{lead}/comm").read_text().strip()
-    except OSError:
-        comm = "?"
-    return {"pid": lead, "comm": comm, "children_in_cgroup": children.get(lead, 0)}
+    return {"pid": lead, "comm": read_comm(lead, proc_root) or "?", "children_in_cgroup": children.get(lead, 0)}
 
 
 class ExhaustionWatch:
