@@ -170,8 +170,7 @@ class Agent:
         self.exhaustion = ExhaustionWatch(proc_root)  # filesystems, descriptors, PIDs: forecasts and suspects
         self.last_forecast_check_ns = 0
         self.deviating_since: dict[str, float] = {}  # feature -> when its baseline deviation began
-        self.secondary_since: dict[str, float] = {}  # secondary rule -> when it began to fire
-        self.firing_since: dict[str, float] = {}  # primary rule key -> when it began to hold
+        self.firing_since: dict[str, float] = {}  # rule key -> when it began to hold
         self.explains = self.rules.explains()  # cause label -> labels it explains
 
     # -- inputs ---------------------------------------------------------------
@@ -478,15 +477,14 @@ class Agent:
             causes = causes_of(p)
             if not causes:
                 continue
-            top, seen = pick(causes), {id(p)}
-            while causes_of(top) and id(top) not in seen:  # `explains` has no cycles; guard anyway
-                seen.add(id(top))
+            top = pick(causes)
+            while causes_of(top):  # ends: load_rules refuses an `explains` cycle
                 top = pick(causes_of(top))
             _absorb(top, p)
             primaries.remove(p)
         # A consequence with no cause in sight waits consequence_wait_s before it opens alone.
         explained = set().union(*self.explains.values()) if self.explains else set()
-        firing = {f.key: self.firing_since.get(f.key, now_s) for f in fired if f.rule_id not in secondary}
+        firing = {f.key: self.firing_since.get(f.key, now_s) for f in fired}
         self.firing_since = firing
         # A consequence that outlasts its cause (the run queues drain a step after the CPUs idle) is
         # that incident's tail: it has fired without a break since a step at which the cause still
@@ -502,17 +500,14 @@ class Agent:
                or now_s - firing[p.key] >= s.consequence_wait_s]
         # Alone, a secondary rule opens once it has held anomaly_sustain_s: at a fault's start the
         # load's 10-minute climb (Steady Demand Growth) fires a step before the fault's own rule.
-        sec_since = {}
         for f in fired:
             if f.rule_id not in secondary:
                 continue
-            since = sec_since[f.key] = self.secondary_since.get(f.key, now_s)
             h = None if self.tracker.is_open(f.key) else host(f)
             if h is not None:
                 h.correlated.append(f"{f.label}: {f.summary}")
-            elif self.tracker.is_open(f.key) or (not tail and now_s - since >= s.anomaly_sustain_s):
+            elif self.tracker.is_open(f.key) or (not tail and now_s - firing[f.key] >= s.anomaly_sustain_s):
                 out.append(f)
-        self.secondary_since = sec_since
         deviating = {}
         for a in anomalies:
             since = deviating[a.metric] = self.deviating_since.get(a.metric, now_s)
