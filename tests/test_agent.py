@@ -541,7 +541,7 @@ def test_forecast_keeps_the_most_pessimistic_confident_horizon():
 
 
 def test_a_late_step_skips_the_missed_ones_and_stays_on_the_grid():
-    from kernelsight.agent.cli import next_step_at
+    from kernelsight.agent.daemon import next_step_at
 
     assert next_step_at(100.0, 5.0, 101.0) == (105.0, 0)
     assert next_step_at(100.0, 5.0, 105.0) == (105.0, 0)

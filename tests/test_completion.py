@@ -1,6 +1,6 @@
 """Every console script offers shell completion: --install-completion and --show-completion.
 
-ks, ks-ingest and ks-features are typer apps (typer's own completion); ks-exporter and ks-alerts
+ks and ks-features are typer apps (typer's own completion); ks-ingest, ks-exporter and ks-alerts
 are argparse and get the same two options from kernelsight.completion.  The C tracers and
 ks-scraper use argp/getopt and have none.
 """
@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, tool
 
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-ARGPARSE = {"ks-exporter", "ks-alerts", "ks-remote-write"}
+ARGPARSE = {"ks-exporter", "ks-alerts", "ks-remote-write", "ks-ingest"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

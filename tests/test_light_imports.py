@@ -1,4 +1,5 @@
-"""The long-running processes stay light: none imports pandas, pyarrow, matplotlib or structlog.
+"""The long-running processes stay light: none imports pandas, pyarrow, matplotlib, structlog,
+typer or pydantic.
 
 Each test starts a fresh interpreter and imports what that process imports at
 start: its entry module, and the modules its start-up functions import inside
@@ -7,7 +8,9 @@ Where it can without blocking, it then runs the process's steady-state work
 once (an agent step with housekeeping and rollups, a replay through ks-ingest,
 a scrape, a remote-write collection, an alerts poll) and looks again.  pandas
 and pyarrow are for exports and reports (`ks features export`, `ks report`),
-matplotlib for the report's plots: they are imported inside those functions.
+matplotlib for the report's plots: they are imported inside those functions.  typer (and the
+pydantic it imports, ~9 MiB RSS) is for the commands people type: `ks run` execs the
+supervisor's own entry, which starts each daemon by its argparse entry.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURE = REPO / "tests" / "fixtures" / "agent" / "memory_pressure.jsonl"
-HEAVY = ("pandas", "pyarrow", "matplotlib", "structlog")  # structlog: asyncio, ssl and rich come with it
+# structlog: asyncio, ssl and rich come with it; typer: pydantic
+HEAVY = ("pandas", "pyarrow", "matplotlib", "structlog", "typer", "pydantic")
 
 PRELUDE = textwrap.dedent('''
     import ast, importlib, inspect, json, os, sys, textwrap
@@ -106,32 +110,33 @@ def test_ks_ingest(replayed):
 
 
 def test_ks_run_supervisor(replayed):
-    """`ks run`: the supervisor process that stays up: kernelsight.cli, then what `run` imports to
-    build the children and supervise them."""
+    """`ks run` execs `python -m kernelsight.supervisor`: the process that stays up, and what its
+    main() imports to build the children and supervise them."""
     d, _ = replayed
     assert heavy_after('''
-        from kernelsight import cli, log
-        imports_of(command(cli.app, "run"))
-        import kernelsight.children, kernelsight.supervisor, kernelsight.collectors.probe, kernelsight.collectors.supervise
-        for m in (kernelsight.children, kernelsight.supervisor, kernelsight.collectors.probe,
-                  kernelsight.collectors.supervise):
+        import kernelsight.supervisor as sv
+        imports_of(sv.main)
+        import kernelsight.children, kernelsight.collectors.probe, kernelsight.collectors.supervise
+        for m in (kernelsight.children, sv, kernelsight.collectors.probe, kernelsight.collectors.supervise):
             imports_of(m)
+        from kernelsight import log
         log.configure("ks-supervisor")
         assert "numpy" not in sys.modules, "the supervisor has no use for numpy"
     ''', d) == []
 
 
 def test_ks_agent(replayed):
-    """ks-agent (`python -m kernelsight.cli agent run`): one step of the real command, with housekeeping
-    rolling the capture up."""
+    """ks-agent (`python -m kernelsight.agent`, /metrics served from its thread): one step of the real
+    entry, with housekeeping rolling the capture up."""
     d, _ = replayed
     assert heavy_after('''
         import runpy, sqlite3
-        from kernelsight import cli
-        imports_of(command(cli.app, "agent", "run"))
-        sys.argv = ["ks", "agent", "run", "--once", "--data-dir", D]
+        import kernelsight.agent.daemon as ad, kernelsight.exporter as ex
+        imports_of(ad)
+        imports_of(ex.MetricsThread)
+        sys.argv = ["ks-agent", "--once", "--data-dir", D]
         try:
-            runpy.run_module("kernelsight.cli", run_name="__main__")
+            runpy.run_module("kernelsight.agent", run_name="__main__")
         except SystemExit as e:
             assert e.code in (0, None), e.code
         from kernelsight import db

@@ -106,12 +106,11 @@ def default_children(opts: RunOptions) -> list[ChildSpec]:
         specs += _tracer_specs(opts)
     if opts.collectors:
         specs += _collector_specs(opts)
-    specs += [
-        ChildSpec("ks-agent", [py, "-m", "kernelsight.cli", "agent", "run"], "consumer"),
-    ]
     cfg = load_config()
-    if cfg.exporter.enabled:  # /metrics for Prometheus ([exporter] in the config file)
-        specs.append(ChildSpec("ks-exporter", [py, "-m", "kernelsight.exporter"], "consumer"))
+    # /metrics for Prometheus ([exporter] in the config file), served from a thread of the agent:
+    # one Python process fewer than a ks-exporter of its own (see agent/daemon.py).
+    specs.append(ChildSpec("ks-agent", [py, "-m", "kernelsight.agent",
+                                        *(["--serve-metrics"] if cfg.exporter.enabled else [])], "consumer"))
     if cfg.alerts.alertmanager_url or cfg.alerts.webhook_url:  # observations as alerts ([alerts])
         specs.append(ChildSpec("ks-alerts", [py, "-m", "kernelsight.alerts"], "consumer"))
     if cfg.remote_write.url:  # the exporter's samples pushed by remote-write ([remote_write])

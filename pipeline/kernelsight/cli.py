@@ -12,8 +12,8 @@ from typing import Optional
 import orjson
 import typer
 
-from . import db, log as klog
-from .fifo import FifoError, default_fifo_path, ensure_fifo
+from . import db
+from .fifo import default_fifo_path
 from .supervisor import STATUS_FILE, pipeline_lock_holder, proc_start_time
 
 app = typer.Typer(pretty_exceptions_enable=False, no_args_is_help=True,
@@ -35,27 +35,15 @@ def run(
     scraper: bool = typer.Option(True, help="start ks-scraper (--no-scraper: the FIFO is fed by something else, "
                                  "e.g. a replay)"),
 ) -> None:
-    from .children import RunOptions, default_children
-    from .supervisor import PipelineBusy, Supervisor, claim
-
-    directory = _data_dir(data_dir)
-    fifo = fifo or default_fifo_path()
-    try:
-        db.ensure_data_dir(directory)
-        ensure_fifo(fifo)
-        # One pipeline per data dir (and per FIFO), held until we exit.
-        held = claim(directory, fifo)
-    except (FifoError, db.StoreError, PipelineBusy) as e:
-        print(f"ks run: {e}", file=sys.stderr)
-        raise typer.Exit(1) from None
-    os.environ["KS_DATA_DIR"] = str(directory)
-    # The supervisor runs in the foreground: its log goes to the terminal (stderr);
-    # each child's stderr goes to DATA_DIR/logs/NAME.log.
-    log = klog.configure("ks-supervisor")
-    specs = default_children(RunOptions(fifo=fifo, interval_s=interval, tracers=tracers, collectors=collectors,
-                                        data_dir=directory, scraper=scraper))
-    print(f"ks run: data in {directory}, FIFO {fifo}, logs in {directory / 'logs'}; Ctrl-C stops", file=sys.stderr)
-    raise typer.Exit(Supervisor(specs, directory, fifo, log, claim=held, interval_s=interval).run())
+    # The supervisor lives for months: it runs as `python -m kernelsight.supervisor` (same pid), which
+    # does not hold typer and the pydantic it imports (~9 MiB RSS measured) for the options read here.
+    argv = [sys.executable, "-m", "kernelsight.supervisor", "--data-dir", str(_data_dir(data_dir)),
+            "--fifo", fifo or default_fifo_path(), "--interval", repr(interval)]
+    argv += [f"--no-{name}" for name, on in (("tracers", tracers), ("collectors", collectors),
+                                             ("scraper", scraper)) if not on]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 def read_status(directory: Path) -> dict:

@@ -1,8 +1,8 @@
-"""Shell completion for the argparse commands (ks-exporter, ks-alerts, ks-remote-write), as typer gives the others.
+"""Shell completion for the argparse commands (ks-ingest, ks-exporter, ks-alerts, ks-remote-write), as typer gives the others.
 
 `--show-completion [SHELL]` prints a completion script for bash, zsh or fish (default: the
 shell this runs under); `--install-completion [SHELL]` writes it where that shell finds it,
-in the same places typer uses for `ks`, `ks-features` and `ks-ingest`.  The script is built
+in the same places typer uses for `ks` and `ks-features`.  The script is built
 from the parser itself: its options, with file-name completion after those that take a path.
 """
 

@@ -39,6 +39,7 @@ import re
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from .features import catalog
 
 PREFIX = "kernelsight_"
 STATUS_NAME = "exporter.json"  # in DATA_DIR/run: where we listen, or why we cannot
+SERVE_POLL_S = 2.0  # how soon a stop is seen; a scrape wakes the server at once
 MIB = 1024.0 * 1024.0
 # The producers' line accounting is reconciled at most this often (it reads every producer's
 # counters file; producers report every few seconds): scrapes in between reuse the last result.
@@ -526,43 +528,83 @@ def read_status(data_dir: Path) -> dict | None:
         return None
 
 
+def _bind(app, data_dir: Path, address: str, port: int, log, stop: threading.Event) -> WSGIServer | None:
+    """The listening server; an address in use is retried every 5 s (saying why in
+    DATA_DIR/run/exporter.json and the log); None on another error or once stop is set."""
+    logged = None
+    while not stop.is_set():
+        try:
+            return make_server(address, port, app, server_class=WSGIServer, handler_class=_QuietHandler)
+        except OSError as e:
+            why = f"cannot listen on {address}:{port}: {e.strerror or e}"
+            if why != logged:
+                log.error("exporter not serving; retrying every 5 s", error=why)
+                logged = why
+            _write_status(data_dir, {"listening": None, "error": why})
+            if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+                return None
+            stop.wait(5)
+    return None
+
+
 def serve(data_dir: Path, address: str, port: int, log) -> int:
-    """Serve /metrics until SIGTERM.  An address in use is retried every 5 s (the
-    process stays up and says why in DATA_DIR/run/exporter.json and its log)."""
+    """Serve /metrics until SIGTERM (ks-exporter on its own)."""
     reg, _ = registry_for(data_dir)
     app = make_wsgi_app(reg)
-    stop = []
 
     def _stop(*_a):
-        stop.append(1)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    logged = None
     try:
-        while True:
-            try:
-                httpd = make_server(address, port, app, server_class=WSGIServer, handler_class=_QuietHandler)
-                break
-            except OSError as e:
-                why = f"cannot listen on {address}:{port}: {e.strerror or e}"
-                if why != logged:
-                    log.error("exporter not serving; retrying every 5 s", error=why)
-                    logged = why
-                _write_status(data_dir, {"listening": None, "error": why})
-                if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
-                    return 1
-                time.sleep(5)
+        httpd = _bind(app, data_dir, address, port, log, threading.Event())
+        if httpd is None:
+            return 1
         url = f"http://{address}:{port}/metrics"
         _write_status(data_dir, {"listening": url, "error": None})
         log.info("serving", url=url)
-        httpd.serve_forever(poll_interval=0.5)
+        httpd.serve_forever(poll_interval=SERVE_POLL_S)
     except KeyboardInterrupt:
         pass
     _write_status(data_dir, {"listening": None, "error": "stopped"})
     log.info("stopped")
     return 0
+
+
+class MetricsThread:
+    """/metrics served from a thread of another process (ks-agent under `ks run`): the same
+    registry and status file as ks-exporter; close() stops it within SERVE_POLL_S."""
+
+    def __init__(self, data_dir: Path, address: str, port: int, log):
+        self.data_dir, self.address, self.port, self.log = Path(data_dir), address, port, log
+        self.stop = threading.Event()
+        self.httpd: WSGIServer | None = None
+        self.thread = threading.Thread(target=self._run, name="ks-exporter", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            reg, _ = registry_for(self.data_dir)
+            self.httpd = _bind(make_wsgi_app(reg), self.data_dir, self.address, self.port, self.log, self.stop)
+            if self.httpd is None or self.stop.is_set():
+                return
+            url = f"http://{self.address}:{self.port}/metrics"
+            _write_status(self.data_dir, {"listening": url, "error": None})
+            self.log.info("serving", url=url)
+            self.httpd.serve_forever(poll_interval=SERVE_POLL_S)
+        except Exception:  # noqa: BLE001 - the agent goes on; ks status shows the exporter is down
+            self.log.exception("exporter thread failed")
+            _write_status(self.data_dir, {"listening": None, "error": "exporter thread failed (see ks-agent.log)"})
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        self.thread.join(timeout=SERVE_POLL_S + 5)
+        _write_status(self.data_dir, {"listening": None, "error": "stopped"})
+        self.log.info("exporter stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,11 @@ in its own session so a terminal's Ctrl-C reaches only us and we decide the
 order: on stop, producers first, then the consumers (ks-ingest last), so every
 line already in the FIFO is stored.  A child that exits is restarted after an
 exponential backoff (1 s doubling to 30 s, reset once it has run for 30 s).
-State goes to DATA_DIR/status.json every second for `ks status`; our pid and
-every descendant's go to DATA_DIR/run/pipeline.pids (the tracers exclude them).
+State goes to DATA_DIR/status.json every STATUS_EVERY_S (and at once on a start or an exit) for
+`ks status`; our pid and every descendant's go to DATA_DIR/run/pipeline.pids (the tracers
+exclude them), looked for every second while the tree settles after a start or an exit and
+every PIDS_IDLE_REFRESH_S after that: without /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN,
+off on this VM's kernel) each look reads every process on the host.
 """
 
 from __future__ import annotations
@@ -52,7 +55,10 @@ STATUS_FILE = "status.json"
 RUN_DIR = "run"
 LOCK_FILE = "lock"
 PIDS_FILE = "pipeline.pids"
-PIDS_REFRESH_S = 1.0          # descendants (a collector's tools) come and go on their own
+PIDS_REFRESH_S = 1.0          # descendants (a collector's tools) come and go on their own ...
+PIDS_SETTLE_S = 30.0          # ... mostly in the first seconds after one of our children starts
+PIDS_IDLE_REFRESH_S = 10.0    # a tool a collector restarts later is named within this
+STATUS_EVERY_S = 5.0          # `ks status` shows the age; a start or an exit is written at once
 
 
 class PipelineBusy(Exception):
@@ -227,6 +233,7 @@ class Supervisor:
         self.pids_path = data_dir / RUN_DIR / PIDS_FILE
         self._pids_written: list[int] | None = None
         self.started_at = time.time()
+        self.settle_until = time.monotonic() + PIDS_SETTLE_S
 
     def _stop(self, signum, _frame) -> None:
         if not self.stopping:
@@ -282,12 +289,13 @@ class Supervisor:
         self.log.info("started", child=c.spec.name, child_pid=c.proc.pid, argv=c.proc.args)
         self.write_pids()
 
-    def reap(self, c: Child) -> None:
+    def reap(self, c: Child) -> bool:
+        """True when c had exited (and is now waiting to restart)."""
         if c.proc is None or c.state != "running":
-            return
+            return False
         rc = c.proc.poll()
         if rc is None:
-            return
+            return False
         c.last_exit = rc
         c.state = "restarting"
         delay_s = c.backoff.failed(ran_s=time.monotonic() - c.started_at)
@@ -295,6 +303,7 @@ class Supervisor:
         self.log.warning("child exited", child=c.spec.name, child_pid=c.proc.pid, returncode=rc,
                          restart_in_s=delay_s)
         self.write_pids()
+        return True
 
     def write_pids(self) -> None:
         """DATA_DIR/run/pipeline.pids: us and every process below us, one per line,
@@ -368,7 +377,7 @@ class Supervisor:
 
     @staticmethod
     def _sleep(wake: int | None, timeout_s: float) -> None:
-        timeout_s = min(max(timeout_s, 0.0), PIDS_REFRESH_S)
+        timeout_s = max(timeout_s, 0.0)
         if wake is None:
             time.sleep(min(timeout_s, 0.2))
             return
@@ -415,21 +424,28 @@ class Supervisor:
         for c in producers:
             if c.state == "pending":
                 self.start(c)
-        next_status = 0.0
+        next_status = next_pids = 0.0
         wake = self._wake_on_signals()
         while not self.stopping:
             now = time.monotonic()
+            changed = False
             for c in self.children:
-                self.reap(c)
+                changed |= self.reap(c)
                 if c.state in ("restarting", "failed") and now >= c.next_start and not self.stopping:
                     c.restarts += 1
                     self.start(c)
-            if now >= next_status:
+                    changed = True
+            if changed:
+                self.settle_until = now + PIDS_SETTLE_S
+            if changed or now >= next_status:
                 self.write_status()
+                next_status = now + STATUS_EVERY_S
+            if changed or now >= next_pids:
                 self.write_pids()
-                next_status = now + PIDS_REFRESH_S
-            self._sleep(wake, min([next_status] + [c.next_start for c in self.children
-                                                   if c.state in ("restarting", "failed")]) - time.monotonic())
+                next_pids = now + (PIDS_REFRESH_S if now < self.settle_until else PIDS_IDLE_REFRESH_S)
+            self._sleep(wake, min([next_status, next_pids] + [c.next_start for c in self.children
+                                                              if c.state in ("restarting", "failed")])
+                        - time.monotonic())
         self.log.info("stopping producers")
         self._terminate(producers)
         self.log.info("stopping consumers")
@@ -443,3 +459,43 @@ class Supervisor:
         self.claim.release()
         self.log.info("stopped")
         return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """What `ks run` execs once it has read its options (see there); not a command of its own."""
+    import argparse
+    import sys
+
+    from . import db
+    from . import log as klog
+    from .children import RunOptions, default_children
+    from .fifo import FifoError, ensure_fifo
+
+    p = argparse.ArgumentParser(prog="ks run")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--fifo", required=True)
+    p.add_argument("--interval", type=float, required=True)
+    for name in ("tracers", "collectors", "scraper"):
+        p.add_argument(f"--no-{name}", dest=name, action="store_false")
+    a = p.parse_args(argv)
+    directory = a.data_dir.absolute()
+    try:
+        db.ensure_data_dir(directory)
+        ensure_fifo(a.fifo)
+        # One pipeline per data dir (and per FIFO), held until we exit.
+        held = claim(directory, a.fifo)
+    except (FifoError, db.StoreError, PipelineBusy) as e:
+        print(f"ks run: {e}", file=sys.stderr)
+        return 1
+    os.environ["KS_DATA_DIR"] = str(directory)
+    # The supervisor runs in the foreground: its log goes to the terminal (stderr);
+    # each child's stderr goes to DATA_DIR/logs/NAME.log.
+    log = klog.configure("ks-supervisor")
+    specs = default_children(RunOptions(fifo=a.fifo, interval_s=a.interval, tracers=a.tracers,
+                                        collectors=a.collectors, data_dir=directory, scraper=a.scraper))
+    print(f"ks run: data in {directory}, FIFO {a.fifo}, logs in {directory / 'logs'}; Ctrl-C stops", file=sys.stderr)
+    return Supervisor(specs, directory, a.fifo, log, claim=held, interval_s=a.interval).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import orjson
 import typer
 
 from .. import db, log as klog
-from ..features.window import FEATURE_STEP_S, FEATURE_WINDOW_S
+from ..features.window import FEATURE_WINDOW_S
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="The diagnosis agent: observations from features, offline.")
@@ -30,71 +29,18 @@ def _out(obj) -> None:
                                   default=str).decode() + "\n")
 
 
-URGENT_POLL_S = 0.5  # between steps, how often the agent looks for an OOM kill just stored
-
-
 @app.command(help="Evaluate the rules every interval and keep observations up to date (run by `ks run`).\n\n"
              "Example: ks agent run --interval 5")
 def run(data_dir: Optional[Path] = typer.Option(None, help="data directory (default $KS_DATA_DIR or ./data)"),
         interval: Optional[float] = typer.Option(None, min=0.5, help="seconds between evaluations (default: "
                                                  "FEATURE_STEP_S, the step of the stored feature vectors)"),
-        once: bool = typer.Option(False, help="evaluate once and exit")) -> None:
-    from .engine import Agent
+        once: bool = typer.Option(False, help="evaluate once and exit"),
+        serve_metrics: bool = typer.Option(False, help="also serve /metrics ([exporter] in the config file)")) -> None:
+    from .daemon import run_agent
 
-    log = klog.configure("ks-agent")
-    from ..config import ConfigError
-
-    try:
-        agent = Agent(_dir(data_dir), log=log)
-    except (db.StoreError, ConfigError) as e:
-        print(f"ks agent: {e}", file=sys.stderr)
-        raise typer.Exit(1) from None
-    step = interval or FEATURE_STEP_S
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    log.info("agent running", interval_s=step, rules=len(agent.rules.rules))
-    next_t = time.monotonic()
-    skipped_total = 0
-    try:
-        while not stopping:
-            try:
-                agent.step()
-            except Exception:  # one bad interval must not stop the agent
-                log.exception("agent step failed")
-            if once:
-                break
-            next_t, skipped = next_step_at(next_t, step, time.monotonic())
-            if skipped:
-                # A step that ran long (the agent starved of CPU: 19 s under stress-ng --switch):
-                # the missed ones are not run back to back, each on the same data.
-                skipped_total += skipped
-                log.warning("agent steps skipped", skipped=skipped, skipped_total=skipped_total)
-            polled = time.monotonic()
-            while not stopping and time.monotonic() < next_t:
-                # wake only to look for urgent work (or to step): a signal ends the sleep's
-                # wait no later than URGENT_POLL_S (PEP 475 resumes it after the handler)
-                time.sleep(max(0.0, min(polled + URGENT_POLL_S, next_t) - time.monotonic()))
-                if time.monotonic() - polled >= URGENT_POLL_S:
-                    polled = time.monotonic()
-                    if agent.urgent():  # an OOM kill: judge now, not at the next step
-                        try:
-                            agent.step()
-                        except Exception:
-                            log.exception("agent step failed")
-    finally:
-        agent.close()
-        log.info("agent stopped")
-
-
-def next_step_at(last_due: float, step: float, now: float) -> tuple[float, int]:
-    """The next step's due time on the grid last_due + k*step, the first one not yet past, and how
-    many due times were missed on the way."""
-    due = last_due + step
-    if now <= due:
-        return due, 0
-    missed = int((now - due) // step) + 1
-    return due + missed * step, missed
+    rc = run_agent(_dir(data_dir), interval, once, serve_metrics)
+    if rc:
+        raise typer.Exit(rc)
 
 
 @app.command(help="Show the OOM forecast from recent memory samples.\n\nExample: ks agent forecast")

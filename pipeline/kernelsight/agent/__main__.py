@@ -1,0 +1,3 @@
+from .daemon import main
+
+raise SystemExit(main())
