@@ -201,6 +201,29 @@ def test_live_tcp_counts_match_proc_net_tcp(loopback):
         assert tcp_line(s)["time_wait"] >= N_TIME_WAIT
 
 
+def test_live_dump_reused_only_while_no_tcp_socket_moved():
+    """A scraper reuses its last dump while PROC/net/snmp's Tcp values and sockstat's TCP line stand
+    still.  Sockets that listen, connect and close between two reads of the same scraper change
+    them, so its next read dumps again and agrees with /proc/net/tcp, not with its last dump."""
+    if not sock_diag_works():
+        pytest.skip("this kernel has no inet_diag TCP dump")
+    s = Scraper("/proc", "/sys")
+    tcp_line(s)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    cli = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    try:
+        got, oracle = agree(lambda: tcp_line(s), text_counts)
+        assert got == oracle and got["listen"] >= 1 and got["established"] >= 2
+    finally:
+        for x in (cli, conn, srv):
+            x.close()
+    got, oracle = agree(lambda: tcp_line(s), text_counts)
+    assert got == oracle
+
+
 def test_live_ephemeral_ports_match_proc_net_tcp(loopback):
     """limits.ephemeral_ports_used comes from the same dump on the live host."""
     if not sock_diag_works():
