@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import re
 import stat
@@ -209,11 +210,18 @@ _NAME = re.compile(r"ks-[a-z0-9-]+(?:<[a-z]+>)?")
 
 
 def producer_map(schema_directory: Path | None = None) -> ProducerMap:
-    """Read each schema file's "producer" key (schema/events/*.json)."""
+    """Read each schema file's "producer" key (schema/events/*.json); parsed again only when a
+    file changes (the agent reconciles every step)."""
     from .schema import schema_dir
 
     d = Path(schema_directory) if schema_directory else schema_dir()
-    docs = {p.stem: orjson.loads(p.read_bytes()) for p in sorted(d.glob("*.json"))}
+    files = sorted(d.glob("*.json"))
+    return _producer_map(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
+
+
+@functools.lru_cache(maxsize=4)
+def _producer_map(files: tuple[tuple[str, int, int], ...]) -> ProducerMap:
+    docs = {Path(p).stem: orjson.loads(Path(p).read_bytes()) for p, _, _ in files}
     by_type: dict[str, str] = {}
     by_field: dict[str, tuple[str, dict[str, str] | None]] = {}
     prefixes: dict[str, str] = {}

@@ -73,7 +73,7 @@ class LogsConfig:
 class ExporterConfig:
     """ks-exporter: the pipeline's state as Prometheus metrics on http://ADDRESS:PORT/metrics (docs/prometheus.md)."""
 
-    enabled: bool = _f(True, "start ks-exporter under `ks run`")
+    enabled: bool = _f(True, "serve /metrics under `ks run` (from a thread of ks-agent)")
     address: str = _f("127.0.0.1", "address the exporter binds to (0.0.0.0 exposes it to the network)")
     port: int = _f(9863, "TCP port of /metrics")
 

@@ -41,12 +41,13 @@ from .attribution import (ProcessSampler, cgroup_of, connection_makers, dropping
                           short_lived_children, slow_syscalls, spawners)
 from .exhaustion import KINDS as EXHAUSTION_KINDS
 from .exhaustion import ExhaustionWatch
-from .forecast import RISK_LEVELS, forecast, forecast_cgroups
+from .forecast import RISK_LEVELS, forecast, forecast_cgroups, line_fit
 from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
 from .signals import agent_signals, disk_worst, failing_processes, fs_errors, io_worst
 from .store import ObservationStore
 from .tracker import BAND_WORDS, Finding, Tracked, Tracker, band, escalate
 
+AGENT_SQLITE_CACHE_KIB = 512  # per connection (SQLite's default: 2000)
 BASELINE_RELOAD_S = 300
 AUTO_SOURCE = "learned automatically by ks-agent"
 BASELINE_MAX_VECTORS = 20_000  # held at once while learning (~170 features: ~27 MB of float64)
@@ -144,6 +145,11 @@ class Agent:
         self.rw = db.connect(self.db_path)  # creates/migrates, so the agent can start before ingest
         self.store = ObservationStore(self.rw, data_dir / "observations.jsonl" if stream else None)
         self.ro = db.connect_readonly(self.db_path)
+        for conn in (self.rw, self.ro):
+            # The window's pages are read again each step from the OS page cache at no measurable
+            # CPU cost; SQLite's default 2 MiB cache per connection held ~2 MiB more of this
+            # always-on process (measured over 59 replayed steps).
+            conn.execute(f"PRAGMA cache_size=-{AGENT_SQLITE_CACHE_KIB}")
         self.rules = rules or load_rules()
         s = self.rules.settings
         self.tracker = Tracker(s.clear_after_s, s.reopen_within_s)
@@ -248,7 +254,7 @@ class Agent:
         a = np.array(pts, dtype=float)
         if np.ptp(a[:, 0]) <= 0:
             return None
-        return float(np.polyfit(a[:, 0], a[:, 1], 1)[0] * 60.0)
+        return line_fit(a[:, 0] - a[0, 0], a[:, 1])[0] * 60.0
 
     def trend(self, name: str, value: float | None) -> str:
         s = self.slope(name)

@@ -65,6 +65,16 @@ def _rate_text(per_s: float, unit: str) -> str:
     return f"{per_s:.3g} {unit}/s"
 
 
+def line_fit(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope and intercept of y over t, in closed form: what np.polyfit(t, y, 1) gives,
+    without its SVD (the agent fits every memory forecast once a second, ~10 fits each)."""
+    tm, ym = float(t.mean()), float(y.mean())
+    dt = t - tm
+    var = float(np.dot(dt, dt))
+    slope = float(np.dot(dt, y - ym)) / var if var > 0 else 0.0
+    return slope, ym - slope * tm
+
+
 def fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: str = "memory",
         unit: str = "kB") -> OomForecast:
     """One least-squares fit of headroom (kB above the point of failure, or any other `unit`)
@@ -76,7 +86,7 @@ def fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: str =
                            None, 0.0, n, f"only {n} {what} samples; need {MIN_SAMPLES} for a trend")
     t = (ts_ns - ts_ns[0]) / 1e9
     y = headroom_kb.astype(float)
-    slope, intercept = (float(v) for v in np.polyfit(t, y, 1))
+    slope, intercept = line_fit(t, y)
     pred = slope * t + intercept
     ss_res = float(np.sum((y - pred) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
