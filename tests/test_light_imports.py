@@ -142,6 +142,7 @@ def test_ks_agent(replayed):
         from kernelsight import db
         conn = sqlite3.connect(db.db_path(Path(D)))
         assert conn.execute("SELECT COUNT(*) FROM memory_metrics_1m").fetchone()[0] > 0, "no rollups"
+        assert "numpy.ma" not in sys.modules, "np.unique's plain form imports numpy.ma: nputil.sorted_unique"
     ''', d) == []
 
 

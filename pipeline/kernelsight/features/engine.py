@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 
 from . import catalog as C
+from ..nputil import sorted_unique
 from ..storage.plan import ROLLUP_SUFFIX, plans as rollup_plans, step_ns as rollup_step_ns
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ def _range_reduce(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, fn) -> np.ndarr
     length = np.where(ok, hi - lo, 1)
     j = np.floor(np.log2(length)).astype(np.int64)
     res = np.empty(len(lo))
-    for lev in np.unique(j[ok]):
+    for lev in sorted_unique(j[ok]):
         m = ok & (j == lev)
         tab = levels[lev]
         a = lo[m]

@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 
 from ..db import transaction
+from ..nputil import sorted_unique
 from . import state
 from .plan import TablePlan
 
@@ -93,12 +94,12 @@ def _codes(vals: list, ftype: str) -> np.ndarray:
     """Group codes of a key column in sort order: values ascending, NULL after every value."""
     if ftype == "int":
         x, valid = _ints(vals)
-        uniq = np.unique(x[valid])
+        uniq = sorted_unique(x[valid])
         return np.where(valid, np.searchsorted(uniq, x), len(uniq))
     if ftype == "float":
         x = _floats(vals)
         valid = ~np.isnan(x)
-        uniq = np.unique(x[valid])
+        uniq = sorted_unique(x[valid])
         return np.where(valid, np.searchsorted(uniq, np.where(valid, x, 0.0)), len(uniq))
     present = {v for v in vals if not _is_null(v)}
     try:
