@@ -54,7 +54,7 @@ from .features import catalog
 
 PREFIX = "kernelsight_"
 STATUS_NAME = "exporter.json"  # in DATA_DIR/run: where we listen, or why we cannot
-SERVE_POLL_S = 2.0  # how soon a stop is seen; a scrape wakes the server at once
+SERVE_POLL_S = 2.0  # how soon a stop is seen; a scrape is answered at once
 MIB = 1024.0 * 1024.0
 # The producers' line accounting is reconciled at most this often (it reads every producer's
 # counters file; producers report every few seconds): scrapes in between reuse the last result.
@@ -547,10 +547,29 @@ def _bind(app, data_dir: Path, address: str, port: int, log, stop: threading.Eve
     return None
 
 
+def _serve_until(data_dir: Path, address: str, port: int, log, stop: threading.Event) -> int:
+    """Bind (see _bind), then answer scrapes until stop is set, looking at it at least every
+    SERVE_POLL_S; 1 when the address cannot be used, else 0.  One request at a time, as
+    serve_forever would, but with no shutdown() handshake: that one blocks for good when called
+    before serve_forever has started."""
+    reg, _ = registry_for(data_dir)
+    httpd = _bind(make_wsgi_app(reg), data_dir, address, port, log, stop)
+    if httpd is None:
+        return 0 if stop.is_set() else 1
+    try:
+        url = f"http://{address}:{port}/metrics"
+        _write_status(data_dir, {"listening": url, "error": None})
+        log.info("serving", url=url)
+        httpd.timeout = SERVE_POLL_S
+        while not stop.is_set():
+            httpd.handle_request()
+    finally:
+        httpd.server_close()
+    return 0
+
+
 def serve(data_dir: Path, address: str, port: int, log) -> int:
     """Serve /metrics until SIGTERM (ks-exporter on its own)."""
-    reg, _ = registry_for(data_dir)
-    app = make_wsgi_app(reg)
 
     def _stop(*_a):
         raise KeyboardInterrupt
@@ -558,15 +577,11 @@ def serve(data_dir: Path, address: str, port: int, log) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        httpd = _bind(app, data_dir, address, port, log, threading.Event())
-        if httpd is None:
-            return 1
-        url = f"http://{address}:{port}/metrics"
-        _write_status(data_dir, {"listening": url, "error": None})
-        log.info("serving", url=url)
-        httpd.serve_forever(poll_interval=SERVE_POLL_S)
+        rc = _serve_until(data_dir, address, port, log, threading.Event())
     except KeyboardInterrupt:
-        pass
+        rc = 0
+    if rc:
+        return rc
     _write_status(data_dir, {"listening": None, "error": "stopped"})
     log.info("stopped")
     return 0
@@ -579,29 +594,18 @@ class MetricsThread:
     def __init__(self, data_dir: Path, address: str, port: int, log):
         self.data_dir, self.address, self.port, self.log = Path(data_dir), address, port, log
         self.stop = threading.Event()
-        self.httpd: WSGIServer | None = None
         self.thread = threading.Thread(target=self._run, name="ks-exporter", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
-            reg, _ = registry_for(self.data_dir)
-            self.httpd = _bind(make_wsgi_app(reg), self.data_dir, self.address, self.port, self.log, self.stop)
-            if self.httpd is None or self.stop.is_set():
-                return
-            url = f"http://{self.address}:{self.port}/metrics"
-            _write_status(self.data_dir, {"listening": url, "error": None})
-            self.log.info("serving", url=url)
-            self.httpd.serve_forever(poll_interval=SERVE_POLL_S)
+            _serve_until(self.data_dir, self.address, self.port, self.log, self.stop)
         except Exception:  # noqa: BLE001 - the agent goes on; ks status shows the exporter is down
             self.log.exception("exporter thread failed")
             _write_status(self.data_dir, {"listening": None, "error": "exporter thread failed (see ks-agent.log)"})
 
     def close(self) -> None:
         self.stop.set()
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
         self.thread.join(timeout=SERVE_POLL_S + 5)
         _write_status(self.data_dir, {"listening": None, "error": "stopped"})
         self.log.info("exporter stopped")
