@@ -233,7 +233,7 @@ class Supervisor:
         self.pids_path = data_dir / RUN_DIR / PIDS_FILE
         self._pids_written: list[int] | None = None
         self.started_at = time.time()
-        self.settle_until = time.monotonic() + PIDS_SETTLE_S
+        self.settle_until = 0.0  # pipeline.pids is looked for every second until then
 
     def _stop(self, signum, _frame) -> None:
         if not self.stopping:
@@ -287,7 +287,7 @@ class Supervisor:
         c.state = "running"
         c.started_at = time.monotonic()
         self.log.info("started", child=c.spec.name, child_pid=c.proc.pid, argv=c.proc.args)
-        self.write_pids()
+        self._tree_changed()
 
     def reap(self, c: Child) -> bool:
         """True when c had exited (and is now waiting to restart)."""
@@ -302,8 +302,13 @@ class Supervisor:
         c.next_start = time.monotonic() + delay_s
         self.log.warning("child exited", child=c.spec.name, child_pid=c.proc.pid, returncode=rc,
                          restart_in_s=delay_s)
-        self.write_pids()
+        self._tree_changed()
         return True
+
+    def _tree_changed(self) -> None:
+        """A child started or exited: pipeline.pids now, then every second while its tools settle."""
+        self.write_pids()
+        self.settle_until = time.monotonic() + PIDS_SETTLE_S
 
     def write_pids(self) -> None:
         """DATA_DIR/run/pipeline.pids: us and every process below us, one per line,
@@ -435,12 +440,12 @@ class Supervisor:
                     c.restarts += 1
                     self.start(c)
                     changed = True
-            if changed:
-                self.settle_until = now + PIDS_SETTLE_S
             if changed or now >= next_status:
                 self.write_status()
                 next_status = now + STATUS_EVERY_S
-            if changed or now >= next_pids:
+            if changed:  # start() and reap() have just written pipeline.pids
+                next_pids = min(next_pids, now + PIDS_REFRESH_S)
+            elif now >= next_pids:
                 self.write_pids()
                 next_pids = now + (PIDS_REFRESH_S if now < self.settle_until else PIDS_IDLE_REFRESH_S)
             self._sleep(wake, min([next_status, next_pids] + [c.next_start for c in self.children
