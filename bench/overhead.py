@@ -172,6 +172,13 @@ def _tracing(fns: dict) -> dict[str, list[tuple[float, float]]]:
     return {name: [fn() for _ in range(RUNS)] for name, fn in fns.items()}
 
 
+WALL, CPU = 0, 1  # the fields of _cpu_s's result
+
+
+def _median(runs: list[tuple[float, float]], field: int) -> float:
+    return statistics.median(r[field] for r in runs)
+
+
 def run() -> list[dict]:
     from bench.tracers import _cpu, _workload
 
@@ -219,21 +226,17 @@ def run() -> list[dict]:
                  f"{ref['pss_mib']:.0f} MiB (RSS {ref['rss_mib']:.0f} MiB); target <= 1.5; disk after the phase: "
                  f"ks {ksm['disk_bytes'] / 1e6:.1f} MB, Prometheus TSDB {ref['disk_bytes'] / 1e6:.1f} MB; {common}"})
     for name, unit, target in (("getppid", "ns/call", 2.5), ("tar_pipe", "s", None)):
-        med = {}
-        for k, what in ((1, "cpu"), (0, "wall")):
-            b = statistics.median([r[k] for r in before[name] + after[name]])
-            t = statistics.median([r[k] for r in traced[name]])
-            med[what] = (b, t, statistics.median([r[k] for r in before[name]]),
-                         statistics.median([r[k] for r in after[name]]))
-        b, t, b0, b1 = med["cpu"]
-        wb, wt, _, _ = med["wall"]
+        untraced = before[name] + after[name]
+        b, t = _median(untraced, CPU), _median(traced[name], CPU)
+        wall_ratio = _median(traced[name], WALL) / _median(untraced, WALL)
         value = t * 1e9 / LOOP if name == "getppid" else t
         rows.append({
             "name": f"tracer_syscall_{name}_overhead_full_pipeline", "value": value, "unit": unit, "ratio": t / b,
-            "wall_ratio": wt / wb,
+            "wall_ratio": wall_ratio,
             "notes": f"CPU time (utime+stime) pinned to cpu {_cpu()}, untraced (before ks run) / traced (whole "
-                     f"pipeline up, idle) / untraced (after), median of {RUNS} each: before {b0:.4f} s, traced "
-                     f"{t:.4f} s, after {b1:.4f} s; wall clock {wt / wb:.2f}x"
+                     f"pipeline up, idle) / untraced (after), median of {RUNS} each: before "
+                     f"{_median(before[name], CPU):.4f} s, traced {t:.4f} s, after {_median(after[name], CPU):.4f} s; "
+                     f"wall clock {wall_ratio:.2f}x"
                      + (f"; target ratio <= {target}" if target else f"; tar -cf - -C {src} . | cat >/dev/null")})
     return rows
 

@@ -215,8 +215,8 @@ def producer_map(schema_directory: Path | None = None) -> ProducerMap:
     from .schema import schema_dir
 
     d = Path(schema_directory) if schema_directory else schema_dir()
-    files = sorted(d.glob("*.json"))
-    return _producer_map(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
+    return _producer_map(tuple((str(p), st.st_mtime_ns, st.st_size)
+                               for p in sorted(d.glob("*.json")) for st in [p.stat()]))
 
 
 @functools.lru_cache(maxsize=4)

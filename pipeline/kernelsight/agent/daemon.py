@@ -43,10 +43,9 @@ def run_agent(data_dir: Path, interval_s: float | None = None, once: bool = Fals
         return 1
     metrics = None
     if serve_metrics:
-        from ..config import load
         from ..exporter import MetricsThread
 
-        cfg = load().exporter
+        cfg = agent.config.exporter  # the config file the agent itself read
         metrics = MetricsThread(data_dir, cfg.address, cfg.port, log)
     step = interval_s or FEATURE_STEP_S
     stopping = []
