@@ -214,14 +214,14 @@ def test_table_schema_is_kept_until_the_database_schema_changes(tmp_path):
     conn.execute("CREATE TABLE memory_metrics (id INTEGER PRIMARY KEY, ts INTEGER, mem_available_kb INTEGER)")
     conn.commit()
     eng = SimpleNamespace(conn=conn)
-    first = fe._Engine._schema(eng)
-    assert fe._Engine._schema(eng) is first  # kept
+    first = fe._Engine._schema(eng)[0]
+    assert fe._Engine._schema(eng)[0] is first  # kept
     conn.execute("ALTER TABLE memory_metrics ADD COLUMN swap_used_kb INTEGER")
     conn.commit()
-    again = fe._Engine._schema(eng)
+    again = fe._Engine._schema(eng)[0]
     assert again is not first and again["memory_metrics"]["swap_used_kb"] == "INTEGER"
     mem = sqlite3.connect(":memory:")  # no file: never kept (another in-memory database may follow)
     mem.execute("CREATE TABLE t (ts INTEGER)")
-    assert fe._Engine._schema(SimpleNamespace(conn=mem)) is not fe._Engine._schema(SimpleNamespace(conn=mem))
+    assert fe._Engine._schema(SimpleNamespace(conn=mem))[0] is not fe._Engine._schema(SimpleNamespace(conn=mem))[0]
     conn.close()
     mem.close()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .attribution import read_comm
+from .attribution import read_comm, slurp
 from .forecast import CONFIDENT, RISK_LEVELS, OomForecast, best_fit
 from .tracker import Finding
 
@@ -157,14 +157,14 @@ class WriterSampler:
     def sample(self) -> None:
         now = time.monotonic()
         cur: dict[int, tuple[int, int, int]] = {}
+        root = str(self.proc)
         try:
-            entries = [e.name for e in os.scandir(self.proc) if e.name.isdigit()]
+            entries = [e.name for e in os.scandir(root) if e.name.isdigit()]
         except OSError:
             entries = []
         for name in entries:
-            try:
-                with open(self.proc / name / "io", "rb") as f:
-                    v = parse_proc_io(f.read())
+            try:  # every process each step: a str path and one read, no pathlib or buffered file
+                v = parse_proc_io(slurp(f"{root}/{name}/io"))
             except OSError:
                 continue
             if v is not None:

@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 NS = 1_000_000_000
 LOOKBACK_NS = 10 * NS  # extra history read before the first window for counter deltas
 PAIR_TOLERANCE_NS = int(1.5 * NS)
-# database file -> (PRAGMA schema_version, {table: {column: type}}), see _Engine._schema
-_SCHEMA_CACHE: dict[str, tuple[int, dict[str, dict[str, str]]]] = {}
+# database file -> (PRAGMA schema_version, {table: {column: type}}, {spec: why it cannot be computed}),
+# see _Engine._schema
+_SCHEMA_CACHE: dict[str, tuple[int, dict[str, dict[str, str]], dict]] = {}
 _IDENT = re.compile(r"(?<![\w.])([A-Za-z_]\w*)")
 
 
@@ -102,8 +103,9 @@ def expr_columns(expr: str) -> list[str]:
     return list(dict.fromkeys(_IDENT.findall(expr)))
 
 
-def spec_columns(spec) -> set[str]:
-    """Columns of spec's table(s) a spec reads, per table."""
+@functools.lru_cache(maxsize=None)
+def spec_columns(spec) -> dict[str, frozenset[str]]:
+    """Columns of spec's table(s) a spec reads, per table (specs are frozen: kept per spec)."""
     out: dict[str, set[str]] = {}
 
     def add(t, cols):
@@ -129,7 +131,17 @@ def spec_columns(spec) -> set[str]:
         add(spec.table_b, expr_columns(spec.expr_b))
     if w:
         add(spec.table, [w[0]])
-    return out
+    return {t: frozenset(c) for t, c in out.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _needed_columns(features: tuple[C.Feature, ...]) -> dict[str, frozenset[str]]:
+    """Columns every feature in features reads, per table."""
+    need: dict[str, set[str]] = {}
+    for f in features:
+        for t, cols in spec_columns(f.spec).items():
+            need.setdefault(t, set()).update(cols)
+    return {t: frozenset(c) for t, c in need.items()}
 
 
 def _wsum(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -255,7 +267,7 @@ class _Engine:
         self.Wv = np.full(len(self.E), self.W, dtype=np.int64)  # per window: widened over rollup data
         self.features = features
         self.nE = len(self.E)
-        self.schema = self._schema()
+        self.schema, self.missing_by_spec = self._schema()
         self.frames: dict[str, dict[str, np.ndarray]] = {}
         self.subsets: dict[tuple, _Subset] = {}
         self.hist_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -263,29 +275,28 @@ class _Engine:
         self._load()
 
     # ---- loading
-    def _schema(self) -> dict[str, dict[str, str]]:
-        """Columns and types of every table (read-only for callers).  Kept per database file
-        until its schema_version changes: the agent computes a vector every step, and reading
-        every table's info each time was ~75 queries a step."""
+    def _schema(self) -> tuple[dict[str, dict[str, str]], dict]:
+        """Columns and types of every table (read-only for callers), and a memo of _missing for
+        it.  Kept per database file until its schema_version changes: the agent computes a vector
+        every step, and reading every table's info each time was ~75 queries a step."""
         conn = self.conn
         path = next((r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"), "")
         version = conn.execute("PRAGMA schema_version").fetchone()[0]
         hit = _SCHEMA_CACHE.get(path) if path else None
         if hit is not None and hit[0] == version:
-            return hit[1]
+            return hit[1], hit[2]
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         schema = {t: {r[1]: (r[2] or "").upper() for r in conn.execute(f'PRAGMA table_info("{t}")')} for t in tables}
+        missing: dict = {}
         if path:  # not an in-memory database: its name is "" and another one may reuse it
-            _SCHEMA_CACHE[path] = (version, schema)
-        return schema
+            _SCHEMA_CACHE[path] = (version, schema, missing)
+        return schema, missing
 
     def _load(self) -> None:
-        need: dict[str, set[str]] = {}
-        for f in self.features:
-            for t, cols in spec_columns(f.spec).items():
-                need.setdefault(t, set()).update(cols)
         if self.nE == 0:
             return
+        need = _needed_columns(tuple(self.features))
+        self.rollup_plans, self.rollup_step = rollup_plans(), rollup_step_ns()  # each reads the config
         lo = int(self.E.min()) - self.W - LOOKBACK_NS
         hi = int(self.E.max())
         horizon = None  # end of the rollup data read, over all tables
@@ -308,7 +319,7 @@ class _Engine:
                 horizon = end if horizon is None else max(horizon, end)
             self.frames[t] = data
         if horizon is not None:
-            step = rollup_step_ns()
+            step = self.rollup_step
             self.Wv = np.where(self.E - self.W < horizon, max(self.W, step), self.W).astype(np.int64)
 
     def _rollup_rows(self, t: str, cols: list[str], numeric: dict, hi: int):
@@ -316,10 +327,10 @@ class _Engine:
         plus one more row for counter deltas; None when none apply."""
         rt = t + ROLLUP_SUFFIX
         rhave = self.schema.get(rt)
-        plan = rollup_plans().get(t)
+        plan = self.rollup_plans.get(t)
         if rhave is None or plan is None:
             return None
-        step = rollup_step_ns()
+        step = self.rollup_step
         lo = int(self.E.min()) - max(self.W, step) - step - LOOKBACK_NS
         first_raw = self.conn.execute(f'SELECT MIN(ts) FROM "{t}"').fetchone()[0]
         if first_raw is not None and first_raw <= lo:
@@ -351,7 +362,7 @@ class _Engine:
             for m, suffix in enumerate(("max", "min")):
                 col = np.array([r[base + 2 * j + m] for r in rows], dtype=np.float64)
                 out[f"{c}@{suffix}"] = np.concatenate([col, data[c]])
-        return out, min(end, int(out["ts"][len(rows) - 1]) + rollup_step_ns())
+        return out, min(end, int(out["ts"][len(rows) - 1]) + self.rollup_step)
 
     def subset(self, table: str, where: tuple | None) -> _Subset:
         key = (table, where)
@@ -371,6 +382,12 @@ class _Engine:
 
     # ---- reasons
     def _missing(self, spec) -> str | None:
+        if spec in self.missing_by_spec:
+            return self.missing_by_spec[spec]
+        why = self.missing_by_spec[spec] = self._why_missing(spec)
+        return why
+
+    def _why_missing(self, spec) -> str | None:
         entity = getattr(spec, "entity", None)  # optional: without it the rows are one entity
         for t, cols in spec_columns(spec).items():
             if t not in self.schema:
