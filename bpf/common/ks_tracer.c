@@ -656,9 +656,10 @@ static int run(struct ks_tracer *t, struct ring_buffer *rb, void (*tick)(struct 
 				next += ival;
 			continue;
 		}
+		/* Sleep until the next tick: a ring-buffer record or a signal (EINTR: epoll_wait and
+		 * nanosleep are never restarted after a handler) wakes it sooner.  No shorter cap:
+		 * waking five times a second with nothing to do was most of an idle tracer's wake-ups. */
 		ms = (int)((wake - now + 999999) / 1000000);
-		if (ms > 200)
-			ms = 200;
 		if (rb) {
 			int r = ring_buffer__poll(rb, ms);
 
