@@ -40,6 +40,30 @@ def die_with_parent_preexec(sig: int = signal.SIGTERM) -> Callable[[], None]:
     return _preexec
 
 
+def wake_on_signals() -> int | None:
+    """The read end of a pipe the kernel writes a byte to on every signal (signal.set_wakeup_fd),
+    for a loop that sleeps in poll/select until something happens: a stop request ends the wait
+    at once instead of after the timeout (PEP 475 resumes the wait after a handler).  None where
+    signals cannot wake us (not the main thread): the caller bounds its waits instead."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:
+        os.close(r)
+        os.close(w)
+        return None
+    return r
+
+
+def drain_wakeups(fd: int) -> None:
+    """Empty a wake_on_signals pipe."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def set_pipe_size(fd: int, sizes: Iterable[int]) -> int | None:
     """Grow a pipe's buffer to the first size the kernel accepts (it refuses sizes
     above /proc/sys/fs/pipe-max-size for an unprivileged user, EPERM, or below the

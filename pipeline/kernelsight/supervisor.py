@@ -41,7 +41,7 @@ from .accounting import proc_start_ticks
 from .fifo import hold_fifo
 from .config import load as load_config
 from .log import rotate_if_needed
-from .procutil import Backoff, die_with_parent_preexec
+from .procutil import Backoff, die_with_parent_preexec, drain_wakeups, wake_on_signals
 from .proctree import descendants
 
 BACKOFF_START_S = 1.0
@@ -370,14 +370,9 @@ class Supervisor:
         """A pipe that SIGCHLD (a child exited) and the stop signals write to, so the loop sleeps
         until something happens or the next status write is due instead of polling 5 times a
         second.  None where signals cannot wake us (not the main thread): then it polls."""
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        r = wake_on_signals()
+        if r is not None:
             signal.signal(signal.SIGCHLD, lambda *_: None)  # the default ignores it: no wake-up byte
-        except ValueError:
-            os.close(r)
-            os.close(w)
-            return None
         return r
 
     @staticmethod
@@ -387,9 +382,7 @@ class Supervisor:
             time.sleep(min(timeout_s, 0.2))
             return
         if select.select([wake], [], [], timeout_s)[0]:
-            with contextlib.suppress(BlockingIOError):
-                while os.read(wake, 512):
-                    pass
+            drain_wakeups(wake)
 
     def _terminate(self, group: list[Child]) -> None:
         for c in group:

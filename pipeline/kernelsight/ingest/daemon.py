@@ -35,6 +35,7 @@ import orjson
 
 from .. import db
 from ..fifo import open_reader
+from ..procutil import drain_wakeups, wake_on_signals
 from ..schema import LINE_MAX, RejectedLine, Schema, load_schema
 from . import spool as ks_spool
 from . import status as ks_status
@@ -42,14 +43,23 @@ from . import status as ks_status
 INVALID = "_invalid"  # bucket for lines whose type could not be read
 UNKNOWN = "_unknown"  # bucket for well-formed lines of an unknown type (bounded cardinality)
 READ_CHUNK = 1 << 20
-# PEP 475 resumes poll() after the SIGTERM handler: stopping is seen only once
-# it returns, so it never waits longer than this, whatever --flush-ms says.
+# PEP 475 resumes poll() after the SIGTERM handler: where no signal wake-up pipe could be
+# set (procutil.wake_on_signals), stopping is seen only once it returns, so it never waits
+# longer than this, whatever --flush-ms says.
 POLL_MAX_MS = 500
 # Commit what is pending at least this often.  Producers write once a second, so one
 # transaction a second writes each table's last pages once instead of five times (a
 # fifth of the WAL traffic and page writes of 200 ms at idle); a full batch
 # (batch_size rows) is committed at once whatever the time.
 FLUSH_MS = 1000
+# While the FIFO brings little, it is read on a cadence instead of as each line lands: ~15
+# producers write once a second each, at their own phases, so reading on readiness woke
+# ks-ingest ~11 times a second for a line or two, and a wake-up costs more than those lines.
+# A read of QUIET_READ_MAX_BYTES or more goes back to reading on readiness.  Between two reads
+# the pipe (fifo.PIPE_SIZE, 1 MiB) holds a burst of up to 4 MiB/s; lines are committed at the
+# same moments as before (a commit falling due ends the wait).
+QUIET_READ_EVERY_S = 0.25
+QUIET_READ_MAX_BYTES = 64 << 10
 
 # Below the supervisor's stop timeout, so a locked database cannot hold a
 # stopping ks-ingest past it; a longer lock is a retry, not a lost batch.
@@ -287,6 +297,13 @@ class Ingestor:
             return False
         now = self.clock()
         return now - self.last_flush >= self.flush_s and now >= self.retry_at_monotonic
+
+    def flush_in_s(self) -> float:
+        """Seconds until due() (0 when due; flush_s when nothing is pending)."""
+        if not self.n_pending and not self.rejects:
+            return self.flush_s
+        now = self.clock()
+        return max(0.0, self.last_flush + self.flush_s - now, self.retry_at_monotonic - now)
 
     def retry_in_s(self) -> float:
         return max(0.0, self.retry_at_monotonic - self.clock())
@@ -663,8 +680,13 @@ class Daemon:
         rfd, keepalive = open_reader(self.fifo_path)
         spool = self.spool
         split = LineSplitter(self.ing, spool)
-        poller = select.poll()
+        wake = wake_on_signals()  # a stop ends any wait at once
+        poller, quiet_poller = select.poll(), select.poll()
         poller.register(rfd, select.POLLIN)
+        if wake is not None:
+            poller.register(wake, select.POLLIN)
+            quiet_poller.register(wake, select.POLLIN)
+        quiet, next_read = False, 0.0
         ing = self.ing
         if self.log is not None:
             self.log.info("ingesting", fifo=self.fifo_path, busy_timeout_ms=ing.busy_timeout_ms,
@@ -684,12 +706,20 @@ class Daemon:
                     time.sleep(min(ing.flush_s, max(ing.retry_in_s(), 0.01)))
                 else:
                     ing.set_reading_paused(False)
-                    try:
-                        ready = poller.poll(min(int(ing.flush_s * 1000), POLL_MAX_MS))
-                    except InterruptedError:  # pragma: no cover - PEP 475 retries poll
-                        ready = []
-                    if ready:
-                        self._drain(rfd, split)
+                    limit_s = POLL_MAX_MS / 1000 if wake is None else ing.flush_s
+                    if quiet:  # read when the cadence or a commit says so
+                        wait_s = min(next_read - time.monotonic(), ing.flush_in_s(), limit_s)
+                        ready = quiet_poller.poll(max(0, int(wait_s * 1000)))
+                    else:
+                        ready = poller.poll(int(min(ing.flush_in_s(), limit_s) * 1000))
+                    if wake is not None and any(fd == wake for fd, _ in ready):
+                        drain_wakeups(wake)
+                    if self.stopping:
+                        break  # the drain after the loop reads what is left
+                    if quiet or any(fd == rfd for fd, _ in ready):
+                        got = self._drain(rfd, split)
+                        quiet = got < QUIET_READ_MAX_BYTES
+                        next_read = time.monotonic() + QUIET_READ_EVERY_S
                 if ing.due():
                     ing.flush()
                 if time.monotonic() >= next_stats:
@@ -715,6 +745,9 @@ class Daemon:
                 spool.close()
             os.close(rfd)
             os.close(keepalive)
+            if wake is not None:
+                signal.set_wakeup_fd(-1)
+                os.close(wake)
             if self.log is not None:
                 t = ing.totals()
                 self.log.info("stopped", received=t.received, stored=t.stored, rejected=t.rejected,
@@ -748,18 +781,22 @@ class Daemon:
             spool.maybe_reset(split, force=True)
         return True
 
-    def _drain(self, rfd: int, split: LineSplitter) -> None:
+    def _drain(self, rfd: int, split: LineSplitter) -> int:
+        """Read what the pipe holds (until pending lines reach their bound); the bytes read."""
         read = self.spool.read if self.spool is not None else os.read
+        got = 0
         while not self.ing.backlogged():
             try:
                 chunk = read(rfd, READ_CHUNK)
             except BlockingIOError:
-                return
+                break
             if not chunk:  # cannot happen while we hold the keep-alive writer
-                return
+                break
+            got += len(chunk)
             split.push(chunk)
             if len(chunk) < READ_CHUNK:
-                return
+                break
+        return got
 
 
 def connect_store(data_dir: Path, schema: Schema, *, busy_timeout_ms: int = INGEST_BUSY_TIMEOUT_MS,
