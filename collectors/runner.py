@@ -28,7 +28,6 @@ glibc's dynamic thresholds keep that heap mapped, so the histogram tools
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import selectors
@@ -37,7 +36,7 @@ import signal
 import subprocess
 import time
 
-from ..procutil import Backoff, die_with_parent_preexec, set_pipe_size
+from ..procutil import Backoff, SignalWakeup, die_with_parent_preexec, set_pipe_size
 from .base import CollectorSpec, Parser, find_tool
 from .reasons import classify
 
@@ -442,23 +441,12 @@ class Host:
             self.writer.emit_stats()
             self._next_stats = now + self.interval_s
 
-    def _wakeup_on_signals(self) -> tuple[int, int, int] | None:
-        """A pipe the kernel writes a byte to on every signal, in the selector: a stop request
-        ends the wait at once, with no polling timer.  (read fd, write fd, the previous wakeup fd)."""
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        except ValueError:  # not the main thread
-            os.close(r)
-            os.close(w)
-            return None
-        self.sel.register(r, selectors.EVENT_READ, (None, "wakeup"))
-        return r, w, old
-
     def run(self) -> int:
         """Returns 0 after a requested stop, 2 when no hosted collector can run here."""
         stop_seen: float | None = None
-        wakeup = self._wakeup_on_signals()
+        wakeup = SignalWakeup.open()  # a stop request ends the wait at once, with no polling timer
+        if wakeup is not None:
+            self.sel.register(wakeup.fd, selectors.EVENT_READ, (None, "wakeup"))
         max_wait = LOOP_MAX_WAIT_S if wakeup is not None else LOOP_MAX_WAIT_NO_WAKEUP_S
         try:
             while True:
@@ -485,15 +473,13 @@ class Host:
                 for key, _ in self.sel.select(timeout=max(0.0, wait)):
                     slot, kind = key.data
                     if slot is None:  # a signal arrived: its handler has run; drain the pipe
-                        with contextlib.suppress(OSError):
-                            os.read(key.fd, 512)
+                        wakeup.drain()
                         continue
                     slot.on_readable(key.fileobj, kind)
         finally:
             if wakeup is not None:
-                signal.set_wakeup_fd(wakeup[2])
-                os.close(wakeup[0])
-                os.close(wakeup[1])
+                self.sel.unregister(wakeup.fd)
+                wakeup.close()
             self.stopping = True
             for s in self.slots:  # first every child, so a failing write cannot leave one behind
                 s.kill_and_reap()

@@ -40,28 +40,38 @@ def die_with_parent_preexec(sig: int = signal.SIGTERM) -> Callable[[], None]:
     return _preexec
 
 
-def wake_on_signals() -> int | None:
-    """The read end of a pipe the kernel writes a byte to on every signal (signal.set_wakeup_fd),
-    for a loop that sleeps in poll/select until something happens: a stop request ends the wait
-    at once instead of after the timeout (PEP 475 resumes the wait after a handler).  None where
-    signals cannot wake us (not the main thread): the caller bounds its waits instead."""
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-    except ValueError:
-        os.close(r)
-        os.close(w)
-        return None
-    return r
+class SignalWakeup:
+    """A pipe the kernel writes a byte to on every signal (signal.set_wakeup_fd), for a loop that
+    sleeps in poll/select until something happens: a stop request ends the wait at once instead
+    of after the timeout (PEP 475 resumes the wait after a handler).  Watch `fd`; drain() after
+    it is readable; close() puts back the wake-up fd there was before."""
 
+    def __init__(self, r: int, w: int, previous: int):
+        self.fd, self._w, self._previous = r, w, previous
 
-def drain_wakeups(fd: int) -> None:
-    """Empty a wake_on_signals pipe."""
-    try:
-        while os.read(fd, 512):
+    @classmethod
+    def open(cls) -> SignalWakeup | None:
+        """None where signals cannot wake us (not the main thread): the caller bounds its waits."""
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except ValueError:
+            os.close(r)
+            os.close(w)
+            return None
+        return cls(r, w, previous)
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 512):
+                pass
+        except BlockingIOError:
             pass
-    except BlockingIOError:
-        pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        os.close(self.fd)
+        os.close(self._w)
 
 
 def set_pipe_size(fd: int, sizes: Iterable[int]) -> int | None:

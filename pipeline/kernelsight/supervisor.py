@@ -41,7 +41,7 @@ from .accounting import proc_start_ticks
 from .fifo import hold_fifo
 from .config import load as load_config
 from .log import rotate_if_needed
-from .procutil import Backoff, die_with_parent_preexec, drain_wakeups, wake_on_signals
+from .procutil import Backoff, SignalWakeup, die_with_parent_preexec
 from .proctree import descendants
 
 BACKOFF_START_S = 1.0
@@ -366,23 +366,23 @@ class Supervisor:
             self._failing_writes[what] = str(e)
             self.log.warning(f"cannot write {what}; supervising on", error=str(e))
 
-    def _wake_on_signals(self) -> int | None:
+    def _wake_on_signals(self) -> SignalWakeup | None:
         """A pipe that SIGCHLD (a child exited) and the stop signals write to, so the loop sleeps
         until something happens or the next status write is due instead of polling 5 times a
         second.  None where signals cannot wake us (not the main thread): then it polls."""
-        r = wake_on_signals()
-        if r is not None:
+        wake = SignalWakeup.open()
+        if wake is not None:
             signal.signal(signal.SIGCHLD, lambda *_: None)  # the default ignores it: no wake-up byte
-        return r
+        return wake
 
     @staticmethod
-    def _sleep(wake: int | None, timeout_s: float) -> None:
+    def _sleep(wake: SignalWakeup | None, timeout_s: float) -> None:
         timeout_s = max(timeout_s, 0.0)
         if wake is None:
             time.sleep(min(timeout_s, 0.2))
             return
-        if select.select([wake], [], [], timeout_s)[0]:
-            drain_wakeups(wake)
+        if select.select([wake.fd], [], [], timeout_s)[0]:
+            wake.drain()
 
     def _terminate(self, group: list[Child]) -> None:
         for c in group:

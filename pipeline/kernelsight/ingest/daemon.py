@@ -35,7 +35,7 @@ import orjson
 
 from .. import db
 from ..fifo import open_reader
-from ..procutil import drain_wakeups, wake_on_signals
+from ..procutil import SignalWakeup
 from ..schema import LINE_MAX, RejectedLine, Schema, load_schema
 from . import spool as ks_spool
 from . import status as ks_status
@@ -44,7 +44,7 @@ INVALID = "_invalid"  # bucket for lines whose type could not be read
 UNKNOWN = "_unknown"  # bucket for well-formed lines of an unknown type (bounded cardinality)
 READ_CHUNK = 1 << 20
 # PEP 475 resumes poll() after the SIGTERM handler: where no signal wake-up pipe could be
-# set (procutil.wake_on_signals), stopping is seen only once it returns, so it never waits
+# set (procutil.SignalWakeup), stopping is seen only once it returns, so it never waits
 # longer than this, whatever --flush-ms says.
 POLL_MAX_MS = 500
 # Commit what is pending at least this often.  Producers write once a second, so one
@@ -680,12 +680,12 @@ class Daemon:
         rfd, keepalive = open_reader(self.fifo_path)
         spool = self.spool
         split = LineSplitter(self.ing, spool)
-        wake = wake_on_signals()  # a stop ends any wait at once
+        wake = SignalWakeup.open()  # a stop ends any wait at once
         poller, quiet_poller = select.poll(), select.poll()
         poller.register(rfd, select.POLLIN)
         if wake is not None:
-            poller.register(wake, select.POLLIN)
-            quiet_poller.register(wake, select.POLLIN)
+            poller.register(wake.fd, select.POLLIN)
+            quiet_poller.register(wake.fd, select.POLLIN)
         quiet, next_read = False, 0.0
         ing = self.ing
         if self.log is not None:
@@ -712,8 +712,8 @@ class Daemon:
                         ready = quiet_poller.poll(max(0, int(wait_s * 1000)))
                     else:
                         ready = poller.poll(int(min(ing.flush_in_s(), limit_s) * 1000))
-                    if wake is not None and any(fd == wake for fd, _ in ready):
-                        drain_wakeups(wake)
+                    if wake is not None and any(fd == wake.fd for fd, _ in ready):
+                        wake.drain()
                     if self.stopping:
                         break  # the drain after the loop reads what is left
                     if quiet or any(fd == rfd for fd, _ in ready):
@@ -746,8 +746,7 @@ class Daemon:
             os.close(rfd)
             os.close(keepalive)
             if wake is not None:
-                signal.set_wakeup_fd(-1)
-                os.close(wake)
+                wake.close()
             if self.log is not None:
                 t = ing.totals()
                 self.log.info("stopped", received=t.received, stored=t.stored, rejected=t.rejected,
