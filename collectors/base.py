@@ -64,6 +64,10 @@ class CollectorSpec:
     # True when the tool prints a line (banner or header) once attached; the
     # collector counts as running from that line.  False: running from spawn.
     banner: bool = True
+    # The tool's perf buffer poll timeout (ms) when it waits on its perf buffers with nothing
+    # else to do between records: the host preloads native/blockpoll/ks_blockpoll.c, which makes
+    # that wait untimed (a record or a signal still ends it).  None: the tool runs as shipped.
+    perf_poll_ms: int | None = None
     extra: dict = field(default_factory=dict)
 
 

@@ -48,4 +48,5 @@ SPEC = CollectorSpec(
     parser=ExitsnoopParser,
     event_types=("process_exit",),
     attach="tracepoint sched:sched_process_exit",
+    perf_poll_ms=100,  # libbpf-tools' PERF_POLL_TIMEOUT_MS: only there to look at its exit flag
 )

@@ -66,10 +66,39 @@ def tool_lost_count(line: bytes) -> int | None:
     m = LOST_LINE.match(line)
     return int(m.group(1)) if m else None
 
-def _child_env() -> dict[str, str]:
+def blockpoll_library() -> str | None:
+    """libks_blockpoll.so where the build installed it, beside the kernelsight._scraper module
+    (site-packages/kernelsight, editable installs included), or $KS_BLOCKPOLL_LIB; None when it
+    was not built (the tools then run as shipped)."""
+    override = os.environ.get("KS_BLOCKPOLL_LIB")
+    if override:
+        return override if os.path.isfile(override) else None
+    from importlib.util import find_spec
+
+    dirs = []
+    try:
+        spec = find_spec("kernelsight._scraper")
+        if spec is not None and spec.origin:
+            dirs.append(os.path.dirname(spec.origin))
+    except (ImportError, ValueError):
+        pass
+    dirs.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for d in dirs:
+        path = os.path.join(d, "libks_blockpoll.so")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _child_env(spec: CollectorSpec | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for k, v in CHILD_ENV.items():
         env.setdefault(k, v)
+    lib = blockpoll_library() if spec is not None and spec.perf_poll_ms else None
+    if lib is not None:
+        # stdbuf adds its own library to LD_PRELOAD, keeping what is there
+        env["LD_PRELOAD"] = " ".join(x for x in (lib, env.get("LD_PRELOAD", "")) if x)
+        env["KS_BLOCKPOLL_MS"] = str(spec.perf_poll_ms)
     return env
 
 
@@ -202,7 +231,7 @@ class Slot:
         try:
             p = subprocess.Popen(
                 full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, close_fds=True, env=_child_env(),
+                start_new_session=True, close_fds=True, env=_child_env(self.spec),
                 preexec_fn=die_with_parent_preexec(signal.SIGINT),  # noqa: PLW1509 - single-threaded
             )
         except OSError as e:

@@ -37,4 +37,5 @@ SPEC = CollectorSpec(
     parser=TcpLifeParser,
     event_types=("tcp_life",),
     attach="tracepoint sock:inet_sock_set_state",
+    perf_poll_ms=100,  # libbpf-tools' PERF_POLL_TIMEOUT_MS: only there to look at its exit flag
 )

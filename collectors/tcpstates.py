@@ -59,4 +59,5 @@ SPEC = CollectorSpec(
     parser=TcpStatesParser,
     event_types=("tcp_state",),
     attach="tracepoint sock:inet_sock_set_state",
+    perf_poll_ms=100,  # libbpf-tools' PERF_POLL_TIMEOUT_MS: only there to look at its exit flag
 )

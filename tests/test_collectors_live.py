@@ -18,6 +18,7 @@ import uuid
 import orjson
 import pytest
 from test_collectors_util import CollectorProc, Validator
+from kernelsight.collectors.runner import blockpoll_library
 
 pytestmark = [pytest.mark.bpf]
 COLLECTED: list[dict] = []  # every event of every live test, for the ingest test
@@ -148,12 +149,35 @@ def test_execsnoop_and_exitsnoop_live(probe, validator):
         ok1 = ex.wait_for(lambda evs: sum(1 for e in evs if e["type"] == "exec" and marker in e["args"]) >= 11, 10)
         ok2 = xt.wait_for(lambda evs: {e["pid"] for e in evs if e["type"] == "process_exit"} >= set(pids + [k.pid]),
                           10)
+        preloaded = _tool_children_with_blockpoll(xt.proc.pid)
         _finish(ex, validator)
         _finish(xt, validator)
     assert ok1 and ok2
+    # The real exitsnoop ran with libks_blockpoll.so (collectors/runner.py) and still saw every exit.
+    if blockpoll_library() is not None:
+        assert preloaded == ["exitsnoop"]
     byp = {e["pid"]: e for e in xt.of_type("process_exit")}
     assert [byp[p]["exit_code"] for p in pids] == [i % 3 for i in range(10)]
     assert byp[k.pid]["signal"] == 9 and byp[k.pid]["exit_code"] is None
+
+
+def _tool_children_with_blockpoll(pid: int) -> list[str]:
+    """Names of pid's child processes that have libks_blockpoll.so mapped."""
+    names = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids = f.read().split()
+        for kid in kids:
+            try:
+                with open(f"/proc/{kid}/maps") as f:
+                    mapped = "libks_blockpoll.so" in f.read()
+                with open(f"/proc/{kid}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            if mapped:
+                names.append(comm)
+    return names
 
 
 def test_runqlat_live(probe, validator):
