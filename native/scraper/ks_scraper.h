@@ -36,7 +36,7 @@ struct Event {
 	uint64_t ts_ns = 0;
 	std::vector<Field> fields;
 
-	Event(std::string t, uint64_t ts) : type(std::move(t)), ts_ns(ts) {}
+	Event(std::string t, uint64_t ts) : type(std::move(t)), ts_ns(ts) { fields.reserve(32); }
 	void u64(const char *key, std::optional<uint64_t> v);
 	void i64(const char *key, std::optional<int64_t> v);
 	void f64(const char *key, std::optional<double> v); // non-finite -> null
@@ -71,6 +71,8 @@ struct Options {
 };
 
 class TcpSockets; // sources.h
+class FileCache;  // sources.h
+class ProcList;   // sources.h
 
 // What every source gets for one collect.
 struct Ctx {
@@ -82,6 +84,8 @@ struct Ctx {
 	std::vector<Event> &out;
 	const Options &opt;
 	TcpSockets &tcp; // the TCP sockets, read once per collect
+	FileCache &files; // the few files every collect reads, kept open
+	ProcList &procs;  // the processes of PROC, listed once per collect
 };
 
 class Source {
@@ -117,6 +121,9 @@ private:
 	std::optional<uint64_t> last_clock_ns_;
 	std::vector<std::unique_ptr<Source>> sources_;
 	std::unique_ptr<TcpSockets> tcp_;
+	std::unique_ptr<FileCache> files_;
+	std::unique_ptr<ProcList> procs_;
+	size_t last_events_ = 0; // events of the last collect: the next one's reserve
 };
 
 } // namespace ks

@@ -100,7 +100,8 @@ RegisterSource::RegisterSource(const char *name, SourceFactory make)
 const SourceRegistry &registered_sources() { return registry(); }
 
 Scraper::Scraper(std::string proc_root, std::string sys_root)
-	: proc_root_(std::move(proc_root)), sys_root_(std::move(sys_root)), tcp_(std::make_unique<TcpSockets>())
+	: proc_root_(std::move(proc_root)), sys_root_(std::move(sys_root)), tcp_(std::make_unique<TcpSockets>()),
+	  files_(std::make_unique<FileCache>()), procs_(std::make_unique<ProcList>())
 {
 	for (const auto &src : registered_sources())
 		sources_.push_back(src.second());
@@ -121,10 +122,14 @@ std::vector<Event> Scraper::collect_at(uint64_t ts_ns, uint64_t clock_ns)
 	last_clock_ns_ = clock_ns;
 
 	std::vector<Event> out;
+	out.reserve(last_events_);
 	tcp_->next_collect();
-	Ctx c{proc_root_, sys_root_, warn_, ts_ns, dt_s, out, opt_, *tcp_};
+	procs_->next_collect();
+	files_->next_collect();
+	Ctx c{proc_root_, sys_root_, warn_, ts_ns, dt_s, out, opt_, *tcp_, *files_, *procs_};
 	for (auto &s : sources_)
 		s->collect(c);
+	last_events_ = out.size();
 	return out;
 }
 

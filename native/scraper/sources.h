@@ -16,6 +16,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -34,8 +35,81 @@ bool to_f64(std::string_view s, double &v);
 // Reads a whole file (procfs files report size 0, so read to EOF).
 // Returns 0 or an errno.
 int read_file(const std::string &path, std::string &out);
+// Reads name in the open directory dirfd (openat: no walk of the directory's
+// path again); dirfd < 0 reads dir/name instead.  0 or an errno.
+int read_file_at(int dirfd, const std::string &dir, const char *name, std::string &out);
 // Reads path, or warns once "cannot read" and returns false.
 bool read_or_warn(Ctx &c, const std::string &path, std::string &out);
+// Same through Ctx::files (FileCache): for the few files read every collect.
+bool read_kept_or_warn(Ctx &c, const std::string &path, std::string &out);
+
+// The limits source reads PROC/PID/limits only of a process holding at least
+// this many descriptors (src_limits.cpp).
+constexpr uint64_t kFdsWorthReading = 16;
+
+// The few procfs files every collect reads (PROC/stat, meminfo, vmstat, loadavg,
+// net/{dev,snmp,netstat,sockstat}) stay open and are read again from offset 0
+// (pread): procfs makes their text anew on a read at offset 0, and an open and
+// a close cost more than that read for most of them.  A kept file whose read
+// fails is closed and opened once more (its netns gone, say).  Kept only:
+//  * on procfs and sysfs, whose files are the kernel's own (a recorded tree's
+//    regular files may be replaced, not rewritten, between reads);
+//  * at most kMaxKept, and only while the process then holds fewer than
+//    kFdsWorthReading - kFdReserve descriptors: the scraper's own count stays
+//    below the limits source's threshold (room left for a FIFO and the
+//    sock_diag socket opened later), so keeping files never makes it a
+//    process of its own nofile scan.  A process holding more (the Python
+//    module's) keeps none.
+// A kept file is read once per collect: a second reader in the same collect
+// (loadavg: load and limits; net/snmp: the TCP dump's fingerprint and
+// tcp_retrans; net/dev: net_dev and tcp_retrans) gets the same text.
+// Per Scraper: one Scraper never reads through another's descriptors.
+class FileCache {
+public:
+	static constexpr size_t kMaxKept = 8;
+	static constexpr uint64_t kFdReserve = 2;
+	FileCache() = default;
+	~FileCache();
+	FileCache(const FileCache &) = delete;
+	FileCache &operator=(const FileCache &) = delete;
+	// Like read_file(path, out): 0 or an errno.
+	int read(const std::string &path, std::string &out);
+	size_t kept() const { return kept_.size(); }
+	void next_collect() { gen_++; }
+
+private:
+	struct Kept {
+		std::string path;
+		int fd;
+		std::string text; // as read in collect gen
+		uint64_t gen;
+	};
+	std::vector<Kept> kept_;
+	uint64_t gen_ = 1;
+	bool no_room_ = false; // the process held too many descriptors: keep none
+};
+
+// The entries of PROC whose name starts with a digit (the processes), in
+// directory order, listed once per collect for the sources that walk them
+// (limits, tcp_retrans).
+class ProcList {
+public:
+	// nullptr when PROC cannot be listed.
+	const std::vector<std::string> *get(const std::string &proc_root);
+	// Whether PROC is a procfs mount (false for a recorded tree); valid after get().
+	bool is_procfs() const { return procfs_; }
+	void next_collect() { fresh_ = false; }
+
+private:
+	std::vector<std::string> names_;
+	std::string root_; // the proc root listed
+	bool fresh_ = false, ok_ = false, procfs_ = false;
+};
+
+// Calls f(name, d_type) for each entry of the open directory fd (getdents64,
+// without opendir's extra fstat); "." and ".." included.  false on an error
+// (the entries seen until then were given).
+bool for_each_dirent(int fd, const std::function<void(const char *, unsigned char)> &f);
 
 // ---- interval deltas (util.cpp), for the few shares computed per read ----
 // Counters only grow.  One lower than last time was reset (device
@@ -56,6 +130,10 @@ std::optional<uint64_t> field_or_warn(Ctx &c, const std::string &file, const U64
 U64Map parse_meminfo(std::string_view text);
 // /proc/vmstat: "key 123".
 U64Map parse_vmstat(std::string_view text);
+// One line of each: true and its key and value where the parser above takes
+// the line (each parser is these over the lines, the first line of a key kept).
+bool meminfo_line(std::string_view line, std::string_view &key, uint64_t &value);
+bool vmstat_line(std::string_view line, std::string_view &key, uint64_t &value);
 
 struct LoadAvg {
 	double load_1min, load_5min, load_15min;
@@ -98,6 +176,7 @@ public:
 		std::array<uint64_t, 16> states{}; // sockets per state (include/net/tcp_states.h)
 		uint64_t total = 0;
 		std::vector<bool> ports;           // 65536: local port of a socket not listening
+		std::vector<uint16_t> port_list;   // the ports set in `ports`, each once (in no order)
 	};
 	explicit TcpDiag(bool compat = true) : compat_(compat) {}
 	~TcpDiag();
@@ -150,6 +229,10 @@ private:
 
 // "Prefix: Name1 Name2\nPrefix: 1 2" pairs of /proc/net/snmp and /proc/net/netstat.
 I64Map parse_snmp_section(std::string_view text, std::string_view prefix);
+// The values of names[0..n) only, as parse_snmp_section(text, prefix) has them
+// (out[i] nullopt where it has no names[i]), without building the map.
+void snmp_section_values(std::string_view text, std::string_view prefix, const char *const *names, size_t n,
+			 std::optional<int64_t> *out);
 
 struct PsiLine {
 	double avg10, avg60, avg300;
@@ -247,25 +330,31 @@ struct RegisterSource {
 template <class S> std::unique_ptr<Source> make_source() { return std::make_unique<S>(); }
 
 // A source that is one file of "key value" pairs mapped onto one event's
-// fields (meminfo, vmstat): the file's parser, and field <- key pairs.
+// fields (meminfo, vmstat): the file's line parser (meminfo_line,
+// vmstat_line), and field <- key pairs.  Only the wanted keys are looked up
+// (the first line of each, as the file's U64Map parser keeps).
 struct FieldKey {
 	const char *field, *key;
 };
+using KeyLineParser = bool (*)(std::string_view line, std::string_view &key, uint64_t &value);
 class KeyTableSource : public Source {
 public:
 	template <size_t N>
-	KeyTableSource(const char *file, const char *type, U64Map (*parse)(std::string_view),
-		       const FieldKey (&keys)[N])
-		: file_(file), type_(type), parse_(parse), keys_(keys), n_keys_(N)
+	KeyTableSource(const char *file, const char *type, KeyLineParser parse_line, const FieldKey (&keys)[N])
+		: file_(file), type_(type), parse_line_(parse_line), keys_(keys), n_keys_(N)
 	{
+		for (size_t i = 0; i < N; i++)
+			key_views_.emplace_back(keys[i].key);
 	}
 	void collect(Ctx &c) override;
 
 private:
 	const char *file_, *type_;
-	U64Map (*parse_)(std::string_view);
+	KeyLineParser parse_line_;
 	const FieldKey *keys_;
 	size_t n_keys_;
+	std::vector<std::string_view> key_views_;
+	std::string path_, text_; // reused: no allocation per read once grown
 };
 const SourceRegistry &registered_sources();
 

@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstring>
 #include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 namespace ks {
 
@@ -42,14 +44,14 @@ public:
 	{
 		std::string dir = c.sys_root + "/block";
 		std::vector<std::string> devs;
-		if (DIR *d = opendir(dir.c_str())) {
-			while (struct dirent *de = readdir(d)) {
-				std::string_view n = de->d_name;
+		if (int d = open(dir.c_str(), O_RDONLY | O_NONBLOCK | O_DIRECTORY | O_CLOEXEC); d >= 0) {
+			for_each_dirent(d, [&devs](const char *name, unsigned char) {
+				std::string_view n = name;
 				if (n[0] == '.' || n.substr(0, 4) == "loop" || n.substr(0, 3) == "ram")
-					continue;
+					return;
 				devs.emplace_back(n);
-			}
-			closedir(d);
+			});
+			close(d);
 		} else {
 			c.warn.warn(dir, "", std::string("cannot list: ") + strerror(errno));
 		}

@@ -18,11 +18,14 @@
 #include "sources.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <unordered_map>
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace ks {
 
@@ -204,26 +207,60 @@ std::optional<uint64_t> inode_of(const std::string &p)
 }
 
 // Contents of dir/file, or nullopt (absent files are normal: not every
-// controller is everywhere).
-std::optional<std::string> slurp_opt(const std::string &dir, const char *file)
+// controller is everywhere).  dfd: dir opened (files read with openat), or -1.
+std::optional<std::string> slurp_in(int dfd, const std::string &dir, const char *file)
 {
 	std::string text;
-	if (dir.empty() || read_file(dir + "/" + file, text) != 0)
+	if (dir.empty() || read_file_at(dfd, dir, file, text) != 0)
 		return std::nullopt;
 	return text;
 }
 
-std::optional<uint64_t> number_at(const std::string &dir, const char *file)
+std::optional<std::string> slurp_opt(const std::string &dir, const char *file) { return slurp_in(-1, dir, file); }
+
+std::optional<uint64_t> number_in(int dfd, const std::string &dir, const char *file)
 {
-	auto t = slurp_opt(dir, file);
+	auto t = slurp_in(dfd, dir, file);
 	return t ? parse_cgroup_number(*t) : std::nullopt;
 }
 
-std::optional<uint64_t> key_of(const U64Map &m, const char *k)
+std::optional<uint64_t> number_at(const std::string &dir, const char *file) { return number_in(-1, dir, file); }
+
+// The values of keys[0..n) in a "key value" file, as key_of(parse_vmstat(text), key)
+// gives them (the first line of each), without building the map.
+template <size_t N> void keys_of(std::string_view text, const char *const (&keys)[N], std::optional<uint64_t> (&out)[N])
 {
-	auto it = m.find(k);
-	return it == m.end() ? std::nullopt : std::optional<uint64_t>(it->second);
+	for (auto &o : out)
+		o.reset();
+	size_t found = 0;
+	while (!text.empty() && found < N) {
+		size_t nl = text.find('\n');
+		std::string_view line = text.substr(0, nl), key;
+		text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+		uint64_t v;
+		if (!vmstat_line(line, key, v))
+			continue;
+		for (size_t i = 0; i < N; i++)
+			if (!out[i] && key == keys[i]) {
+				out[i] = v;
+				found++;
+			}
+	}
 }
+
+// A cgroup directory opened for the reads in it; fd -1 when it cannot be (the
+// reads then go by path, as they would without it).
+struct DirFd {
+	explicit DirFd(const std::string &dir) : fd(dir.empty() ? -1 : open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {}
+	~DirFd()
+	{
+		if (fd >= 0)
+			close(fd);
+	}
+	DirFd(const DirFd &) = delete;
+	DirFd &operator=(const DirFd &) = delete;
+	int fd;
+};
 
 struct Layout {
 	int version = 0;   // 0: none found
@@ -275,6 +312,8 @@ struct Cand {
 	CgroupLimit limit;
 	std::optional<uint64_t> eff_limit; // tightest limit of it and its ancestors
 	std::optional<uint64_t> cpu_delta;
+	// v2: the rest of the cpu.stat read for cpu_usec (emit does not read it again).
+	std::optional<uint64_t> nr_periods, nr_throttled, throttled_usec;
 };
 
 std::string join(const std::string &root, const std::string &rel)
@@ -332,17 +371,24 @@ public:
 private:
 	std::unordered_map<uint64_t, uint64_t> prev_cpu_; // cgroup id -> cpu usage (us) at the last read
 
-	static void measure(const Layout &l, const std::string &dir, Cand &k)
+	static void measure(const Layout &l, int dfd, const std::string &dir, Cand &k)
 	{
 		if (l.version == 2) {
-			k.usage = number_at(dir, "memory.current");
-			if (auto t = slurp_opt(dir, "memory.max"))
+			k.usage = number_in(dfd, dir, "memory.current");
+			if (auto t = slurp_in(dfd, dir, "memory.max"))
 				k.limit = parse_cgroup_limit(*t);
-			if (auto t = slurp_opt(dir, "cpu.stat"))
-				k.cpu_usec = key_of(parse_vmstat(*t), "usage_usec");
+			if (auto t = slurp_in(dfd, dir, "cpu.stat")) {
+				static const char *const kKeys[] = {"usage_usec", "nr_periods", "nr_throttled", "throttled_usec"};
+				std::optional<uint64_t> v[4];
+				keys_of(*t, kKeys, v);
+				k.cpu_usec = v[0];
+				k.nr_periods = v[1];
+				k.nr_throttled = v[2];
+				k.throttled_usec = v[3];
+			}
 		} else {
-			k.usage = number_at(dir, "memory.usage_in_bytes");
-			if (auto t = slurp_opt(dir, "memory.limit_in_bytes"))
+			k.usage = number_in(dfd, dir, "memory.usage_in_bytes");
+			if (auto t = slurp_in(dfd, dir, "memory.limit_in_bytes"))
 				k.limit = parse_cgroup_limit(*t);
 			if (auto ns = number_at(join(l.cpuacct, k.rel), "cpuacct.usage"))
 				k.cpu_usec = *ns / 1000;
@@ -352,6 +398,7 @@ private:
 	std::vector<Cand> walk(Ctx &c, const Layout &l)
 	{
 		std::vector<Cand> out;
+		std::vector<std::string> kids;
 		// Depth first, each entry (relative path, its parent's effective limit).
 		std::vector<std::pair<std::string, std::optional<uint64_t>>> todo = {{"/", std::nullopt}};
 		while (!todo.empty()) {
@@ -362,29 +409,45 @@ private:
 			auto [rel, parent_limit] = std::move(todo.back());
 			todo.pop_back();
 			std::string dir = join(l.walk, rel);
-			auto ino = inode_of(dir);
+			// The directory opened once: its inode, its files (openat) and its
+			// entries from the one descriptor.  A directory that cannot be
+			// opened (but may be stat()ed) goes by path.
+			DirFd d(dir);
+			const int open_err = d.fd < 0 ? errno : 0;
+			std::optional<uint64_t> ino;
+			struct stat st;
+			if (d.fd >= 0 && fstat(d.fd, &st) == 0)
+				ino = (uint64_t)st.st_ino;
+			else if (open_err != ENOENT)
+				ino = inode_of(dir);
 			if (!ino)
 				continue; // removed since the parent was listed
 			Cand k;
 			k.rel = rel;
 			k.ino = *ino;
-			measure(l, dir, k);
+			measure(l, d.fd, dir, k);
 			k.eff_limit = parent_limit;
 			if (rel != "/" && k.limit.valid && !k.limit.unlimited &&
 			    (!k.eff_limit || k.limit.bytes < *k.eff_limit))
 				k.eff_limit = k.limit.bytes;
-			DIR *d = opendir(dir.c_str());
-			if (d) {
-				std::vector<std::string> kids;
-				while (struct dirent *de = readdir(d)) {
-					if (de->d_name[0] == '.' &&
-					    (de->d_name[1] == 0 || (de->d_name[1] == '.' && de->d_name[2] == 0)))
-						continue;
-					if (de->d_type == DT_DIR ||
-					    (de->d_type == DT_UNKNOWN && is_dir(dir + "/" + de->d_name)))
-						kids.push_back(de->d_name);
-				}
-				closedir(d);
+			kids.clear();
+			auto add = [&](const char *name, unsigned char type) {
+				if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))
+					return;
+				if (type == DT_DIR || (type == DT_UNKNOWN && is_dir(dir + "/" + name)))
+					kids.emplace_back(name);
+			};
+			bool listed = false;
+			if (d.fd >= 0) {
+				for_each_dirent(d.fd, add);
+				listed = true;
+			} else if (DIR *dd = opendir(dir.c_str())) {
+				while (struct dirent *de = readdir(dd))
+					add(de->d_name, de->d_type);
+				closedir(dd);
+				listed = true;
+			}
+			if (listed) {
 				// Reverse name order onto the stack: visited in name order.
 				std::sort(kids.rbegin(), kids.rend());
 				for (auto &n : kids)
@@ -399,11 +462,19 @@ private:
 	{
 		const bool v2 = l.version == 2;
 		std::string dir = join(l.walk, k.rel);
+		// The cgroup's own files are read through one descriptor of its directory.
+		DirFd d(dir);
 		// The v2 twin: the cgroup itself on v2, the same path under unified on a hybrid host.
 		std::string twin = v2 ? dir : (l.unified.empty() ? "" : join(l.unified, k.rel));
-		std::optional<uint64_t> twin_id = twin.empty() ? std::nullopt : inode_of(twin);
+		std::optional<uint64_t> twin_id;
+		struct stat st;
+		if (v2 && d.fd >= 0 && fstat(d.fd, &st) == 0)
+			twin_id = (uint64_t)st.st_ino;
+		else if (!twin.empty())
+			twin_id = inode_of(twin);
 		if (!twin_id)
 			twin.clear();
+		const int twin_fd = v2 ? d.fd : -1;
 
 		Event e("cgroup", c.ts_ns);
 		e.str("path", cut_for_json(k.rel, kPathJsonMax));
@@ -428,34 +499,31 @@ private:
 		e.u64("memory_limit_effective_bytes", k.eff_limit);
 		std::optional<uint64_t> swap;
 		if (v2) {
-			swap = number_at(dir, "memory.swap.current");
-		} else if (auto memsw = number_at(dir, "memory.memsw.usage_in_bytes"); memsw && k.usage) {
+			swap = number_in(d.fd, dir, "memory.swap.current");
+		} else if (auto memsw = number_in(d.fd, dir, "memory.memsw.usage_in_bytes"); memsw && k.usage) {
 			swap = *memsw > *k.usage ? *memsw - *k.usage : 0;
 		}
 		e.u64("swap_bytes", swap);
-		U64Map ev, oomc;
-		bool have_ev = false, have_oomc = false;
+		static const char *const kEvKeys[] = {"low", "high", "max", "oom", "oom_kill"};
+		static const char *const kOomKeys[] = {"oom_kill", "under_oom"};
+		std::optional<uint64_t> ev[5], oomc[2];
 		if (v2) {
-			if (auto t = slurp_opt(dir, "memory.events")) {
-				ev = parse_vmstat(*t);
-				have_ev = true;
-			}
-		} else if (auto t = slurp_opt(dir, "memory.oom_control")) {
-			oomc = parse_vmstat(*t);
-			have_oomc = true;
+			if (auto t = slurp_in(d.fd, dir, "memory.events"))
+				keys_of(*t, kEvKeys, ev);
+		} else if (auto t = slurp_in(d.fd, dir, "memory.oom_control")) {
+			keys_of(*t, kOomKeys, oomc);
 		}
-		auto evk = [&](const char *key) { return have_ev ? key_of(ev, key) : std::nullopt; };
-		e.u64("events_low_total", evk("low"));
-		e.u64("events_high_total", evk("high"));
-		e.u64("events_max_total", evk("max"));
-		e.u64("events_oom_total", evk("oom"));
-		e.u64("oom_kill_total", v2 ? evk("oom_kill") : (have_oomc ? key_of(oomc, "oom_kill") : std::nullopt));
-		e.u64("failcnt_total", v2 ? std::nullopt : number_at(dir, "memory.failcnt"));
-		e.u64("under_oom", have_oomc ? key_of(oomc, "under_oom") : std::nullopt);
+		e.u64("events_low_total", ev[0]);
+		e.u64("events_high_total", ev[1]);
+		e.u64("events_max_total", ev[2]);
+		e.u64("events_oom_total", ev[3]);
+		e.u64("oom_kill_total", v2 ? ev[4] : oomc[0]);
+		e.u64("failcnt_total", v2 ? std::nullopt : number_in(d.fd, dir, "memory.failcnt"));
+		e.u64("under_oom", oomc[1]);
 
 		// Memory pressure (PSI exists per cgroup on v2 only).
 		Psi psi;
-		if (auto t = slurp_opt(twin, "memory.pressure"))
+		if (auto t = slurp_in(twin_fd, twin, "memory.pressure"))
 			psi = parse_psi(*t);
 		auto avg10 = [](const std::optional<PsiLine> &p) {
 			return p ? std::optional<double>(p->avg10) : std::nullopt;
@@ -468,27 +536,32 @@ private:
 		e.u64("mem_pressure_some_total_us", total(psi.some));
 		e.u64("mem_pressure_full_total_us", total(psi.full));
 
-		// CPU.
-		U64Map cpu;
-		bool have_cpu = false;
-		if (auto t = slurp_opt(v2 ? dir : join(l.cpu, k.rel), "cpu.stat")) {
-			cpu = parse_vmstat(*t);
-			have_cpu = true;
+		// CPU: on v2 what the walk read of cpu.stat; on v1 the cpu hierarchy's.
+		std::optional<uint64_t> periods, throttled, thr;
+		if (v2) {
+			periods = k.nr_periods;
+			throttled = k.nr_throttled;
+			thr = k.throttled_usec;
+		} else if (auto t = slurp_opt(join(l.cpu, k.rel), "cpu.stat")) {
+			static const char *const kCpuKeys[] = {"nr_periods", "nr_throttled", "throttled_usec",
+							       "throttled_time"};
+			std::optional<uint64_t> cv[4];
+			keys_of(*t, kCpuKeys, cv);
+			periods = cv[0];
+			throttled = cv[1];
+			thr = cv[2];
+			if (cv[3])
+				thr = *cv[3] / 1000;
 		}
-		auto cpuk = [&](const char *key) { return have_cpu ? key_of(cpu, key) : std::nullopt; };
 		e.u64("cpu_usage_usec_total", k.cpu_usec);
-		e.u64("cpu_nr_periods_total", cpuk("nr_periods"));
-		e.u64("cpu_nr_throttled_total", cpuk("nr_throttled"));
-		std::optional<uint64_t> thr = cpuk("throttled_usec");
-		if (!v2)
-			if (auto ns = cpuk("throttled_time"))
-				thr = *ns / 1000;
+		e.u64("cpu_nr_periods_total", periods);
+		e.u64("cpu_nr_throttled_total", throttled);
 		e.u64("cpu_throttled_usec_total", thr);
 
 		// I/O.
 		std::optional<uint64_t> rb, wb, ri, wi;
 		if (v2) {
-			if (auto t = slurp_opt(dir, "io.stat")) {
+			if (auto t = slurp_in(d.fd, dir, "io.stat")) {
 				CgroupIo io = parse_io_stat(*t);
 				rb = io.rbytes, wb = io.wbytes, ri = io.rios, wi = io.wios;
 			}

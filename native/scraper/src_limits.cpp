@@ -17,28 +17,32 @@
 #include <cstring>
 
 #include <dirent.h>
-#include <linux/magic.h>
+#include <fcntl.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
+#include <unistd.h>
 
 namespace ks {
 
 // Open descriptors of one process from its PROC/PID/fd directory.  On procfs since Linux 6.2 the
 // directory's st_size is that count: one stat instead of a getdents walk per process, which was
-// about a third of the scraper's idle CPU (perf, 2-CPU VM).  Older kernels give 0 there, and a
-// recorded fixture's directory is no procfs: both are counted entry by entry.
-static bool count_open_fds(const std::string &fd_dir, bool size_is_count, uint64_t &n)
+// about a third of the scraper's idle CPU (perf, 2-CPU VM).  A process without a file table (a
+// kernel thread: most processes of a small host) has size 0 there, which is its count, as a walk
+// of its empty directory finds: zero_is_count (this kernel counts: PROC/self/fd, never empty, has
+// a size) takes it as it is instead of walking it (open, fstat, getdents, close: another third).
+// Older kernels give 0 for every process, and a recorded fixture's directory is no procfs: both
+// are counted entry by entry.
+static bool count_open_fds(const char *fd_dir, bool size_is_count, bool zero_is_count, uint64_t &n)
 {
 	if (size_is_count) {
 		struct stat st;
-		if (stat(fd_dir.c_str(), &st) != 0)
+		if (stat(fd_dir, &st) != 0)
 			return false;
-		if (st.st_size > 0) {
+		if (st.st_size > 0 || zero_is_count) {
 			n = (uint64_t)st.st_size;
 			return true;
 		}
 	}
-	DIR *fd = opendir(fd_dir.c_str());
+	DIR *fd = opendir(fd_dir);
 	if (!fd)
 		return false;
 	n = 0;
@@ -108,7 +112,6 @@ uint64_t count_ephemeral_ports(std::string_view text, uint64_t lo, uint64_t hi, 
 namespace {
 
 constexpr size_t kMaxPids = 8192;
-constexpr uint64_t kFdsWorthReading = 16;
 constexpr size_t kMaxWalk = 4096;
 constexpr size_t kPathJsonMax = 1000;
 
@@ -172,16 +175,16 @@ PidsCg tightest_pids_cgroup(const std::string &root)
 				}
 			}
 		}
-		DIR *d = opendir(dir.c_str());
-		if (!d)
+		int d = open(dir.c_str(), O_RDONLY | O_NONBLOCK | O_DIRECTORY | O_CLOEXEC);
+		if (d < 0)
 			continue;
-		while (struct dirent *de = readdir(d)) {
-			if (de->d_name[0] == '.')
-				continue;
-			if (de->d_type == DT_DIR)
-				todo.push_back(rel == "/" ? "/" + std::string(de->d_name) : rel + "/" + de->d_name);
-		}
-		closedir(d);
+		for_each_dirent(d, [&](const char *name, unsigned char type) {
+			if (name[0] == '.')
+				return;
+			if (type == DT_DIR)
+				todo.push_back(rel == "/" ? "/" + std::string(name) : rel + "/" + name);
+		});
+		close(d);
 	}
 	return best;
 }
@@ -218,26 +221,33 @@ public:
 
 		// The process nearest its own descriptor limit.
 		uint64_t procs = 0, best_fds = 0, best_lim = 0, best_pid = 0;
-		struct statfs sfs;
-		const bool fd_count_in_size = statfs(P.c_str(), &sfs) == 0 && sfs.f_type == PROC_SUPER_MAGIC;
 		double best_ratio = -1;
-		DIR *d = opendir(P.c_str());
-		if (d) {
-			while (struct dirent *de = readdir(d)) {
-				if (!is_digits(de->d_name))
+		if (const std::vector<std::string> *pids = c.procs.get(P)) {
+			const bool fd_count_in_size = c.procs.is_procfs();
+			// Whether this kernel counts in st_size: asked once per proc root.
+			if (fd_count_in_size && zero_root_ != P) {
+				struct stat self_fd;
+				zero_is_count_ = stat((P + "/self/fd").c_str(), &self_fd) == 0 && self_fd.st_size > 0;
+				zero_root_ = P;
+			}
+			const bool zero_is_count = fd_count_in_size && zero_is_count_;
+			std::string pd;
+			for (const std::string &name : *pids) {
+				if (!is_digits(name.c_str()))
 					continue;
 				if (procs++ >= kMaxPids)
 					continue; // still counted
-				std::string pd = P + "/" + de->d_name;
+				pd.assign(P).append("/").append(name);
+				const size_t base = pd.size();
 				uint64_t n = 0;
-				if (!count_open_fds(pd + "/fd", fd_count_in_size, n))
+				if (!count_open_fds(pd.append("/fd").c_str(), fd_count_in_size, zero_is_count, n))
 					continue; // gone, or a kernel thread we cannot read
 				if (n < kFdsWorthReading)
 					continue;
-				std::string lt;
-				if (read_file(pd + "/limits", lt) != 0)
+				pd.resize(base);
+				if (read_file(pd.append("/limits"), lt_) != 0)
 					continue;
-				NofileLimit l = parse_limits_nofile(lt);
+				NofileLimit l = parse_limits_nofile(lt_);
 				if (!l.soft || *l.soft == 0)
 					continue;
 				double r = (double)n / (double)*l.soft;
@@ -245,10 +255,9 @@ public:
 					best_ratio = r;
 					best_fds = n;
 					best_lim = *l.soft;
-					best_pid = strtoull(de->d_name, nullptr, 10);
+					best_pid = strtoull(name.c_str(), nullptr, 10);
 				}
 			}
-			closedir(d);
 		}
 		bool have = best_ratio >= 0;
 		std::string comm;
@@ -266,7 +275,7 @@ public:
 
 		// Tasks (threads) against pid_max and threads-max.
 		std::optional<uint64_t> tasks;
-		if (read_or_warn(c, P + "/loadavg", t))
+		if (read_kept_or_warn(c, P + "/loadavg", t))
 			if (auto l = parse_loadavg(t))
 				tasks = l->total;
 		e.u64("tasks", tasks);
@@ -300,8 +309,8 @@ public:
 				if (const TcpDiag::Counts *live = c.tcp.get(c)) {
 					// The tcp source's dump (sock_diag): local ports of the
 					// sockets not listening.
-					for (uint64_t p = *lo; p <= *hi && p < live->ports.size(); p++)
-						n += live->ports[p];
+					for (uint16_t p : live->port_list)
+						n += p >= *lo && p <= *hi;
 					any = true;
 				} else {
 					std::vector<bool> seen;
@@ -320,6 +329,11 @@ public:
 		e.u64("ephemeral_ports_used", used);
 		c.out.push_back(std::move(e));
 	}
+
+private:
+	std::string lt_; // reused: no allocation per read once grown
+	std::string zero_root_; // the proc root zero_is_count_ was found for
+	bool zero_is_count_ = false;
 };
 
 const RegisterSource kRegister("limits", make_source<LimitsSource>);

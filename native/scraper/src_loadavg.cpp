@@ -28,7 +28,7 @@ public:
 	{
 		std::string path = c.proc_root + "/loadavg", text;
 		std::optional<LoadAvg> l;
-		if (read_or_warn(c, path, text)) {
+		if (read_kept_or_warn(c, path, text)) {
 			l = parse_loadavg(text);
 			if (!l)
 				c.warn.warn(path, "format", "unexpected format (want \"l1 l5 l15 r/t pid\")");

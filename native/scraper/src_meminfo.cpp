@@ -4,17 +4,35 @@
 
 namespace ks {
 
+static bool is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'; }
+
+// "Key:   123 kB": the key is all before the first ':', the value the first
+// word after it.
+bool meminfo_line(std::string_view line, std::string_view &key, uint64_t &value)
+{
+	size_t colon = line.find(':');
+	if (colon == std::string_view::npos)
+		return false;
+	size_t i = colon + 1;
+	while (i < line.size() && is_space(line[i]))
+		i++;
+	size_t start = i;
+	while (i < line.size() && !is_space(line[i]))
+		i++;
+	if (i == start || !to_u64(line.substr(start, i - start), value))
+		return false;
+	key = line.substr(0, colon);
+	return true;
+}
+
 U64Map parse_meminfo(std::string_view text)
 {
 	U64Map m;
 	for (auto line : split_lines(text)) {
-		size_t colon = line.find(':');
-		if (colon == std::string_view::npos)
-			continue;
-		auto words = split_ws(line.substr(colon + 1));
+		std::string_view k;
 		uint64_t v;
-		if (!words.empty() && to_u64(words[0], v))
-			m.emplace(std::string(line.substr(0, colon)), v);
+		if (meminfo_line(line, k, v))
+			m.emplace(std::string(k), v);
 	}
 	return m;
 }
@@ -40,7 +58,7 @@ const FieldKey kMemKeys[] = {
 
 std::unique_ptr<Source> make_meminfo()
 {
-	return std::make_unique<KeyTableSource>("meminfo", "memory", parse_meminfo, kMemKeys);
+	return std::make_unique<KeyTableSource>("meminfo", "memory", meminfo_line, kMemKeys);
 }
 
 const RegisterSource kRegister("meminfo", make_meminfo);

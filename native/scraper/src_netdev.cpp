@@ -37,7 +37,7 @@ public:
 	void collect(Ctx &c) override
 	{
 		std::string path = c.proc_root + "/net/dev", text;
-		if (!read_or_warn(c, path, text))
+		if (!read_kept_or_warn(c, path, text))
 			return;
 		for (const NetDevRow &r : parse_net_dev(text)) {
 			Cols cur;

@@ -6,22 +6,37 @@
 
 namespace ks {
 
+static bool is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'; }
+
+// The next whitespace-separated word of line from i on (empty at the end).
+static std::string_view next_word(std::string_view line, size_t &i)
+{
+	while (i < line.size() && is_space(line[i]))
+		i++;
+	size_t start = i;
+	while (i < line.size() && !is_space(line[i]))
+		i++;
+	return line.substr(start, i - start);
+}
+
 ProcStat parse_proc_stat(std::string_view text)
 {
+	// Word by word: the intr and softirq lines hold one number per IRQ
+	// (hundreds), of which only the first is wanted.
 	ProcStat s;
 	for (auto line : split_lines(text)) {
-		auto w = split_ws(line);
-		if (w.empty())
+		size_t i = 0;
+		std::string_view k = next_word(line, i);
+		if (k.empty())
 			continue;
-		std::string_view k = w[0];
 		uint64_t v;
 		if (k == "cpu") {
 			s.have_cpu = true;
-			for (size_t i = 1; i < w.size() && to_u64(w[i], v); i++)
+			for (std::string_view w = next_word(line, i); !w.empty() && to_u64(w, v); w = next_word(line, i))
 				s.cpu.push_back(v);
 		} else if (k.size() > 3 && k.substr(0, 3) == "cpu" && isdigit((unsigned char)k[3])) {
 			s.cpu_count++;
-		} else if (w.size() >= 2 && to_u64(w[1], v)) {
+		} else if (std::string_view w = next_word(line, i); !w.empty() && to_u64(w, v)) {
 			// intr: the first number is the total, the rest are per-IRQ.
 			if (k == "ctxt")
 				s.ctxt = v;
@@ -53,7 +68,7 @@ public:
 	void collect(Ctx &c) override
 	{
 		std::string path = c.proc_root + "/stat", text;
-		bool ok = read_or_warn(c, path, text);
+		bool ok = read_kept_or_warn(c, path, text);
 		ProcStat s = parse_proc_stat(text);
 
 		std::optional<uint64_t> cpu[kCpuCols];

@@ -184,8 +184,13 @@ int TcpDiag::dump_one(bool compat, uint8_t family, Counts &out, bool &refused)
 				continue;
 			out.states[m.idiag_state]++;
 			out.total++;
-			if (m.idiag_state != 10) // TCP_LISTEN
-				out.ports[ntohs(m.id.idiag_sport)] = true;
+			if (m.idiag_state != 10) { // TCP_LISTEN
+				uint16_t port = ntohs(m.id.idiag_sport);
+				if (!out.ports[port]) {
+					out.ports[port] = true;
+					out.port_list.push_back(port);
+				}
+			}
 		}
 	}
 }
@@ -197,6 +202,7 @@ int TcpDiag::dump(Counts &out)
 		out.states = {};
 		out.total = 0;
 		out.ports.assign(65536, false);
+		out.port_list.clear();
 		bool refused = false;
 		if (compat_) {
 			err = dump_one(true, AF_UNSPEC, out, refused);
@@ -238,14 +244,14 @@ bool TcpDiag::unavailable(int err)
 std::string TcpSockets::fingerprint(Ctx &c)
 {
 	std::string fp;
-	if (read_file(c.proc_root + "/net/snmp", text_) != 0)
+	if (c.files.read(c.proc_root + "/net/snmp", text_) != 0)
 		return fp; // empty: never equal, so a dump
 	size_t tcp = text_.find("\nTcp: ");
 	tcp = tcp == std::string::npos ? tcp : text_.find("\nTcp: ", tcp + 1); // the values line
 	if (tcp == std::string::npos)
 		return fp;
 	fp.assign(text_, tcp, text_.find('\n', tcp + 1) - tcp);
-	if (read_file(c.proc_root + "/net/sockstat", text_) != 0)
+	if (c.files.read(c.proc_root + "/net/sockstat", text_) != 0)
 		return std::string();
 	size_t at = text_.find("\nTCP: ");
 	if (at == std::string::npos)

@@ -4,14 +4,37 @@
 
 namespace ks {
 
+static bool is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n'; }
+
+// "key 123": the first two words of the line.
+bool vmstat_line(std::string_view line, std::string_view &key, uint64_t &value)
+{
+	size_t i = 0;
+	while (i < line.size() && is_space(line[i]))
+		i++;
+	size_t k0 = i;
+	while (i < line.size() && !is_space(line[i]))
+		i++;
+	size_t k1 = i;
+	while (i < line.size() && is_space(line[i]))
+		i++;
+	size_t v0 = i;
+	while (i < line.size() && !is_space(line[i]))
+		i++;
+	if (k1 == k0 || i == v0 || !to_u64(line.substr(v0, i - v0), value))
+		return false;
+	key = line.substr(k0, k1 - k0);
+	return true;
+}
+
 U64Map parse_vmstat(std::string_view text)
 {
 	U64Map m;
 	for (auto line : split_lines(text)) {
-		auto w = split_ws(line);
+		std::string_view k;
 		uint64_t v;
-		if (w.size() >= 2 && to_u64(w[1], v))
-			m.emplace(std::string(w[0]), v);
+		if (vmstat_line(line, k, v))
+			m.emplace(std::string(k), v);
 	}
 	return m;
 }
@@ -34,7 +57,7 @@ const FieldKey kVmKeys[] = {
 
 std::unique_ptr<Source> make_vmstat()
 {
-	return std::make_unique<KeyTableSource>("vmstat", "vmstat", parse_vmstat, kVmKeys);
+	return std::make_unique<KeyTableSource>("vmstat", "vmstat", vmstat_line, kVmKeys);
 }
 
 const RegisterSource kRegister("vmstat", make_vmstat);

@@ -9,8 +9,11 @@
 #include <cstring>
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 using namespace ks;
 
@@ -569,8 +572,256 @@ static void test_tcp_diag_live()
 		close(l);
 }
 
+// ---- the scraper's fast paths against the parsers they stand in for ----
+// The word-splitting parsers as they were (split_ws per line, a map of every
+// key): the references the line parsers and lookups must agree with.
+static U64Map ref_vmstat(std::string_view text)
+{
+	U64Map m;
+	for (auto line : split_lines(text)) {
+		auto w = split_ws(line);
+		uint64_t v;
+		if (w.size() >= 2 && to_u64(w[1], v))
+			m.emplace(std::string(w[0]), v);
+	}
+	return m;
+}
+
+static U64Map ref_meminfo(std::string_view text)
+{
+	U64Map m;
+	for (auto line : split_lines(text)) {
+		size_t colon = line.find(':');
+		if (colon == std::string_view::npos)
+			continue;
+		auto words = split_ws(line.substr(colon + 1));
+		uint64_t v;
+		if (!words.empty() && to_u64(words[0], v))
+			m.emplace(std::string(line.substr(0, colon)), v);
+	}
+	return m;
+}
+
+static ProcStat ref_proc_stat(std::string_view text)
+{
+	ProcStat s;
+	for (auto line : split_lines(text)) {
+		auto w = split_ws(line);
+		if (w.empty())
+			continue;
+		std::string_view k = w[0];
+		uint64_t v;
+		if (k == "cpu") {
+			s.have_cpu = true;
+			for (size_t i = 1; i < w.size() && to_u64(w[i], v); i++)
+				s.cpu.push_back(v);
+		} else if (k.size() > 3 && k.substr(0, 3) == "cpu" && isdigit((unsigned char)k[3])) {
+			s.cpu_count++;
+		} else if (w.size() >= 2 && to_u64(w[1], v)) {
+			if (k == "ctxt")
+				s.ctxt = v;
+			else if (k == "processes")
+				s.processes = v;
+			else if (k == "intr")
+				s.intr = v;
+			else if (k == "procs_running")
+				s.procs_running = v;
+			else if (k == "procs_blocked")
+				s.procs_blocked = v;
+		}
+	}
+	return s;
+}
+
+static bool same_stat(const ProcStat &a, const ProcStat &b)
+{
+	return a.cpu == b.cpu && a.have_cpu == b.have_cpu && a.cpu_count == b.cpu_count && a.ctxt == b.ctxt &&
+	       a.processes == b.processes && a.intr == b.intr && a.procs_running == b.procs_running &&
+	       a.procs_blocked == b.procs_blocked;
+}
+
+static std::string live_or_empty(const char *path)
+{
+	std::string t;
+	return read_file(path, t) == 0 ? t : std::string();
+}
+
+static void test_fast_parsers_agree()
+{
+	const std::string vm_edge = "a 1\na 2\nb x\nb 3\n  c   4  extra\n\td\t5\nnokey\n e:\nf 18446744073709551616\ng -1\n";
+	for (const std::string &t : {slurp(kT0 + "/proc/vmstat"), live_or_empty("/proc/vmstat"), vm_edge,
+				     std::string("memory.events"), std::string("low 0\nhigh 3\nmax 40\noom 2\noom_kill 1\n")}) {
+		CHECK(parse_vmstat(t) == ref_vmstat(t));
+	}
+	CHECK(parse_vmstat(vm_edge).at("a") == 1 && parse_vmstat(vm_edge).at("b") == 3 && parse_vmstat(vm_edge).at("d") == 5);
+	const std::string mem_edge = "K:  12 kB\nK: 13\nL:x\nL: 7\n:5\nM:\n Sp ace: 9\nN:\t\t8 kB\nO 4\n";
+	for (const std::string &t : {slurp(kT0 + "/proc/meminfo"), live_or_empty("/proc/meminfo"), mem_edge})
+		CHECK(parse_meminfo(t) == ref_meminfo(t));
+	CHECK(parse_meminfo(mem_edge).at("K") == 12 && parse_meminfo(mem_edge).at("L") == 7 &&
+	      parse_meminfo(mem_edge).at(" Sp ace") == 9 && parse_meminfo(mem_edge).at("") == 5);
+
+	const std::string stat_edge = "cpu  1 2 x 3\ncpu0 1\ncpux 2\nintr 5 6 7\nctxt\nctxt 9\nprocesses  \t 11 z\n\n";
+	for (const std::string &t : {slurp(kT0 + "/proc/stat"), live_or_empty("/proc/stat"), stat_edge})
+		CHECK(same_stat(parse_proc_stat(t), ref_proc_stat(t)));
+	ProcStat se = parse_proc_stat(stat_edge);
+	CHECK((se.cpu == std::vector<uint64_t>{1, 2}) && se.cpu_count == 1 && se.intr == 5u && se.ctxt == 9u &&
+	      se.processes == 11u);
+
+	// snmp_section_values against parse_snmp_section: every name of the
+	// section, one absent, and the corner cases (a second section, values
+	// past INT64_MAX, negative, not numbers, near-miss prefixes).
+	const std::string snmp_edge = "Tcpx: A\nTcpx: 1\nTcp:A\nTcp:9\n Tcp: A B C D E\n Tcp: 1 -2 x 18446744073709551615\n"
+				      "Tcp: A B F\nTcp: 5 6 7\nTcp:\nTcp: G\nTcp: 3\n";
+	struct Case {
+		std::string text, prefix;
+	};
+	for (const Case &k : {Case{slurp(kT0 + "/proc/net/snmp"), "Tcp"}, Case{slurp(kT0 + "/proc/net/netstat"), "TcpExt"},
+			      Case{live_or_empty("/proc/net/snmp"), "Tcp"}, Case{live_or_empty("/proc/net/netstat"), "TcpExt"},
+			      Case{live_or_empty("/proc/net/netstat"), "IpExt"}, Case{snmp_edge, "Tcp"}, Case{"", "Tcp"}}) {
+		I64Map m = parse_snmp_section(k.text, k.prefix);
+		std::vector<std::string> names;
+		for (auto &kv : m)
+			names.push_back(kv.first);
+		names.push_back("NoSuchName");
+		names.push_back("C");
+		std::vector<const char *> want;
+		for (auto &n : names)
+			want.push_back(n.c_str());
+		std::vector<std::optional<int64_t>> got(want.size(), int64_t(-7));
+		snmp_section_values(k.text, k.prefix, want.data(), want.size(), got.data());
+		for (size_t i = 0; i < want.size(); i++) {
+			auto it = m.find(want[i]);
+			CHECK((it == m.end() ? std::optional<int64_t>() : std::optional<int64_t>(it->second)) == got[i]);
+		}
+	}
+	I64Map e = parse_snmp_section(snmp_edge, "Tcp");
+	CHECK(e.at("A") == 1 && e.at("B") == -2 && !e.count("C") && e.at("D") == INT64_MAX && e.at("F") == 7 &&
+	      e.at("G") == 3 && !e.count("E"));
+}
+
+static void test_dirents_and_proc_list()
+{
+	// for_each_dirent lists what readdir lists.
+	for (const std::string &dir : {std::string("/proc/self/fd"), kT0 + "/proc", std::string("/proc")}) {
+		std::vector<std::string> a, b;
+		if (DIR *d = opendir(dir.c_str())) {
+			while (struct dirent *de = readdir(d))
+				a.push_back(de->d_name);
+			closedir(d);
+		}
+		int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		CHECK(fd >= 0);
+		CHECK(for_each_dirent(fd, [&b](const char *n, unsigned char) { b.push_back(n); }));
+		close(fd);
+		std::sort(a.begin(), a.end());
+		std::sort(b.begin(), b.end());
+		if (dir == "/proc") // processes come and go: ours is in both
+			CHECK(std::count(b.begin(), b.end(), std::to_string(getpid())) == 1);
+		else if (dir != "/proc/self/fd") // the listing's own descriptor differs
+			CHECK(a == b);
+		CHECK(std::count(b.begin(), b.end(), ".") == 1 && std::count(b.begin(), b.end(), "..") == 1);
+	}
+
+	ProcList live;
+	const std::vector<std::string> *pids = live.get("/proc");
+	CHECK(pids && live.is_procfs());
+	if (pids)
+		CHECK(std::count(pids->begin(), pids->end(), std::to_string(getpid())) == 1);
+	CHECK(live.get("/proc") == pids); // once per collect
+	ProcList fix;
+	CHECK(fix.get(kT0 + "/proc") && !fix.is_procfs());
+	ProcList none;
+	CHECK(none.get("/nonexistent-proc-root") == nullptr);
+}
+
+static void test_file_cache()
+{
+	// A recorded tree's regular file is read, never kept.
+	{
+		FileCache fc;
+		std::string t;
+		CHECK(fc.read(kT0 + "/proc/loadavg", t) == 0 && t == slurp(kT0 + "/proc/loadavg") && fc.kept() == 0);
+		CHECK(fc.read("/nonexistent/loadavg", t) == ENOENT);
+	}
+	// A procfs file is kept, read once per collect, and read anew the next.
+	{
+		FileCache fc;
+		std::string a, b;
+		CHECK(fc.read("/proc/self/stat", a) == 0 && fc.kept() == 1);
+		CHECK(fc.read("/proc/self/stat", b) == 0 && a == b); // same collect: the same text
+		fc.next_collect();
+		CHECK(fc.read("/proc/self/stat", b) == 0 && fc.kept() == 1 && !b.empty());
+		CHECK(b.substr(0, b.find(' ')) == std::to_string(getpid()));
+	}
+	// A kept file of a process that exited: the kept read fails, one reopen
+	// fails too, the error is returned and the file no longer kept.
+	{
+		int pfd[2];
+		CHECK(pipe(pfd) == 0);
+		pid_t child = fork();
+		if (child == 0) {
+			char ch;
+			close(pfd[1]);
+			while (read(pfd[0], &ch, 1) < 0 && errno == EINTR) {
+			}
+			_exit(0);
+		}
+		close(pfd[0]);
+		FileCache fc;
+		std::string t, path = "/proc/" + std::to_string(child) + "/stat";
+		CHECK(fc.read(path, t) == 0 && fc.kept() == 1);
+		close(pfd[1]); // the child exits
+		waitpid(child, nullptr, 0);
+		fc.next_collect();
+		int err = fc.read(path, t);
+		CHECK(err != 0 && fc.kept() == 0);
+	}
+	// At most kMaxKept, and none while the process holds many descriptors.
+	{
+		FileCache fc;
+		std::string t;
+		const char *files[] = {"/proc/stat", "/proc/meminfo", "/proc/vmstat", "/proc/loadavg", "/proc/net/dev",
+				       "/proc/net/snmp", "/proc/net/netstat", "/proc/net/sockstat", "/proc/uptime", "/proc/version"};
+		for (const char *f : files)
+			CHECK(fc.read(f, t) == 0);
+		CHECK(fc.kept() <= FileCache::kMaxKept);
+		std::vector<int> held;
+		for (int i = 0; i < 20; i++)
+			held.push_back(open("/dev/null", O_RDONLY | O_CLOEXEC));
+		FileCache crowded;
+		CHECK(crowded.read("/proc/loadavg", t) == 0 && crowded.kept() == 0);
+		for (int fd : held)
+			close(fd);
+	}
+}
+
+// The live host's tcp_retrans line of the scraper's own namespace: the inode stat() gives.
+static void test_own_netns_live()
+{
+	struct stat st;
+	if (stat("/proc/self/ns/net", &st) != 0)
+		return;
+	Scraper s("/proc", "/sys");
+	auto ev = s.collect();
+	bool found = false;
+	for (const Event &e : ev)
+		if (e.type == "tcp_retrans" && u(e, "netns") == (uint64_t)st.st_ino)
+			found = true;
+	CHECK(found);
+	// Two collects: the kept files read again (no stale text).
+	auto ev2 = s.collect();
+	CHECK(u(find(ev2, "load"), "total_tasks").has_value() && u(find(ev2, "memory"), "mem_total_kb").has_value());
+	CHECK(s.warnings().count() == 0);
+	for (auto &w : s.warnings().list())
+		fprintf(stderr, "unexpected warning: %s\n", w.c_str());
+}
+
 int main()
 {
+	test_fast_parsers_agree();
+	test_dirents_and_proc_list();
+	test_file_cache();
+	test_own_netns_live();
 	test_pure_parsers();
 	test_fs_and_limits_parsers();
 	test_cgroup_parsers();
