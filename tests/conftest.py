@@ -75,3 +75,44 @@ def tracer_bin(name: str, required: bool = False) -> str:
     if required:
         pytest.fail(why)
     pytest.skip(why)
+
+
+# A child whose second thread is an event loop blocked in epoll; a line on its stdin sets the
+# main thread feeding that loop without pause.
+_EPOLL_LOOP_CHILD = """
+import selectors, socket, sys, threading
+a, b = socket.socketpair()
+sel = selectors.DefaultSelector()   # epoll on Linux
+sel.register(a, selectors.EVENT_READ)
+def loop():
+    sys.stdout.write(f"{threading.get_native_id()}\\n"); sys.stdout.flush()
+    while True:
+        for _key, _ in sel.select():
+            a.recv(65536)
+threading.Thread(target=loop, daemon=True).start()
+sys.stdin.readline()      # wait to be told to feed it
+while True:
+    b.send(b"x")
+"""
+
+
+@pytest.fixture
+def epoll_loop_child():
+    """(Popen, tid) of the loop thread, once its wchan shows it waiting in epoll."""
+    import subprocess
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, "-c", _EPOLL_LOOP_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        tid = int(p.stdout.readline())
+        wchan = Path(f"/proc/{p.pid}/task/{tid}/wchan")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and wchan.read_bytes() != b"do_epoll_wait":
+            time.sleep(0.05)
+        yield p, tid
+    finally:
+        p.kill()
+        p.wait()
+        p.stdin.close()
+        p.stdout.close()

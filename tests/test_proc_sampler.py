@@ -142,56 +142,27 @@ def test_a_fork_storm_that_never_execs_is_named_by_its_parent():
         p.stdout.close()
 
 
-LOOP = """
-import os, selectors, socket, sys, threading
-a, b = socket.socketpair()
-sel = selectors.DefaultSelector()   # epoll on Linux
-sel.register(a, selectors.EVENT_READ)
-def loop():
-    sys.stdout.write(f"{threading.get_native_id()}\\n"); sys.stdout.flush()
-    while True:
-        for _key, _ in sel.select():
-            a.recv(65536)
-t = threading.Thread(target=loop, daemon=True)
-t.start()
-sys.stdin.readline()      # wait to be told to feed it
-while True:
-    b.send(b"x")
-"""
-
-
-def test_event_loop_threads_and_their_run_queue_delay():
+def test_event_loop_threads_and_their_run_queue_delay(epoll_loop_child):
     """A thread blocked in epoll is an event loop; the sampler follows its schedstat run_delay
     (time runnable, waiting for a CPU).  Oracle: the thread's own schedstat around the sample."""
     import time
 
-    p = subprocess.Popen([sys.executable, "-c", LOOP], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        tid = int(p.stdout.readline())
-        wchan = Path(f"/proc/{p.pid}/task/{tid}/wchan")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and wchan.read_bytes() != b"do_epoll_wait":
-            time.sleep(0.05)
-        sampler = ProcessSampler()
-        sampler.sample(1.0)                         # seen in epoll: now an event loop
-        assert tid in sampler.loop_threads and sampler.loop_delay_pct() is None
-        p.stdin.write(b"go\n")
-        p.stdin.flush()                             # now busy: often runnable, rarely in epoll
-        time.sleep(1.0)
-        sched = Path(f"/proc/{p.pid}/task/{tid}/schedstat")
-        before = int(sched.read_bytes().split()[1])
-        sampler.sample(1.0)
-        after = int(sched.read_bytes().split()[1])
-        _clock, seen = sampler.loop_threads[tid]
-        assert before <= seen <= after
-        top = sampler.event_loops()[0]
-        assert (top["pid"], top["tid"]) == (p.pid, tid) and top["runq_delay_pct"] >= 0.0
-        assert sampler.loop_delay_pct() == top["runq_delay_pct"]
-    finally:
-        p.kill()
-        p.wait()
-        p.stdin.close()
-        p.stdout.close()
+    p, tid = epoll_loop_child
+    sampler = ProcessSampler()
+    sampler.sample(1.0)                         # seen in epoll: now an event loop
+    assert tid in sampler.loop_threads and sampler.loop_delay_pct() is None
+    p.stdin.write(b"go\n")
+    p.stdin.flush()                             # now busy: often runnable, rarely in epoll
+    time.sleep(1.0)
+    sched = Path(f"/proc/{p.pid}/task/{tid}/schedstat")
+    before = int(sched.read_bytes().split()[1])
+    sampler.sample(1.0)
+    after = int(sched.read_bytes().split()[1])
+    _clock, seen = sampler.loop_threads[tid]
+    assert before <= seen <= after
+    top = sampler.event_loops()[0]
+    assert (top["pid"], top["tid"]) == (p.pid, tid) and top["runq_delay_pct"] >= 0.0
+    assert sampler.loop_delay_pct() == top["runq_delay_pct"]
 
 
 def test_dropping_interfaces_names_the_interface_by_its_drops_in_the_window():

@@ -13,15 +13,28 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+# The reading of every process and thread each step is native when kernelsight._scraper is built
+# (one pass for ProcessSampler and WriterSampler, no Python around each of the ~5 files a process).
+# The module is optional (KS_BUILD_PYTHON=OFF builds none), hence the Python readers below: the
+# fallback, and the definition the native reader hands back every file that is not plain digits
+# to (so both give the same values).
+try:
+    from .. import _scraper as _native
+except ImportError:
+    _native = None
+if not hasattr(_native, "read_procs"):  # a module built before the readers: Python's
+    _native = None
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 TOP_N = 5
 
 
 @dataclass
-class ProcSample:
+class ProcSample:  # kernelsight._scraper.read_procs builds these with positional arguments: keep the order
     comm: str
     state: str
     rss_kb: int
@@ -67,6 +80,21 @@ def parse_proc_sample(stat: bytes, status: bytes) -> ProcSample | None:
         return None
 
 
+def parse_proc_io(text: bytes) -> tuple[int, int, int] | None:
+    """(wchar, read_bytes, write_bytes) of a /proc/PID/io; None when one is missing or not a number."""
+    got: dict[bytes, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(b":")
+        if key in (b"wchar", b"read_bytes", b"write_bytes"):
+            try:
+                got[key] = int(value)
+            except ValueError:
+                return None
+    if len(got) != 3:
+        return None
+    return got[b"wchar"], got[b"read_bytes"], got[b"write_bytes"]
+
+
 def slurp(path: str, size: int = 16384) -> bytes:
     """A small /proc file in one read (stat, status, wchan, schedstat: well under size).
     os.open/os.read on a str path: every process and thread each step, so no pathlib
@@ -91,16 +119,50 @@ def _ctxt_of_threads(task_dir: Path | str) -> tuple[int, int] | None:
     """Context switches summed over a process's threads: /proc/PID/status counts its main thread only."""
     vol = nonvol = 0
     try:
-        for entry in os.scandir(task_dir):
-            try:
-                status = slurp(f"{entry.path}/status")
-            except OSError:
-                continue  # a thread gone meanwhile
-            vol += _status_int(status, b"\nvoluntary_ctxt_switches:")
-            nonvol += _status_int(status, b"\nnonvoluntary_ctxt_switches:")
+        with os.scandir(task_dir) as entries:  # closed on a status that does not parse too
+            for entry in entries:
+                try:
+                    status = slurp(f"{entry.path}/status")
+                except OSError:
+                    continue  # a thread gone meanwhile
+                vol += _status_int(status, b"\nvoluntary_ctxt_switches:")
+                nonvol += _status_int(status, b"\nnonvoluntary_ctxt_switches:")
     except (OSError, ValueError, IndexError):
         return None
     return vol + nonvol, nonvol
+
+
+def read_procs(root: str, stat: bool = True, io: bool = False
+               ) -> tuple[dict[int, ProcSample], dict[int, tuple[int, int, int]]]:
+    """Every process under root, in directory order, in one pass: its ProcSample from stat and
+    status (with stat), its /proc/PID/io values (with io).  A process gone between listing and
+    reading, or whose files do not parse, is left out; OSError when root cannot be listed."""
+    if _native is not None:  # files that are not plain digits: the Python parsers decide, on the bytes read
+        return _native.read_procs(root, PAGE_KB, ProcSample if stat else None, parse_proc_sample,
+                                  parse_proc_io if io else None)
+    cur = {}
+    ios = {}
+    for name in [e.name for e in os.scandir(root) if e.name.isdigit()]:
+        if stat:
+            s = _read_proc(root, int(name))
+            if s is not None:
+                cur[int(name)] = s
+        if io:
+            try:  # every process each step: a str path and one read, no pathlib or buffered file
+                v = parse_proc_io(slurp(f"{root}/{name}/io"))
+            except OSError:
+                continue
+            if v is not None:
+                ios[int(name)] = v
+    return cur, ios
+
+
+def _ctxt_of_processes(root: str, pids: list[int]) -> list[tuple[int, int] | None]:
+    """_ctxt_of_threads of each pid's task directory."""
+    if _native is None or not pids:
+        return [_ctxt_of_threads(f"{root}/{pid}/task") for pid in pids]
+    return [_ctxt_of_threads(f"{root}/{pid}/task") if c is ... else c  # ...: not plain digits somewhere
+            for pid, c in zip(pids, _native.ctxt_of_threads(root, pids))]
 
 
 # Threads whose status is read per sample, at most: the busiest multi-threaded processes first.
@@ -123,24 +185,29 @@ class ProcessSampler:
         self.new_children: dict[int, int] = {}  # parent pid -> children first seen this step
         self.loop_threads: dict[int, tuple[float, int]] = {}  # tid -> (clock, run_delay_ns) at the last step
         self.loops: list[dict] = []
+        # With sample(io=True): pid -> /proc/PID/io (wchar, read_bytes, write_bytes), read in the same
+        # pass as the samples, and time.monotonic() then (for WriterSampler.sample).
+        self.io: dict[int, tuple[int, int, int]] = {}
+        self.io_t: float | None = None
 
-    def sample(self, dt_s: float) -> None:
-        cur = {}
+    def sample(self, dt_s: float, io: bool = False) -> None:
+        """Read every process; io: also their /proc/PID/io, into self.io and self.io_t."""
         root = str(self.proc)
-        for entry in os.scandir(root):
-            if entry.name.isdigit():
-                s = _read_proc(root, int(entry.name))
-                if s is not None:
-                    cur[int(entry.name)] = s
+        t = time.monotonic()
+        cur, ios = read_procs(root, io=io)
+        if io:
+            self.io, self.io_t = ios, t
         # Multi-threaded processes that ran since the last step: switches of all their threads.
         busy = sorted((pid for pid, s in cur.items() if s.threads > 1 and pid in self.cur
                        and s.cpu_ticks > self.cur[pid].cpu_ticks), key=lambda pid: -cur[pid].threads)
         budget = THREAD_READS_MAX
+        chosen = []
         for pid in busy:
             if cur[pid].threads > budget:
                 continue
             budget -= cur[pid].threads
-            c = _ctxt_of_threads(f"{root}/{pid}/task")
+            chosen.append(pid)
+        for pid, c in zip(chosen, _ctxt_of_processes(root, chosen)):
             if c is not None:
                 cur[pid].ctxt, cur[pid].nonvol_ctxt = c
         # Carry the thread sums of processes not re-read this step, so deltas never go negative.
@@ -189,9 +256,36 @@ class ProcessSampler:
         while it lives.  For each, the time it spent runnable but waiting for a CPU (schedstat's
         run_delay) since the last step: a loop that cannot get a CPU answers late, whatever
         epoll_wait's own duration says (a long epoll_wait is an idle loop)."""
-        budget = THREAD_READS_MAX
-        seen: dict[int, tuple[int, str]] = {}
         root = str(self.proc)
+        rows = []
+        loops: dict[int, tuple[float, int]] = {}
+        for pid, tid, run_delay_ns in self._loop_run_delays(root, cur):
+            comm = cur[pid].comm
+            loops[tid] = (self.clock, run_delay_ns)
+            prev = self.loop_threads.get(tid)
+            if prev is not None and self.clock > prev[0]:
+                pct = 100.0 * (run_delay_ns - prev[1]) / 1e9 / (self.clock - prev[0])
+                rows.append({"pid": pid, "tid": tid, "comm": comm, "runq_delay_pct": round(max(pct, 0.0), 1)})
+        self.loop_threads = loops
+        rows.sort(key=lambda r: r["runq_delay_pct"], reverse=True)
+        self.loops = rows
+
+    def _loop_run_delays(self, root: str, cur: dict[int, ProcSample]) -> list[tuple[int, int, int]]:
+        """(pid, tid, run_delay_ns) of every event-loop thread in order of first sight: the threads
+        of cur's processes, THREAD_READS_MAX listed at most, that are known loops or in epoll now;
+        a thread whose schedstat cannot be read or parsed is left out."""
+        if _native is not None:
+            out = []
+            for pid, tid, run_delay in _native.loop_threads(root, list(cur), self.loop_threads, THREAD_READS_MAX):
+                if type(run_delay) is bytes:  # not plain digits: as Python reads it
+                    try:
+                        run_delay = int(run_delay.split()[1])
+                    except (ValueError, IndexError):
+                        continue
+                out.append((pid, tid, run_delay))
+            return out
+        budget = THREAD_READS_MAX
+        seen: dict[int, int] = {}
         for pid in cur:
             task_dir = f"{root}/{pid}/task"
             try:
@@ -209,22 +303,15 @@ class ProcessSampler:
                             continue
                     except OSError:
                         continue
-                seen[tid] = (pid, cur[pid].comm)
-        rows = []
-        loops: dict[int, tuple[float, int]] = {}
-        for tid, (pid, comm) in seen.items():
+                seen[tid] = pid
+        out = []
+        for tid, pid in seen.items():
             try:
                 run_delay_ns = int(slurp(f"{root}/{pid}/task/{tid}/schedstat").split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-            loops[tid] = (self.clock, run_delay_ns)
-            prev = self.loop_threads.get(tid)
-            if prev is not None and self.clock > prev[0]:
-                pct = 100.0 * (run_delay_ns - prev[1]) / 1e9 / (self.clock - prev[0])
-                rows.append({"pid": pid, "tid": tid, "comm": comm, "runq_delay_pct": round(max(pct, 0.0), 1)})
-        self.loop_threads = loops
-        rows.sort(key=lambda r: r["runq_delay_pct"], reverse=True)
-        self.loops = rows
+            out.append((pid, tid, run_delay_ns))
+        return out
 
     def event_loops(self) -> list[dict]:
         """Event-loop threads by the share of the last step they spent waiting for a CPU."""

@@ -314,11 +314,11 @@ class Agent:
         values.update(io_worst(values, FEATURE_WINDOW_S))
         values.update(disk_worst(self.ro, now_ns, FEATURE_WINDOW_S))
         values.update(self.exhaustion.signals(self.ro, now_ns, FEATURE_WINDOW_S))
-        self.exhaustion.sample()
         self.history.append((now_s, values))
         while self.history and self.history[0][0] < now_s - s.history_s:
             self.history.popleft()
-        self.sampler.sample(dt)
+        self.sampler.sample(dt, io=True)  # one pass over /proc for both samplers
+        self.exhaustion.sample(self.sampler.io, self.sampler.io_t)
         values["event_loop_runq_delay_pct"] = self.sampler.loop_delay_pct()
         for pid, p in self.sampler.cur.items():
             t0, comm, peak = self.proc_first_seen.get(pid, (now_s, p.comm, 0))

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .attribution import read_comm, slurp
+from .attribution import parse_proc_io  # noqa: F401  (now beside the other /proc parsers; imported from here too)
+from .attribution import read_comm, read_procs
 from .forecast import CONFIDENT, RISK_LEVELS, OomForecast, best_fit
 from .tracker import Finding
 
@@ -125,21 +126,6 @@ def limit_series(conn: sqlite3.Connection, end_ns: int, window_s: float) -> list
                        "WHERE ts > ? AND ts <= ? ORDER BY ts", (end_ns - int(window_s * 1e9), end_ns))
 
 
-def parse_proc_io(text: bytes) -> tuple[int, int, int] | None:
-    """(wchar, read_bytes, write_bytes) of a /proc/PID/io; None when one is missing or not a number."""
-    got: dict[bytes, int] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(b":")
-        if key in (b"wchar", b"read_bytes", b"write_bytes"):
-            try:
-                got[key] = int(value)
-            except ValueError:
-                return None
-    if len(got) != 3:
-        return None
-    return got[b"wchar"], got[b"read_bytes"], got[b"write_bytes"]
-
-
 class WriterSampler:
     """Per process, from /proc/PID/io deltas between two samples: write rates (wchar: what it asks
     to write, page cache included) and block I/O rates (read_bytes + write_bytes: what reaches a
@@ -154,21 +140,18 @@ class WriterSampler:
         self.disk_rates: dict[int, tuple[float, float]] = {}  # pid -> (read, write) B/s reaching a device
         self.last_writer: dict[str, tuple[float, dict]] = {}  # mount point -> (when, row)
 
-    def sample(self) -> None:
-        now = time.monotonic()
-        cur: dict[int, tuple[int, int, int]] = {}
-        root = str(self.proc)
-        try:
-            entries = [e.name for e in os.scandir(root) if e.name.isdigit()]
-        except OSError:
-            entries = []
-        for name in entries:
-            try:  # every process each step: a str path and one read, no pathlib or buffered file
-                v = parse_proc_io(slurp(f"{root}/{name}/io"))
+    def sample(self, io: dict[int, tuple[int, int, int]] | None = None, now: float | None = None) -> None:
+        """Every process's /proc/PID/io.  io, now: a pass already made (ProcessSampler.sample(io=True):
+        its .io and .io_t), so the agent reads each process once a step; by default, read here."""
+        if io is not None:
+            cur = io
+            now = time.monotonic() if now is None else now
+        else:
+            now = time.monotonic()
+            try:
+                _, cur = read_procs(str(self.proc), stat=False, io=True)
             except OSError:
-                continue
-            if v is not None:
-                cur[int(name)] = v
+                cur = {}
         if self.prev_t is not None and now > self.prev_t:
             dt = now - self.prev_t
             was = self.prev
@@ -284,8 +267,9 @@ class ExhaustionWatch:
         self.proc_root, self.sys_root = proc_root, sys_root
         self.writers = WriterSampler(proc_root)
 
-    def sample(self) -> None:
-        self.writers.sample()
+    def sample(self, io: dict[int, tuple[int, int, int]] | None = None, now: float | None = None) -> None:
+        """io, now: see WriterSampler.sample."""
+        self.writers.sample(io, now)
 
     def signals(self, conn: sqlite3.Connection, end_ns: int, window_s: float) -> dict[str, float | None]:
         return fs_signals(conn, end_ns, window_s)
