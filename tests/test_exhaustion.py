@@ -151,7 +151,7 @@ def test_writer_named_is_the_one_writing_to_that_filesystem(tmp_path):
 def test_proc_io_parser_against_psutil_and_on_junk():
     import psutil
 
-    from kernelsight.agent.exhaustion import parse_proc_io
+    from kernelsight.agent.attribution import parse_proc_io
     with open("/proc/self/io", "rb") as f:
         text = f.read()
     io = psutil.Process().io_counters()  # read back to back: this process writes nothing between

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .attribution import parse_proc_io  # noqa: F401  (now beside the other /proc parsers; imported from here too)
 from .attribution import read_comm, read_procs
 from .forecast import CONFIDENT, RISK_LEVELS, OomForecast, best_fit
 from .tracker import Finding
