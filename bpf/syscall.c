@@ -118,6 +118,9 @@ static error_t parse(int key, char *arg, struct argp_state *st)
 static struct syscall_bpf *skel;
 static int stats_fd, errno_fd;
 static struct ks_sc_stat *percpu;   /* ncpu values */
+static struct ks_sc_stat *batch_vals;  /* batch_n * ncpu values */
+static uint32_t *batch_keys, batch_n;
+static bool batch_ok = true;
 
 static const char *sc_name(unsigned nr, char *buf, size_t len)
 {
@@ -213,6 +216,121 @@ static void emit_proc_errors(struct ks_tracer *t, struct procerr *pe, int n, dou
 	}
 }
 
+/* One syscall_stats line from the per-CPU values pc of [slot][nr], and that entry zeroed. */
+static void emit_stat(struct ks_tracer *t, unsigned nr, unsigned slot, const struct ks_sc_stat *pc,
+		      const struct errsum (*errs)[TOP_ERRNOS], double interval_s, uint64_t now)
+{
+	uint32_t idx = nr + slot * KS_SC_MAX;
+	struct ks_sc_stat s;
+	struct ks_json j;
+	char nb[32], names[128];
+	uint64_t top_e[TOP_ERRNOS], top_n[TOP_ERRNOS];
+	int ntop = 0;
+	size_t nl = 0;
+
+	memset(&s, 0, sizeof(s));
+	for (int i = 0; i < t->ncpu; i++) {
+		const struct ks_sc_stat *p = &pc[i];
+
+		s.count += p->count;
+		s.errors += p->errors;
+		s.total_ns += p->total_ns;
+		if (p->max_ns > s.max_ns)
+			s.max_ns = p->max_ns;
+		for (int b = 0; b < KS_HIST_SLOTS; b++)
+			s.hist[b] += p->hist[b];
+	}
+	if (!s.count)
+		return;
+	memset(percpu, 0, sizeof(*percpu) * t->ncpu);
+	bpf_map_update_elem(stats_fd, &idx, percpu, BPF_ANY);
+
+	names[0] = 0;
+	for (int i = 0; i < TOP_ERRNOS && errs[nr][i].n; i++) {
+		const char *en = strerrorname_np((int)errs[nr][i].err);
+		char eb[16];
+
+		if (!en) {
+			snprintf(eb, sizeof(eb), "E%u", errs[nr][i].err);
+			en = eb;
+		}
+		top_e[ntop] = errs[nr][i].err;
+		top_n[ntop] = errs[nr][i].n;
+		nl += snprintf(names + nl, sizeof(names) - nl, "%s%s", ntop ? "," : "", en);
+		if (nl >= sizeof(names))
+			nl = sizeof(names) - 1;
+		ntop++;
+	}
+	ks_json_begin(&j, "syscall_stats", now);
+	ks_json_pid_filter(t, &j);
+	ks_json_u64(&j, "syscall_nr", nr);
+	ks_json_str(&j, "syscall", sc_name(nr, nb, sizeof(nb)));
+	ks_json_f64(&j, "interval_s", interval_s);
+	ks_json_u64(&j, "count", s.count);
+	ks_json_f64(&j, "calls_per_sec", interval_s > 0 ? s.count / interval_s : NAN);
+	ks_json_u64(&j, "errors", s.errors);
+	ks_json_u64(&j, "total_ns", s.total_ns);
+	ks_json_f64(&j, "avg_ns", (double)s.total_ns / s.count);
+	ks_json_u64(&j, "max_ns", s.max_ns);
+	ks_json_f64(&j, "p50_ns", ks_hist_percentile((const uint64_t *)s.hist, KS_HIST_SLOTS, 0.50));
+	ks_json_f64(&j, "p95_ns", ks_hist_percentile((const uint64_t *)s.hist, KS_HIST_SLOTS, 0.95));
+	ks_json_f64(&j, "p99_ns", ks_hist_percentile((const uint64_t *)s.hist, KS_HIST_SLOTS, 0.99));
+	ks_json_u64_array(&j, "hist_log2_ns", (const uint64_t *)s.hist, KS_HIST_SLOTS);
+	ks_json_u64_array(&j, "top_errnos", top_e, ntop);
+	ks_json_u64_array(&j, "top_errno_counts", top_n, ntop);
+	ks_json_str(&j, "top_errno_names", names);
+	ks_emit(t, &j, false);
+}
+
+/*
+ * The slot's KS_SC_MAX entries, batch_n per bpf() call (BPF_MAP_LOOKUP_BATCH on
+ * an array, Linux 5.6+): one lookup per syscall number was 512 bpf() calls a
+ * tick, most of this tracer's CPU on an idle host.  A kernel that refuses
+ * batches gets one lookup per entry, as before.
+ */
+static void emit_slot(struct ks_tracer *t, unsigned slot, const struct errsum (*errs)[TOP_ERRNOS],
+		      double interval_s, uint64_t now)
+{
+	uint32_t done = 0, prev = slot * KS_SC_MAX - 1, out = 0;
+
+	while (done < KS_SC_MAX) {
+		uint32_t n = KS_SC_MAX - done < batch_n ? KS_SC_MAX - done : batch_n;
+		bool last = false;
+
+		if (batch_ok) {
+			LIBBPF_OPTS(bpf_map_batch_opts, bo);
+			/* in_batch is the key before the first one read: none before slot 0's first */
+			void *in = done || slot ? &prev : NULL;
+			int err = bpf_map_lookup_batch(stats_fd, in, &out, batch_keys, batch_vals, &n, &bo);
+
+			if (err && errno == ENOENT) {
+				last = true;  /* the map's end: n entries were read */
+			} else if (err) {
+				fprintf(stderr, "%s: batched map lookup refused (%s): one lookup per syscall from now on\n",
+					t->producer, strerror(errno));
+				batch_ok = false;
+				n = KS_SC_MAX - done < batch_n ? KS_SC_MAX - done : batch_n;
+			}
+		}
+		if (!batch_ok) {
+			for (uint32_t i = 0; i < n; i++) {
+				batch_keys[i] = slot * KS_SC_MAX + done + i;
+				if (bpf_map_lookup_elem(stats_fd, &batch_keys[i], &batch_vals[(size_t)i * t->ncpu]) != 0)
+					memset(&batch_vals[(size_t)i * t->ncpu], 0, sizeof(*batch_vals) * t->ncpu);
+			}
+			out = slot * KS_SC_MAX + done + n - 1;
+		}
+		for (uint32_t i = 0; i < n; i++)
+			if (batch_keys[i] / KS_SC_MAX == slot)
+				emit_stat(t, batch_keys[i] % KS_SC_MAX, slot, &batch_vals[(size_t)i * t->ncpu], errs,
+					  interval_s, now);
+		done += n;
+		prev = out;
+		if (last || !n)
+			break;
+	}
+}
+
 static void tick(struct ks_tracer *t, double interval_s)
 {
 	unsigned old = skel->bss->cur_slot & 1;
@@ -270,70 +388,7 @@ static void tick(struct ks_tracer *t, double interval_s)
 	for (int i = 0; i < ndel; i++)
 		bpf_map_delete_elem(errno_fd, &dels[i]);
 
-	for (unsigned nr = 0; nr < KS_SC_MAX; nr++) {
-		uint32_t idx = nr + old * KS_SC_MAX;
-		struct ks_sc_stat s;
-		struct ks_json j;
-		char nb[32], names[128];
-		uint64_t top_e[TOP_ERRNOS], top_n[TOP_ERRNOS];
-		int ntop = 0;
-		size_t nl = 0;
-
-		if (bpf_map_lookup_elem(stats_fd, &idx, percpu) != 0)
-			continue;
-		memset(&s, 0, sizeof(s));
-		for (int i = 0; i < t->ncpu; i++) {
-			const struct ks_sc_stat *p = &percpu[i];
-
-			s.count += p->count;
-			s.errors += p->errors;
-			s.total_ns += p->total_ns;
-			if (p->max_ns > s.max_ns)
-				s.max_ns = p->max_ns;
-			for (int b = 0; b < KS_HIST_SLOTS; b++)
-				s.hist[b] += p->hist[b];
-		}
-		if (!s.count)
-			continue;
-		memset(percpu, 0, sizeof(*percpu) * t->ncpu);
-		bpf_map_update_elem(stats_fd, &idx, percpu, BPF_ANY);
-
-		names[0] = 0;
-		for (int i = 0; i < TOP_ERRNOS && errs[nr][i].n; i++) {
-			const char *en = strerrorname_np((int)errs[nr][i].err);
-			char eb[16];
-
-			if (!en) {
-				snprintf(eb, sizeof(eb), "E%u", errs[nr][i].err);
-				en = eb;
-			}
-			top_e[ntop] = errs[nr][i].err;
-			top_n[ntop] = errs[nr][i].n;
-			nl += snprintf(names + nl, sizeof(names) - nl, "%s%s", ntop ? "," : "", en);
-			if (nl >= sizeof(names))
-				nl = sizeof(names) - 1;
-			ntop++;
-		}
-		ks_json_begin(&j, "syscall_stats", now);
-		ks_json_pid_filter(t, &j);
-		ks_json_u64(&j, "syscall_nr", nr);
-		ks_json_str(&j, "syscall", sc_name(nr, nb, sizeof(nb)));
-		ks_json_f64(&j, "interval_s", interval_s);
-		ks_json_u64(&j, "count", s.count);
-		ks_json_f64(&j, "calls_per_sec", interval_s > 0 ? s.count / interval_s : NAN);
-		ks_json_u64(&j, "errors", s.errors);
-		ks_json_u64(&j, "total_ns", s.total_ns);
-		ks_json_f64(&j, "avg_ns", (double)s.total_ns / s.count);
-		ks_json_u64(&j, "max_ns", s.max_ns);
-		ks_json_f64(&j, "p50_ns", ks_hist_percentile((const uint64_t *)s.hist, KS_HIST_SLOTS, 0.50));
-		ks_json_f64(&j, "p95_ns", ks_hist_percentile((const uint64_t *)s.hist, KS_HIST_SLOTS, 0.95));
-		ks_json_f64(&j, "p99_ns", ks_hist_percentile((const uint64_t *)s.hist, KS_HIST_SLOTS, 0.99));
-		ks_json_u64_array(&j, "hist_log2_ns", (const uint64_t *)s.hist, KS_HIST_SLOTS);
-		ks_json_u64_array(&j, "top_errnos", top_e, ntop);
-		ks_json_u64_array(&j, "top_errno_counts", top_n, ntop);
-		ks_json_str(&j, "top_errno_names", names);
-		ks_emit(t, &j, false);
-	}
+	emit_slot(t, old, (const struct errsum (*)[TOP_ERRNOS])errs, interval_s, now);
 	emit_proc_errors(t, pe, npe, interval_s, now);
 }
 
@@ -362,8 +417,15 @@ static int configure(struct ks_tracer *t)
 static int start(struct ks_tracer *t)
 {
 	percpu = ks_calloc_percpu(t, sizeof(*percpu));
-	if (!percpu)
+	/* a batch's values in at most 1 MiB (sizeof is a multiple of 8, as the kernel lays them out) */
+	batch_n = (1u << 20) / ((t->ncpu > 0 ? (uint32_t)t->ncpu : 1) * sizeof(*percpu));
+	batch_n = batch_n < 1 ? 1 : batch_n > KS_SC_MAX ? KS_SC_MAX : batch_n;
+	batch_vals = calloc((size_t)batch_n * (t->ncpu > 0 ? t->ncpu : 1), sizeof(*batch_vals));
+	batch_keys = calloc(batch_n, sizeof(*batch_keys));
+	if (!percpu || !batch_vals || !batch_keys) {
+		fprintf(stderr, "%s: out of memory\n", t->producer);
 		return -1;
+	}
 	stats_fd = bpf_map__fd(skel->maps.sc_stats);
 	errno_fd = bpf_map__fd(skel->maps.sc_errnos);
 	snprintf(t->notes, sizeof(t->notes),
@@ -380,6 +442,8 @@ static void close_skel(void)
 {
 	syscall_bpf__destroy(skel);
 	free(percpu);
+	free(batch_vals);
+	free(batch_keys);
 }
 
 static const struct ks_tracer_desc desc = {

@@ -243,6 +243,27 @@ def test_rollup_idempotent_and_restart_safe(store):
     assert {t: strip_id(rollup_rows(conn, t)) for t in first} == first
 
 
+def test_agent_runs_roll_up_in_five_minute_batches(store):
+    """maybe_run (the agent's, once a minute) rolls up every ROLLUP_EVERY_S, all closed minutes at
+    once; the minutes in between stay raw until then, and nothing is skipped."""
+    from kernelsight.storage.housekeeping import ROLLUP_EVERY_S
+
+    d, conn = store
+    fill(conn, T0, 12)
+    hk = Housekeeper(conn, d, cfg())
+
+    def minutes_rolled():
+        return conn.execute("SELECT COUNT(DISTINCT ts) FROM memory_metrics_1m").fetchone()[0]
+
+    hk.maybe_run(T0 + 2 * MIN + 31 * NS)
+    assert minutes_rolled() == 2
+    for k in range(3, ROLLUP_EVERY_S // 60 + 2):  # once a minute: retention runs, rollups wait
+        assert hk.maybe_run(T0 + k * MIN + 31 * NS).rollup_rows == 0
+    assert minutes_rolled() == 2
+    hk.maybe_run(T0 + (ROLLUP_EVERY_S // 60 + 2) * MIN + 31 * NS)
+    assert minutes_rolled() == ROLLUP_EVERY_S // 60 + 2
+
+
 def test_open_minutes_are_not_rolled_up(store):
     d, conn = store
     fill(conn, T0, 3)

@@ -146,6 +146,8 @@ def _needed_columns(features: tuple[C.Feature, ...]) -> dict[str, frozenset[str]
 
 def _wsum(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Sum of x[lo:hi] for every (lo, hi) pair, via one cumulative sum."""
+    if len(lo) == 1:  # the agent's one window: its slice (the cumulative sum cost more than the window)
+        return np.array([np.add.reduce(x[lo[0]:hi[0]])], dtype=np.float64)
     c = np.empty(len(x) + 1, dtype=np.float64)
     c[0] = 0.0
     np.cumsum(x, out=c[1:])
@@ -411,8 +413,9 @@ class _Engine:
 
     # ---- run
     def run(self) -> FeatureMatrix:
-        for f in self.features:
-            self._feature(f)
+        with np.errstate(all="ignore"):  # once, not per feature: NaN and inf are handled where they arise
+            for f in self.features:
+                self._feature(f)
         names = [f.name for f in self.features]
         values = np.empty((self.nE, len(names)))
         reasons = []
@@ -433,8 +436,7 @@ class _Engine:
             if missing:
                 res = (np.full(self.nE, np.nan), np.full(self.nE, missing, dtype=object))
             else:
-                with np.errstate(all="ignore"):
-                    res = getattr(self, "_" + type(spec).__name__.lower())(spec)
+                res = getattr(self, "_" + type(spec).__name__.lower())(spec)
         self.results[f.name] = res
         return res
 

@@ -125,7 +125,8 @@ STORAGE_DOC = """\
 # Storage: rollups, retention, size
 
 ks-agent runs housekeeping once a minute (`[storage] housekeeping_interval_s`,
-within `housekeeping_budget_s`; a backlog is worked off over several runs);
+within `housekeeping_budget_s`; a backlog is worked off over several runs),
+rolling up in five-minute batches (rollups are read only past the raw horizon);
 `ks storage rollup` and `ks storage prune` run it by hand, `ks storage status`
 shows the database's size, the span of raw and rolled-up data and the bytes
 per day. Keys are in [config.md](config.md).
