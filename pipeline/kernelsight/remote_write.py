@@ -220,11 +220,15 @@ class RemoteWriter:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.attempt = 0
+        self.last_ts_ms = 0
 
     # collection
     def collect_once(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        body, n = encode(self.registry.collect(), self.labels, int(now * 1000))
+        # Strictly increasing: two collections in one millisecond (a flush right after a tick)
+        # would send different values at one timestamp, which Prometheus rejects as duplicates.
+        ts_ms = self.last_ts_ms = max(int(now * 1000), self.last_ts_ms + 1)
+        body, n = encode(self.registry.collect(), self.labels, ts_ms)
         with self.lock:
             dsegs, dsamples = self.queue.put(body, n)
             self.stats["collections"] += 1
