@@ -179,3 +179,18 @@ def test_dropping_interfaces_names_the_interface_by_its_drops_in_the_window():
     assert dropping_interfaces(db, since_ns=0) == [
         {"comm": "interface ks-loss0", "interface": "ks-loss0", "rx_drops": 0, "tx_drops": 2000, "rx_errors": 0, "tx_errors": 3}]
     assert dropping_interfaces(sqlite3.connect(":memory:"), since_ns=0) == []  # no table yet: nobody named
+
+
+def test_a_thread_sum_is_never_compared_with_a_main_thread_count():
+    """A 13-thread process read as its main thread at first sight and summed when busy later:
+    its rate is the main thread's delta for that step, not every thread's lifetime switches."""
+    from kernelsight.agent.attribution import ProcSample
+
+    sp = ProcessSampler(window_s=15.0)
+    main_only = ProcSample("init", "S", 0, 0, 0, 0, 500, 0, 1, threads=13)
+    summed = ProcSample("init", "S", 0, 0, 0, 0, 900_000, 0, 1, threads=13, threads_summed=True, main_ctxt=510)
+    sp.prev, sp.cur, sp.dt_s = {1: main_only}, {1: summed}, 5.0
+    assert sp.context_switchers()[0]["ctx_switches_per_sec"] == 2  # (510 - 500) / 5 s
+    later = ProcSample("init", "S", 0, 0, 0, 0, 900_050, 0, 1, threads=13, threads_summed=True, main_ctxt=520)
+    sp.prev, sp.cur = {1: summed}, {1: later}
+    assert sp.context_switchers()[0]["ctx_switches_per_sec"] == 10  # a sum against a sum
