@@ -294,7 +294,8 @@ static void emit_slot(struct ks_tracer *t, unsigned slot, const struct errsum (*
 	uint32_t done = 0, prev = slot * KS_SC_MAX - 1, out = 0;
 
 	while (done < KS_SC_MAX) {
-		uint32_t n = KS_SC_MAX - done < batch_n ? KS_SC_MAX - done : batch_n;
+		const uint32_t want = KS_SC_MAX - done < batch_n ? KS_SC_MAX - done : batch_n;
+		uint32_t n = want;
 		bool last = false;
 
 		if (batch_ok) {
@@ -309,7 +310,7 @@ static void emit_slot(struct ks_tracer *t, unsigned slot, const struct errsum (*
 				fprintf(stderr, "%s: batched map lookup refused (%s): one lookup per syscall from now on\n",
 					t->producer, strerror(errno));
 				batch_ok = false;
-				n = KS_SC_MAX - done < batch_n ? KS_SC_MAX - done : batch_n;
+				n = want;  /* the kernel may have set it to 0 */
 			}
 		}
 		if (!batch_ok) {

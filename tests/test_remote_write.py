@@ -15,7 +15,6 @@ import signal
 import stat
 import subprocess
 import threading
-
 import time
 
 import pytest
@@ -133,7 +132,8 @@ def test_restart_keeps_queue_and_counters(tmp_path):
         while (sent := b.send_one()) is not None and time.monotonic() < deadline:
             if sent is False:  # a transient failure (the receiver just started): retried, as the daemon does
                 time.sleep(0.5)
-        assert b.stats["samples_sent"] == queued and b.state()["queue_segments"] == 0, {k: v for k, v in b.stats.items() if "reject" in k or "error" in k}
+        rejects = {k: v for k, v in b.stats.items() if "reject" in k or "error" in k}
+        assert b.stats["samples_sent"] == queued and b.state()["queue_segments"] == 0, rejects
         wait_for(lambda: samples_in_prometheus(st, "restarthost") == queued, 30, 0.5,
                  "every queued sample in prometheus")
     finally:

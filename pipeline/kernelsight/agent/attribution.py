@@ -252,7 +252,9 @@ class ProcessSampler:
                 age_s = max((uptime_ticks - s.start_ticks) / hz, 0.01)
                 if age_s > max(self.dt_s, 1.0) + 1:
                     continue  # not new: it came into view otherwise (comm change); skip one round
-                p, dt = ProcSample(s.comm, s.state, 0, 0, 0, 0, 0, 0, s.start_ticks), age_s
+                # counted from zero, in the same kind of count as s (a thread sum or not)
+                p, dt = ProcSample(s.comm, s.state, 0, 0, 0, 0, 0, 0, s.start_ticks,
+                                   threads_summed=s.threads_summed), age_s
             else:
                 dt = max(self.dt_s, 1e-3)
             d = key(s, p, dt)
@@ -368,7 +370,7 @@ class ProcessSampler:
             return x.main_ctxt if x.threads_summed else x.ctxt
 
         return self._top(lambda s, p, dt: round((s.ctxt - p.ctxt) / dt)
-                         if s.threads_summed == p.threads_summed or p.ctxt == 0
+                         if s.threads_summed == p.threads_summed
                          else round((main(s) - main(p)) / dt),  # the main threads' alone, like with like
                          "ctx_switches_per_sec", "1/s")
 
