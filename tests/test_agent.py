@@ -547,3 +547,43 @@ def test_a_late_step_skips_the_missed_ones_and_stays_on_the_grid():
     assert next_step_at(100.0, 5.0, 105.0) == (105.0, 0)
     assert next_step_at(100.0, 5.0, 105.5) == (110.0, 1)    # a step that ran 0.5 s over: the next slot
     assert next_step_at(100.0, 5.0, 123.0) == (125.0, 4)    # 23 s starved: 105..120 missed, not run in a burst
+
+
+def test_memory_gate_passes_only_what_could_warn():
+    from kernelsight.agent.forecast import MemoryGate
+
+    gb = 1024 * 1024  # kB
+    steady = [(i * 10**9, 12 * gb + (i % 2) * 4096, 24 * gb) for i in range(10)]
+    assert not MemoryGate.could_warn(steady)
+    assert MemoryGate.could_warn(steady[:1])                                          # nothing to judge by yet
+    assert MemoryGate.could_warn([(i * 10**9, 2 * gb, 24 * gb) for i in range(10)])   # under 10 % left
+    fast = [(i * 10**9, 12 * gb - i * 50 * 1024, 24 * gb) for i in range(10)]       # 50 MiB/s: gone in ~4 min
+    slow = [(i * 10**9, 12 * gb - i * 5 * 1024, 24 * gb) for i in range(10)]        # 5 MiB/s: ~40 min
+    assert MemoryGate.could_warn(fast) and not MemoryGate.could_warn(slow)
+
+
+def test_urgent_check_fits_only_when_memory_could_warn_and_misses_no_warning(tmp_path, monkeypatch):
+    """A host steady for 2 min, then leaking 100 MiB/s: on the steady part the urgent check fits
+    nothing; on the leak it says urgent the same second the ungated forecast reaches WARNING."""
+    from kernelsight.agent import forecast as F
+
+    agent = Agent(tmp_path, stream=False, housekeeping=False)
+    total_kb, t0 = 8 * 1024 * 1024, 1_800_000_000 * 10**9
+    avail = [6 * 1024 * 1024 + (i % 3) * 2048 - max(0, i - 120) * 100 * 1024 for i in range(170)]
+    fits = []
+    monkeypatch.setattr(engine, "forecast", lambda conn, end: fits.append(end) or F.forecast(conn, end))
+    first_urgent = first_warning = None
+    for i, a in enumerate(avail):
+        now = t0 + i * 10**9
+        with agent.rw:
+            agent.rw.execute("INSERT INTO memory_metrics (ts, mem_total_kb, mem_available_kb) VALUES (?, ?, ?)",
+                             (now, total_kb, a))
+        agent.last_forecast_check_ns = 0
+        if agent.urgent(now + 1) and first_urgent is None:
+            first_urgent = i
+        if first_warning is None and F.RISK_LEVELS.index(F.forecast(agent.ro, now + 1).risk) >= 2:
+            first_warning = i
+    agent.close()
+    assert first_warning is not None and first_warning > 120
+    assert first_urgent == first_warning
+    assert all(f > t0 + 120 * 10**9 for f in fits[1:]), "no fit while memory held steady"

@@ -18,7 +18,7 @@ from kernelsight import db
 from kernelsight.features import compute_vector, learn_baseline, load_baseline, zscores
 from kernelsight.features.baseline import MIN_PER_HOUR, save_baseline
 from kernelsight.features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
-from kernelsight.features.engine import FeatureMatrix, FeatureVector
+from kernelsight.features.engine import FeatureMatrix, FeatureVector, compute_range
 from kernelsight.features.export import export
 from kernelsight.features.store import read_matrix, write_matrix
 from kernelsight.features.timeparse import parse_duration, parse_time
@@ -288,3 +288,22 @@ def test_cli_bad_arguments(cli_env, args, msg):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and msg in lines[0], r.stderr
+
+
+def test_single_vectors_equal_the_range_on_real_rows(replayed):
+    """The single-window paths (the agent's vector every step) give what the range engine gives
+    for the same end, on the recorded capture's real rows: several devices, interfaces and
+    pressure resources, histograms, counters and gaps."""
+    exp = orjson.loads((FIX / "expected.json").read_bytes())
+    conn = db.connect_readonly(db.db_path(replayed))
+    ends = [exp["ts"] - k * NS for k in range(0, 40, 3)]
+    m = compute_range(conn, ends, FEATURE_WINDOW_S)
+    compared = 0
+    for i, e in enumerate(ends):
+        single = compute_vector(conn, e, FEATURE_WINDOW_S)
+        for j, n in enumerate(m.names):
+            a, b = m.values[i, j], single.values[n]
+            assert (np.isnan(a) and b is None) or a == pytest.approx(b, rel=1e-9, abs=1e-12), (n, e)
+            assert m.reasons[j][i] == single.reasons.get(n), (n, e)
+            compared += b is not None
+    assert compared > 60 * len(ends)

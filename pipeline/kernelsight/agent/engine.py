@@ -41,7 +41,7 @@ from .attribution import (ProcessSampler, cgroup_of, connection_makers, dropping
                           short_lived_children, slow_syscalls, spawners)
 from .exhaustion import KINDS as EXHAUSTION_KINDS
 from .exhaustion import ExhaustionWatch
-from .forecast import RISK_LEVELS, forecast, forecast_cgroups, line_fit
+from .forecast import RISK_LEVELS, MemoryGate, forecast, forecast_cgroups, line_fit
 from .rules import SEVERITIES, Context, Rule, RuleSet, evaluate, load_rules
 from .signals import agent_signals, disk_worst, failing_processes, fs_errors, io_worst
 from .store import ObservationStore
@@ -175,6 +175,7 @@ class Agent:
         self.oom = OomWatch()  # OOM kills, host or cgroup
         self.exhaustion = ExhaustionWatch(proc_root)  # filesystems, descriptors, PIDs: forecasts and suspects
         self.last_forecast_check_ns = 0
+        self.memory_gate = MemoryGate(proc_root)  # which forecasts the urgent check fits
         self.deviating_since: dict[str, float] = {}  # feature -> when its baseline deviation began
         self.firing_since: dict[str, float] = {}  # rule key -> when it began to hold
         self.explains = self.rules.explains()  # cause label -> labels it explains
@@ -266,18 +267,20 @@ class Agent:
         return "rising" if s > 0 else "declining"
 
     # -- one interval -----------------------------------------------------------
-    def urgent(self) -> bool:
+    def urgent(self, now_ns: int | None = None) -> bool:
         """Something that must not wait for the next step: an OOM kill was just stored, or (looked
         at once a second) a memory forecast reached WARNING with no observation open for it yet: a
         fast leak fills a cgroup in seconds, and a step is 5 s."""
         try:
             if self.oom.new_victims(self.ro):
                 return True
-            now_ns = time.time_ns()
+            now_ns = now_ns or time.time_ns()
             if now_ns - self.last_forecast_check_ns < 1_000_000_000:
                 return False
             self.last_forecast_check_ns = now_ns
-            for fc in [forecast(self.ro, now_ns), *forecast_cgroups(self.ro, now_ns)]:
+            host, cgroups = self.memory_gate.scopes(self.ro, now_ns)
+            fcs = [forecast(self.ro, now_ns)] if host else []
+            for fc in fcs + (forecast_cgroups(self.ro, now_ns) if cgroups else []):
                 if (RISK_LEVELS.index(fc.risk) >= RISK_LEVELS.index("WARNING")
                         and not self.tracker.is_open(f"forecast:{fc.scope}")):
                     return True

@@ -193,3 +193,82 @@ def forecast_cgroups(conn: sqlite3.Connection, end_ns: int, window_s: float = ma
         fc.scope = path
         out.append(fc)
     return out
+
+
+# The urgent check's gate (MemoryGate): a scope whose headroom is above this % and would last
+# longer than this at its fall over the last GATE_SPAN_S is not fitted between steps.  Twice
+# classify()'s WARNING bounds (5 %, 300 s), so only a forecast that could be a WARNING is fitted.
+GATE_HEADROOM_PCT = 10.0
+GATE_TTE_S = 600.0
+GATE_SPAN_S = 10.0
+
+
+class MemoryGate:
+    """Which memory forecasts the agent's once-a-second urgent check must fit: the host, and the
+    cgroups whose headroom is low or falling fast over the last GATE_SPAN_S.
+
+    The full forecasts (3 fits per scope over 120 s of rows) cost ~1 ms a second on an idle host
+    where nothing can reach WARNING; the gate reads only the rows stored since its last look.  It
+    decides what runs between steps and nothing else: every step still fits every scope, so a
+    slower decline the gate lets pass is forecast at the next step, as without the urgent check."""
+
+    def __init__(self, proc_root: str = "/proc"):
+        self.proc_root = proc_root
+        self.host: list[tuple[int, float, float]] = []           # (ts, MemAvailable kB, MemTotal kB)
+        self.cgroups: dict[str, list[tuple[int, float, float]]] = {}  # path -> (ts, usage, limit) bytes
+        self.host_ts = self.cgroup_ts = 0
+        self.floor: tuple[float, float] | None = None  # (MemTotal kB, its reclaim floor kB)
+
+    @staticmethod
+    def _keep(points: list, new: list) -> list:
+        points.extend(new)
+        newest = points[-1][0]
+        while points and points[0][0] <= newest - GATE_SPAN_S * 1e9:
+            points.pop(0)
+        return points
+
+    @staticmethod
+    def could_warn(points: list[tuple[int, float, float]]) -> bool:
+        """(ts, headroom, total) in ts order: low headroom, or falling fast enough to run out within
+        GATE_TTE_S; True with fewer than two points (nothing to judge by yet)."""
+        if len(points) < 2:
+            return True
+        (t0, h0, _), (t1, h1, total) = points[0], points[-1]
+        if total <= 0 or 100.0 * h1 / total < GATE_HEADROOM_PCT:
+            return True
+        fall_per_s = (h0 - h1) / max((t1 - t0) / 1e9, 1e-3)
+        return fall_per_s > 0 and fall_per_s * GATE_TTE_S >= h1
+
+    def _host_floor_kb(self, total_kb: float) -> float:
+        if self.floor is None or self.floor[0] != total_kb:
+            self.floor = (total_kb, host_floor_kb(total_kb, self.proc_root))
+        return self.floor[1]
+
+    def scopes(self, conn: sqlite3.Connection, end_ns: int) -> tuple[bool, bool]:
+        """(fit the host?, fit the cgroups?) from the rows stored since the last call."""
+        since = max(self.host_ts, end_ns - int(GATE_SPAN_S * 1e9))
+        rows = conn.execute("SELECT ts, mem_available_kb, mem_total_kb FROM memory_metrics WHERE ts > ? AND ts <= ? "
+                            "AND mem_available_kb IS NOT NULL AND mem_total_kb IS NOT NULL ORDER BY ts",
+                            (since, end_ns)).fetchall()
+        if rows:
+            self.host_ts = rows[-1][0]
+            self._keep(self.host, rows)
+        host = self.could_warn([(t, a - self._host_floor_kb(tot), tot) for t, a, tot in self.host])
+        try:
+            rows = conn.execute(
+                "SELECT path, ts, memory_bytes, memory_limit_effective_bytes FROM cgroup_stats WHERE ts > ? AND ts <= ? "
+                "AND memory_limit_effective_bytes IS NOT NULL AND memory_bytes IS NOT NULL ORDER BY path, ts",
+                (max(self.cgroup_ts, end_ns - int(GATE_SPAN_S * 1e9)), end_ns)).fetchall()
+        except sqlite3.OperationalError:  # no cgroup_stats table (yet)
+            rows = []
+        by_path: dict[str, list] = {}
+        for path, ts, usage, limit in rows:
+            by_path.setdefault(path, []).append((ts, usage, limit))
+            self.cgroup_ts = max(self.cgroup_ts, ts)
+        for path, new in by_path.items():
+            self._keep(self.cgroups.setdefault(path, []), new)
+        for path in [p for p, pts in self.cgroups.items() if pts[-1][0] <= end_ns - GATE_SPAN_S * 1e9]:
+            del self.cgroups[path]  # gone (or no longer limited)
+        cgroups = any(self.could_warn([(t, limit - usage, limit) for t, usage, limit in pts])
+                      for pts in self.cgroups.values())
+        return host, cgroups

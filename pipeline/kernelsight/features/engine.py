@@ -30,6 +30,7 @@ data is widened to at least the rollup step, so it holds a rollup row.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import sqlite3
 from dataclasses import dataclass, field
@@ -226,6 +227,7 @@ class _Subset:
         self.n = self.hi - self.lo
         self._eval: dict[str, np.ndarray] = {}
         self._groups: dict[str, list[np.ndarray]] = {}
+        self._pairs: dict[str | None, tuple] = {}
 
     def groups(self, entity: str | None) -> list[np.ndarray]:
         """Row indices per entity (device, interface...), each in ts order."""
@@ -242,6 +244,21 @@ class _Subset:
                 g = np.split(order, bounds)
             self._groups[entity] = g
         return g
+
+    def pairs(self, entity: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Consecutive rows of each entity, entity by entity in ts order: (index of the later row,
+        index of the earlier row, entity number) per pair, and the number of entities."""
+        p = self._pairs.get(entity)
+        if p is None:
+            groups = [g for g in self.groups(entity) if len(g) >= 2]
+            if groups:
+                later = np.concatenate([g[1:] for g in groups])
+                earlier = np.concatenate([g[:-1] for g in groups])
+                ent = np.repeat(np.arange(len(groups)), [len(g) - 1 for g in groups])
+            else:
+                later = earlier = ent = np.zeros(0, dtype=np.int64)
+            p = self._pairs[entity] = (later, earlier, ent, len(groups))
+        return p
 
     def eval(self, expr: str, sub: tuple[str, str] | None = None) -> np.ndarray:
         """expr over every row; sub=(column, other) evaluates it with column read from other."""
@@ -302,6 +319,7 @@ class _Engine:
         lo = int(self.E.min()) - self.W - LOOKBACK_NS
         hi = int(self.E.max())
         horizon = None  # end of the rollup data read, over all tables
+        self.first_raw = self._first_raw_ts([t for t in need if t in self.schema])
         for t, cols in need.items():
             have = self.schema.get(t)
             if have is None:
@@ -310,11 +328,10 @@ class _Engine:
             sel = ", ".join(["ts"] + [f'"{c}"' for c in cols])
             rows = self.conn.execute(f'SELECT {sel} FROM "{t}" WHERE ts > ? AND ts <= ? ORDER BY ts, id', (lo, hi)).fetchall()
             numeric = {c: have[c] in ("INTEGER", "REAL", "INT", "FLOAT", "NUMERIC") for c in cols}
-            data = {"ts": np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))}
+            by_col = list(zip(*rows)) if rows else [()] * (len(cols) + 1)  # rows to columns, in C
+            data = {"ts": np.array(by_col[0], dtype=np.int64)}
             for k, c in enumerate(cols, start=1):
-                col = [r[k] for r in rows]
-                data[c] = np.array(col, dtype=np.float64 if numeric[c] else object) if rows else \
-                    np.zeros(0, dtype=np.float64 if numeric[c] else object)
+                data[c] = np.array(by_col[k], dtype=np.float64 if numeric[c] else object)
             rolled = self._rollup_rows(t, cols, numeric, hi)
             if rolled is not None:
                 data, end = self._prepend(data, rolled, cols)
@@ -323,6 +340,15 @@ class _Engine:
         if horizon is not None:
             step = self.rollup_step
             self.Wv = np.where(self.E - self.W < horizon, max(self.W, step), self.W).astype(np.int64)
+
+    def _first_raw_ts(self, tables: list[str]) -> dict[str, int | None]:
+        """Each table's oldest raw row's ts (where its rollup rows stop), for the tables that have a
+        rollup: one query, not one per table (the agent's vector reads ~17 tables every step)."""
+        have = [t for t in tables if t + ROLLUP_SUFFIX in self.schema and t in self.rollup_plans]
+        if not have:
+            return {}
+        row = self.conn.execute("SELECT " + ", ".join(f'(SELECT MIN(ts) FROM "{t}")' for t in have)).fetchone()
+        return dict(zip(have, row))
 
     def _rollup_rows(self, t: str, cols: list[str], numeric: dict, hi: int):
         """Rows of t's rollup before its oldest raw row, covering the widened windows
@@ -334,7 +360,7 @@ class _Engine:
             return None
         step = self.rollup_step
         lo = int(self.E.min()) - max(self.W, step) - step - LOOKBACK_NS
-        first_raw = self.conn.execute(f'SELECT MIN(ts) FROM "{t}"').fetchone()[0]
+        first_raw = self.first_raw.get(t)
         if first_raw is not None and first_raw <= lo:
             return None  # the range is all raw
         gauges = {f.name for f in plan.fields if f.agg == "gauge"}
@@ -401,6 +427,8 @@ class _Engine:
 
     def _reasons(self, vals: np.ndarray, n_rows: np.ndarray, label: str, other) -> np.ndarray:
         r = np.full(self.nE, None, dtype=object)
+        if self.nE == 1 and not math.isnan(vals[0]):
+            return r  # the agent's single vector, with a value: no reason to work out
         bad = np.isnan(vals)
         if bad.any():
             r[bad & (n_rows == 0)] = f"no rows in {label} in window"
@@ -462,6 +490,8 @@ class _Engine:
     def _gauge(self, spec: C.Gauge):
         s = self.subset(spec.table, spec.where)
         x = s.eval(spec.expr)
+        if self.nE == 1 and spec.agg in ("mean", "last"):
+            return self._gauge_one(s, spec, x)
         valid = ~np.isnan(x)
         if spec.agg == "mean":
             cnt = _wsum(valid.astype(np.float64), s.lo, s.hi)
@@ -493,6 +523,18 @@ class _Engine:
         why = spec.null_reason or f"no non-null values of ({spec.expr}) in window"
         return vals, self._reasons(vals, s.n, s.label, why)
 
+    def _gauge_one(self, s: _Subset, spec: C.Gauge, x: np.ndarray):
+        """_gauge's mean or last for the one window of a single vector (the agent's, every step):
+        the same values from the window's own rows, in a few numpy calls instead of ~10."""
+        xs = x[s.lo[0]:s.hi[0]]
+        xs = xs[~np.isnan(xs)]
+        v = np.nan
+        if len(xs):
+            v = float(np.add.reduce(xs)) / len(xs) if spec.agg == "mean" else float(xs[-1])
+        vals = np.array([v])
+        why = spec.null_reason or f"no non-null values of ({spec.expr}) in window"
+        return vals, self._reasons(vals, s.n, s.label, why)
+
     def _entity_deltas(self, s: _Subset, cols, entity):
         """Per-entity counter deltas: (end ts, d per col..., dt seconds), resets and nulls dropped."""
         vals = [s.eval(c) for c in cols]
@@ -514,6 +556,8 @@ class _Engine:
 
     def _rate(self, spec: C.Rate):
         s = self.subset(spec.table, spec.where)
+        if self.nE == 1:
+            return self._rate_one(s, spec)
         ts_l, d_l, dt_l = self._entity_deltas(s, spec.counters, spec.entity)
         total = np.zeros(self.nE)
         any_ok = np.zeros(self.nE, dtype=bool)
@@ -527,6 +571,29 @@ class _Engine:
             total += np.where(ok, dsum / np.where(ok, tsum, 1), 0.0)
             any_ok |= ok
         vals = np.where(any_ok, total * spec.scale, np.nan)
+        return vals, self._reasons(vals, s.n, s.label, "no counter deltas in window (first sample, counter reset or null counter)")
+
+    def _rate_one(self, s: _Subset, spec: C.Rate):
+        """_rate for the one window of a single vector: every entity's deltas at once (the
+        pairs of consecutive rows), summed per entity with bincount rather than entity by entity."""
+        later, earlier, ent, n_ent = s.pairs(spec.entity)
+        t = s.ts[later]
+        dt = (t - s.ts[earlier]) / NS
+        ok = (dt > 0) & (t > self.E[0] - self.Wv[0]) & (t <= self.E[0])
+        d = 0.0
+        for c in spec.counters:
+            v = s.eval(c)
+            dc = v[later] - v[earlier]
+            ok &= dc >= 0  # False for NaN too: a null counter or a reset drops the delta
+            d = d + dc
+        e = ent[ok]
+        tsum = np.bincount(e, weights=dt[ok], minlength=n_ent)
+        has = tsum > 0
+        v = np.nan
+        if has.any():
+            dsum = np.bincount(e, weights=d[ok], minlength=n_ent) if len(spec.counters) else np.zeros(n_ent)
+            v = float(np.add.reduce(dsum[has] / tsum[has])) * spec.scale
+        vals = np.array([v])
         return vals, self._reasons(vals, s.n, s.label, "no counter deltas in window (first sample, counter reset or null counter)")
 
     def _deltaratio(self, spec: C.DeltaRatio):
@@ -572,6 +639,10 @@ class _Engine:
         got = self.hist_cache.get(key)
         if got is None:
             s = self.subset(table, where)
+            if self.nE == 1:  # the one window: parse only its own rows' histograms
+                h = parse_int_arrays(s.cols[column][s.lo[0]:s.hi[0]].tolist())
+                got = self.hist_cache[key] = (h.sum(axis=0, keepdims=True), s.n)
+                return got
             h = parse_int_arrays(s.cols[column].tolist())
             # one row per distinct ts first: tracers write one row per key per interval
             if len(s.ts):
