@@ -208,3 +208,30 @@ def test_a_pids_cgroup_leader_with_a_name_that_is_not_utf8_is_named_escaped(tmp_
         (d / "comm").write_bytes(comm + b"\n")
     lead = pids_cgroup_leader("/loop", str(tmp_path / "proc"), str(tmp_path / "sys"))
     assert lead == {"pid": 7, "comm": "fork\\xffer", "children_in_cgroup": 2}
+
+
+def test_may_warn_never_skips_a_fit_that_would_warn():
+    """may_warn lets the agent skip best_fit for resources that are not running out; over many
+    series (steady, noisy, slow and fast leaks, steps, flat then falling) it never says no where
+    best_fit gives a confident WARNING or worse, and it does say no on the quiet ones."""
+    import numpy as np
+    from kernelsight.agent.forecast import CONFIDENT, RISK_LEVELS, best_fit, may_warn
+
+    rng = np.random.default_rng(7)
+    skipped = warned = 0
+    for k in range(3000):
+        n = int(rng.integers(2, 130))
+        ts = np.cumsum(rng.uniform(0.5, 1.5, n)) * 1e9 + 1.8e18
+        total = 1e6
+        start = rng.uniform(0.02, 0.9) * total
+        rate = rng.choice([0.0, rng.uniform(0, 500), rng.uniform(0, 20000)])
+        onset = int(rng.integers(0, n))
+        y = start - rate * np.maximum(0, (ts - ts[onset]) / 1e9) + rng.normal(0, rng.choice([0, 50, 2000]), n)
+        fc = best_fit(ts, y, total, "x", (10.0, 30.0, 120.0), "u")
+        warns = (fc.seconds_to_exhaustion is not None and fc.confidence >= CONFIDENT
+                 and RISK_LEVELS.index(fc.risk) >= RISK_LEVELS.index("WARNING"))
+        if not may_warn(ts, y, total):
+            skipped += 1
+            assert not warns, (k, fc)
+        warned += warns
+    assert skipped > 1000 and warned > 100

@@ -194,3 +194,21 @@ def test_a_thread_sum_is_never_compared_with_a_main_thread_count():
     later = ProcSample("init", "S", 0, 0, 0, 0, 900_050, 0, 1, threads=13, threads_summed=True, main_ctxt=520)
     sp.prev, sp.cur = {1: summed}, {1: later}
     assert sp.context_switchers()[0]["ctx_switches_per_sec"] == 10  # a sum against a sum
+
+
+def test_kernel_threads_are_not_searched_for_event_loops(monkeypatch):
+    """kthreadd (pid 2) and its children never wait in epoll: only other processes' task
+    directories are listed for event-loop threads."""
+    from types import SimpleNamespace
+
+    from kernelsight.agent import attribution as A
+
+    asked = []
+    monkeypatch.setattr(A, "_native", SimpleNamespace(
+        loop_threads=lambda root, pids, known, budget: asked.extend(pids) or []))
+    cur = {1: A.ProcSample("systemd", "S", 0, 0, 0, 0, 0, 0, 1, ppid=0),
+           2: A.ProcSample("kthreadd", "S", 0, 0, 0, 0, 0, 0, 1, ppid=0),
+           40: A.ProcSample("kworker/0:1", "I", 0, 0, 0, 0, 0, 0, 1, ppid=2),
+           700: A.ProcSample("nginx", "S", 0, 0, 0, 0, 0, 0, 1, ppid=1)}
+    ProcessSampler(window_s=15.0)._sample_loops(cur)
+    assert asked == [1, 700]

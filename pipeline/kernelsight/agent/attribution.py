@@ -169,6 +169,7 @@ def _ctxt_of_processes(root: str, pids: list[int]) -> list[tuple[int, int] | Non
             for pid, c in zip(pids, _native.ctxt_of_threads(root, pids))]
 
 
+KTHREADD_PID = 2  # the parent of every kernel thread (in the initial pid namespace)
 # Threads whose status is read per sample, at most: the busiest multi-threaded processes first.
 THREAD_READS_MAX = 2000
 
@@ -285,10 +286,13 @@ class ProcessSampler:
     def _loop_run_delays(self, root: str, cur: dict[int, ProcSample]) -> list[tuple[int, int, int]]:
         """(pid, tid, run_delay_ns) of every event-loop thread in order of first sight: the threads
         of cur's processes, THREAD_READS_MAX listed at most, that are known loops or in epoll now;
-        a thread whose schedstat cannot be read or parsed is left out."""
+        a thread whose schedstat cannot be read or parsed is left out.  Kernel threads (kthreadd,
+        pid 2, and its children) never wait in epoll: their task directories are not listed (on an
+        idle VM they were 58 of 84 processes, ~300 of the agent's syscalls a step)."""
+        pids = [pid for pid, s in cur.items() if pid != KTHREADD_PID and s.ppid != KTHREADD_PID]
         if _native is not None:
             out = []
-            for pid, tid, run_delay in _native.loop_threads(root, list(cur), self.loop_threads, THREAD_READS_MAX):
+            for pid, tid, run_delay in _native.loop_threads(root, pids, self.loop_threads, THREAD_READS_MAX):
                 if type(run_delay) is bytes:  # not plain digits: as Python reads it
                     try:
                         run_delay = int(run_delay.split()[1])
@@ -298,7 +302,7 @@ class ProcessSampler:
             return out
         budget = THREAD_READS_MAX
         seen: dict[int, int] = {}
-        for pid in cur:
+        for pid in pids:
             task_dir = f"{root}/{pid}/task"
             try:
                 tids = os.listdir(task_dir)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .attribution import read_comm, read_procs
-from .forecast import CONFIDENT, RISK_LEVELS, OomForecast, best_fit
+from .forecast import CONFIDENT, RISK_LEVELS, OomForecast, best_fit, may_warn
 from .tracker import Finding
 
 FS_HORIZONS_S = (30.0, 120.0, 600.0)   # a filesystem fills over minutes to hours: a longer last window
@@ -307,21 +307,25 @@ class ExhaustionWatch:
         return []
 
     # -- forecasts --------------------------------------------------------------
-    def _resource_fits(self, conn: sqlite3.Connection, end_ns: int) -> list[tuple[str, str, OomForecast]]:
-        """(scope, what, forecast) for every resource with a limit."""
+    def _resource_fits(self, conn: sqlite3.Connection, end_ns: int) -> list[tuple[str, str, OomForecast | None]]:
+        """(scope, what, forecast) for every resource with a limit; forecast None where it cannot be a WARNING."""
         out = []
+
+        def fit(ts, head, total, what, horizons, unit):
+            # best_fit only where it could be a WARNING: forecasts() keeps nothing less
+            return best_fit(ts, head, total, what, horizons, unit) if may_warn(ts, head, total) else None
+
         for m, a in _fs_series(conn, end_ns, FS_WINDOW_S).items():
             if a[-1, 0] <= end_ns - 15e9:
                 continue
             used_plus_avail = a[-1, 1] - a[-1, 2] + a[-1, 3]
             out.append((f"fs:{m}", "filesystem space",
-                        best_fit(a[:, 0], a[:, 3] / 1024, used_plus_avail / 1024, "filesystem",
-                                 FS_HORIZONS_S, "kB")))
+                        fit(a[:, 0], a[:, 3] / 1024, used_plus_avail / 1024, "filesystem", FS_HORIZONS_S, "kB")))
             ok = ~np.isnan(a[:, 5]) & (a[:, 4] > 0)
             if ok.any():
                 b = a[ok]
                 out.append((f"inodes:{m}", "filesystem inodes",
-                            best_fit(b[:, 0], b[:, 5], float(b[-1, 4]), "inode", FS_HORIZONS_S, "inodes")))
+                            fit(b[:, 0], b[:, 5], float(b[-1, 4]), "inode", FS_HORIZONS_S, "inodes")))
         lim = limit_series(conn, end_ns, max(COUNT_HORIZONS_S))
         if lim:
             a = np.array([[r[0], *(np.nan if v is None else v for v in (r[1], r[2], r[3], r[4]))] for r in lim],
@@ -330,26 +334,26 @@ class ExhaustionWatch:
             if ok.any():
                 b = a[ok]
                 out.append(("file_handles", "file handles",
-                            best_fit(b[:, 0], b[:, 2] - b[:, 1], float(b[-1, 2]), "file handle",
-                                     COUNT_HORIZONS_S, "handles")))
+                            fit(b[:, 0], b[:, 2] - b[:, 1], float(b[-1, 2]), "file handle", COUNT_HORIZONS_S,
+                                "handles")))
             ok = ~np.isnan(a[:, 3]) & ~np.isnan(a[:, 4])
             if ok.any():
                 b = a[ok]
-                out.append(("pids", "PIDs", best_fit(b[:, 0], b[:, 4] - b[:, 3], float(b[-1, 4]), "task",
-                                                      COUNT_HORIZONS_S, "tasks")))
+                out.append(("pids", "PIDs", fit(b[:, 0], b[:, 4] - b[:, 3], float(b[-1, 4]), "task",
+                                                COUNT_HORIZONS_S, "tasks")))
             cg = lim[-1][6]
             s = [(r[0], r[8] - r[7], r[8]) for r in lim if r[6] == cg and r[7] is not None and r[8]]
             if cg is not None and s:
                 b = np.array(s, dtype=float)
                 out.append((f"pids_cgroup:{cg}", "pids cgroup",
-                            best_fit(b[:, 0], b[:, 1], float(b[-1, 2]), "cgroup task", COUNT_HORIZONS_S, "tasks")))
+                            fit(b[:, 0], b[:, 1], float(b[-1, 2]), "cgroup task", COUNT_HORIZONS_S, "tasks")))
             pid = lim[-1][9]
             s = [(r[0], r[12] - r[11], r[12]) for r in lim if r[9] == pid and r[11] is not None and r[12]]
             if pid is not None and s:
                 b = np.array(s, dtype=float)
                 out.append((f"nofile:{int(pid)}", "process descriptors",
-                            best_fit(b[:, 0], b[:, 1], float(b[-1, 2]), "descriptor", COUNT_HORIZONS_S,
-                                     "descriptors")))
+                            fit(b[:, 0], b[:, 1], float(b[-1, 2]), "descriptor", COUNT_HORIZONS_S,
+                                "descriptors")))
         return out
 
     def forecasts(self, conn: sqlite3.Connection, end_ns: int) -> list[Finding]:
@@ -358,7 +362,7 @@ class ExhaustionWatch:
         without a trend is the near-limit rules' business, not a forecast."""
         out = []
         for scope, what, fc in self._resource_fits(conn, end_ns):
-            if (fc.seconds_to_exhaustion is None or fc.confidence < CONFIDENT
+            if (fc is None or fc.seconds_to_exhaustion is None or fc.confidence < CONFIDENT
                     or RISK_LEVELS.index(fc.risk) < RISK_LEVELS.index("WARNING")):
                 continue
             fc.scope = scope

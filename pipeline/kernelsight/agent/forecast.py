@@ -142,6 +142,25 @@ def best_fit(ts_ns: np.ndarray, headroom_kb: np.ndarray, total_kb: float, what: 
     return best
 
 
+def may_warn(ts_ns: np.ndarray, headroom: np.ndarray, total: float) -> bool:
+    """False only when no best_fit of this series can be a confident WARNING or worse: headroom at
+    or above 5 % and no fall between two samples as steep as the one that would exhaust the
+    current headroom in 300 s.  Exact, not a guess: a least-squares slope is a weighted mean of
+    the slopes between consecutive samples, so no horizon's fit falls faster than the steepest
+    of them.  What the agent uses to skip ~36 fits a step for resources that are not running out."""
+    n = len(ts_ns)
+    if n < 2 or total <= 0:
+        return n >= MIN_SAMPLES
+    current = max(float(headroom[-1]), 0.0)
+    if 100.0 * current / total < 5:
+        return True
+    dt = np.diff(ts_ns) / 1e9
+    if not (dt > 0).all():
+        return True  # two samples at one time: a jump the argument above does not bound
+    steepest = float((np.diff(headroom) / dt).min())
+    return not steepest * 300 >= -0.99 * current  # NaN: may (1 % margin for rounding)
+
+
 def host_floor_kb(total_kb: float, proc_root: str = "/proc") -> float:
     try:
         with open(f"{proc_root}/sys/vm/min_free_kbytes") as f:
