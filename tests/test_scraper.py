@@ -513,6 +513,8 @@ def test_every_network_namespace_has_its_own_tcp_line(tmp_path):
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2 to make a network namespace")
     ns = f"kst{os.getpid()}"
+    scraper = Scraper("/proc", "/sys")
+    scraper.collect()  # every process's namespace read and kept, before this one exists
     subprocess.run(["ip", "netns", "add", ns], check=True)
     holder = None
     try:
@@ -532,7 +534,7 @@ def test_every_network_namespace_has_its_own_tcp_line(tmp_path):
         ino = os.stat(f"/proc/{holder.pid}/ns/net").st_ino
         assert ino != os.stat("/proc/self/ns/net").st_ino
         oracle = _snmp_tcp(Path(f"/proc/{holder.pid}/net/snmp"))
-        ev = Scraper("/proc", "/sys").collect()
+        ev = scraper.collect()  # a new process's namespace is read at its first sight, not at the next re-read
         lines = {e["netns"]: e for e in ev if e["type"] == "tcp_retrans"}
         assert os.stat("/proc/self/ns/net").st_ino in lines, "the scraper's own namespace"
         mine = lines[ino]
