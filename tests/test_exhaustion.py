@@ -235,3 +235,32 @@ def test_may_warn_never_skips_a_fit_that_would_warn():
             assert not warns, (k, fc)
         warned += warns
     assert skipped > 1000 and warned > 100
+
+
+def test_incremental_fs_series_equals_reading_the_window(conn):
+    """FsSeries (rows kept between steps, only new ones read) gives what one query over the window
+    gives, step after step: a mount that appears late and one that goes away, a read-only one, a
+    null inode count, rows stored out of time order, and windows of 15, 60 and 600 s."""
+    import numpy as np
+    from kernelsight.agent.exhaustion import FsSeries, _fs_series
+
+    kept = FsSeries(keep_s=600.0)
+    for k in range(0, 900, 3):
+        for j in range(3):
+            ts = T + (k + j) * SEC
+            fs_row(conn, ts, "/", 100_000 * MIB, 60_000 * MIB - k * MIB)
+            fs_row(conn, ts, "/ro", 50 * MIB, 0, readonly=1)
+            if k > 200:
+                fs_row(conn, ts, "/late", 300 * MIB, 200 * MIB - k, ifree=None if k % 7 == 0 else 900)
+            if k < 400:
+                fs_row(conn, ts, "/gone", 300 * MIB, 100 * MIB)
+        if k % 30 == 0:
+            fs_row(conn, T + (k - 2) * SEC + 1, "/", 100_000 * MIB, 1)  # a row from the past, stored now
+        conn.commit()
+        end = T + (k + 2) * SEC
+        for w in (15.0, 60.0, 600.0):
+            want, got = _fs_series(conn, end, w), kept(conn, end, w)
+            assert list(got) == list(want), (k, w)
+            for m in want:
+                np.testing.assert_array_equal(got[m], want[m])
+    assert kept.by and all(len(a) <= 601 * 2 for a in kept.by.values())
