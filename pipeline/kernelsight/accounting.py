@@ -363,27 +363,36 @@ def _load_state(path: Path) -> dict:
 
 # ---- database side --------------------------------------------------------------
 
-def _new_rows_cursor(conn: sqlite3.Connection, table: str, cursor: int) -> tuple[int, int] | None:
-    """(max rowid, 0) or None for a missing table; cursor 0 again when the ids restarted
-    (the table was emptied by pruning and new rows took low ids)."""
-    import sqlite3
+def _max_ids(conn: sqlite3.Connection, tables) -> dict[str, int]:
+    """MAX(id) of each of the tables that exist (0 when empty), in one statement: the agent
+    accounts every step, and one query per table was ~30 queries of its step."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    names = [t for t in dict.fromkeys(tables) if t in have]
+    if not names:
+        return {}
+    row = conn.execute("SELECT " + ", ".join(f'(SELECT MAX(id) FROM "{t}")' for t in names)).fetchone()
+    return {t: v or 0 for t, v in zip(names, row)}
 
-    try:
-        top = conn.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0] or 0
-    except sqlite3.Error:
+
+def _new_rows_cursor(tops: dict[str, int], table: str, cursor: int) -> tuple[int, int] | None:
+    """(max rowid, cursor) or None for a missing table; cursor 0 again when the ids restarted
+    (the table was emptied by pruning and new rows took low ids)."""
+    top = tops.get(table)
+    if top is None:
         return None
     return top, (0 if top < cursor else cursor)
 
 
-def _count_rows(conn: sqlite3.Connection, st: dict, pm: ProducerMap) -> None:
-    """Count the rows stored since the last call into st (per table, per producer)."""
+def _count_rows(conn: sqlite3.Connection, st: dict, pm: ProducerMap, tops: dict[str, int]) -> None:
+    """Count the rows stored since the last call into st (per table, per producer); tops: _max_ids."""
     import sqlite3
 
+    plain: list[tuple[str, int, int, int]] = []  # (table, cursor, top, count so far): counted in one statement
     for etype, table in pm.tables.items():
         if etype in pm.by_field:
             fld, values = pm.by_field[etype]
             cur, counts = st["by_field"].get(table, [0, {}])
-            got = _new_rows_cursor(conn, table, cur)
+            got = _new_rows_cursor(tops, table, cur)
             if got is None:
                 continue
             top, cur = got
@@ -394,16 +403,25 @@ def _count_rows(conn: sqlite3.Connection, st: dict, pm: ProducerMap) -> None:
                     counts[p] = counts.get(p, 0) + n
             st["by_field"][table] = [top, counts]
         else:
+            if any(t == table for t, _, _, _ in plain):
+                continue  # two event types in one table: its rows are counted once
             cur, n = st["rows"].get(table, [0, 0])
-            got = _new_rows_cursor(conn, table, cur)
+            got = _new_rows_cursor(tops, table, cur)
             if got is None:
                 continue
             top, cur = got
             if top > cur:
-                n += conn.execute(f"SELECT COUNT(*) FROM {table} WHERE id > ? AND id <= ?", (cur, top)).fetchone()[0]
-            st["rows"][table] = [top, n]
+                plain.append((table, cur, top, n))
+            else:
+                st["rows"][table] = [top, n]
+    if plain:
+        counts_now = conn.execute("SELECT " + ", ".join(f'(SELECT COUNT(*) FROM "{t}" WHERE id > ? AND id <= ?)'
+                                                        for t, _, _, _ in plain),
+                                  [x for _, cur, top, _ in plain for x in (cur, top)]).fetchone()
+        for (table, _, top, n), k in zip(plain, counts_now):
+            st["rows"][table] = [top, n + k]
     cur, counts, unattributed = st["rejected"]
-    got = _new_rows_cursor(conn, "rejected_events", cur)
+    got = _new_rows_cursor(tops, "rejected_events", cur)
     if got is not None:
         top, cur = got
         if top > cur:
@@ -435,13 +453,14 @@ def _rejected_producer(pm: ProducerMap, etype: str | None, raw: bytes | None) ->
     return None
 
 
-def _scan_stats(conn: sqlite3.Connection, st: dict, files: dict[str, CounterFile], now_ns: int) -> None:
+def _scan_stats(conn: sqlite3.Connection, st: dict, files: dict[str, CounterFile], now_ns: int,
+                tops: dict[str, int]) -> None:
     """New producer_stats rows: a stored one proves every earlier line of its process
     arrived (marks); one from a process without a counters file stands in for it."""
     import sqlite3
 
     ss = st["stats"]
-    got = _new_rows_cursor(conn, "producer_stats", ss["cursor"])
+    got = _new_rows_cursor(tops, "producer_stats", ss["cursor"])
     if got is None:
         return
     top, cur = got
@@ -586,8 +605,9 @@ def account(data_dir: Path, conn: sqlite3.Connection, *, interval_s: float | Non
         if own_txn:
             conn.execute("BEGIN")  # one snapshot: marks, watermark and counts agree
         try:
-            _count_rows(conn, st, pm)
-            _scan_stats(conn, st, files, now)
+            tops = _max_ids(conn, [*pm.tables.values(), "rejected_events", "producer_stats"])
+            _count_rows(conn, st, pm, tops)
+            _scan_stats(conn, st, files, now, tops)
             watermark = _watermark_ns(conn)
         except sqlite3.Error:
             watermark = None
