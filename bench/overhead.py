@@ -131,11 +131,10 @@ def reference(tmp: Path) -> dict:
 def mean_of(a: dict, b: dict) -> dict:
     """Two measurements of the same processes as one: every figure the mean of both, per process too."""
     out = {k: (a[k] + b[k]) / 2 for k in ("cpu_pct", "pss_mib", "rss_mib", "disk_bytes")}
-    rows = {r["process"]: r for r in a["per_process"]}
-    per = []
-    for r in b["per_process"]:
-        o = rows.get(r["process"], {"cpu_pct": 0.0, "pss_mib": 0.0, "rss_mib": 0.0})
-        per.append({"process": r["process"], **{k: round((o[k] + r[k]) / 2, 2) for k in ("cpu_pct", "pss_mib", "rss_mib")}})
+    zero = {"cpu_pct": 0.0, "pss_mib": 0.0, "rss_mib": 0.0}
+    ra, rb = ({r["process"]: r for r in m["per_process"]} for m in (a, b))
+    per = [{"process": n, **{k: round((ra.get(n, zero)[k] + rb.get(n, zero)[k]) / 2, 2) for k in zero}}
+           for n in dict.fromkeys([*ra, *rb])]  # a process seen in one run only counts 0 in the other
     per.sort(key=lambda r: (-r["cpu_pct"], -r["pss_mib"]))
     return {**out, "processes": max(a["processes"], b["processes"]), "per_process": per}
 
