@@ -43,6 +43,10 @@ const volatile __u64 min_lat_ns = 10000000ULL;
 /* --slow-exclude bitmap by syscall nr: read only past min_lat_ns, so the
  * per-call cost stays the same; the stats still count these calls. */
 const volatile __u64 slow_skip[KS_SC_MAX / 64] = {};
+/* Syscalls whose first argument is a file descriptor: a slow one says what it
+ * waited on (a read on a pipe or socket is a wait, on a regular file or block
+ * device it is storage). */
+const volatile __u64 fd_arg0[KS_SC_MAX / 64] = {};
 __u32 cur_slot = 0;   /* flipped by user space each interval (0/1) */
 
 struct start {
@@ -126,6 +130,27 @@ static __noinline void count_errno(__u32 idx, __u32 err)
 	}
 }
 
+/* The type bits of the current task's file descriptor fd, with KS_FD_KNOWN;
+ * 0 when there is none (closed during the call, or out of the table).  Read
+ * at sys_exit, so a descriptor closed and reused meanwhile by another thread
+ * is the new file's type: rare, and the call's latency is still right. */
+static __always_inline __u32 fd_mode_of(__s64 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f = NULL;
+	umode_t mode;
+
+	if (!fdt || fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) != 0 || !f)
+		return 0;
+	mode = BPF_CORE_READ(f, f_inode, i_mode);
+	return KS_FD_KNOWN | (mode & 0170000);
+}
+
 /* Out of line: only for calls slower than min_lat_ns. */
 static __noinline void emit_slow(__u64 now, __u64 lat, __s64 ret, __s64 arg0, __u32 nr)
 {
@@ -146,6 +171,8 @@ static __noinline void emit_slow(__u64 now, __u64 lat, __s64 ret, __s64 arg0, __
 	e->nr = nr;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->fd_mode = (nr < KS_SC_MAX && fd_arg0[nr / 64] & (1ULL << (nr % 64))) ? fd_mode_of(arg0) : 0;
+	e->pad = 0;
 	bpf_ringbuf_submit(e, 0);
 	ks_count(KS_CNT_EVENTS);
 }

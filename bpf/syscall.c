@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -37,6 +38,16 @@
 	"clock_nanosleep, nanosleep, futex, futex_waitv, epoll_wait, epoll_pwait, epoll_pwait2, poll, ppoll, " \
 	"select, pselect6, wait4, waitid, rt_sigtimedwait, rt_sigsuspend, pause, accept, accept4, "          \
 	"io_getevents, io_pgetevents, io_uring_enter, msgrcv, semop, semtimedop, mq_timedreceive"
+
+/* Calls whose first argument is a file descriptor, among those that can wait on I/O: a slow
+ * one's line names the descriptor's kind (fd_type), so a wait on a pipe or socket is told
+ * from a slow read of a file or block device. */
+static const char *const FD_ARG0_CALLS[] = {
+	"read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2", "pwritev2",
+	"recvfrom", "recvmsg", "recvmmsg", "sendto", "sendmsg", "sendmmsg", "fsync", "fdatasync",
+	"sync_file_range", "fallocate", "ftruncate", "getdents64", "ioctl", "flock", "splice", "sendfile",
+	"copy_file_range", "syncfs",
+};
 
 static double min_latency_ms = 10.0;
 static uint64_t slow_skip[KS_SC_MAX / 64];
@@ -130,6 +141,23 @@ static const char *sc_name(unsigned nr, char *buf, size_t len)
 	return buf;
 }
 
+/* The S_IFMT bits of a descriptor's inode as a word; an anonymous inode (eventfd, timerfd,
+ * signalfd, epoll, pidfd...) has none. */
+static const char *fd_type_name(uint32_t fd_mode)
+{
+	switch (fd_mode & S_IFMT) {
+	case S_IFREG: return "file";
+	case S_IFBLK: return "block";
+	case S_IFIFO: return "pipe";
+	case S_IFSOCK: return "socket";
+	case S_IFCHR: return "char";
+	case S_IFDIR: return "dir";
+	case S_IFLNK: return "link";
+	case 0: return "anon";
+	default: return "other";
+	}
+}
+
 static int on_event(void *ctx, void *data, size_t size)
 {
 	struct ks_tracer *t = ctx;
@@ -151,6 +179,10 @@ static int on_event(void *ctx, void *data, size_t size)
 	ks_json_i64(&j, "ret", e->ret);
 	ks_json_i64(&j, "arg0", e->arg0);
 	ks_json_u64(&j, "cgroup_id", e->cgroup_id);
+	if (e->fd_mode & KS_FD_KNOWN)
+		ks_json_str(&j, "fd_type", fd_type_name(e->fd_mode));
+	else
+		ks_json_null(&j, "fd_type");
 	ks_emit(t, &j, false);
 	return 0;
 }
@@ -412,6 +444,11 @@ static int configure(struct ks_tracer *t)
 	if (!slow_skip_set)
 		set_slow_skip(SLOW_EXCLUDE_DEFAULT, false);
 	memcpy((void *)skel->rodata->slow_skip, slow_skip, sizeof(slow_skip));
+	for (size_t i = 0; i < sizeof(FD_ARG0_CALLS) / sizeof(FD_ARG0_CALLS[0]); i++) {
+		int nr = sc_nr(FD_ARG0_CALLS[i]);
+		if (nr >= 0 && nr < KS_SC_MAX) /* older headers may lack the newest calls */
+			((uint64_t *)skel->rodata->fd_arg0)[nr / 64] |= 1ULL << (nr % 64);
+	}
 	return 0;
 }
 

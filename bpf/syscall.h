@@ -35,6 +35,11 @@ struct ks_sc_event {
 	__u32 nr;
 	char comm[16];
 	__u64 cgroup_id;             /* bpf_get_current_cgroup_id(): the task's cgroup v2 id */
+	__u32 fd_mode;               /* KS_FD_KNOWN | the S_IFMT bits of arg0's file; 0 = not looked up */
+	__u32 pad;
 };
+
+/* fd_mode: the file behind arg0 was found (an anonymous inode's type bits are 0) */
+#define KS_FD_KNOWN 0x10000u
 
 #endif

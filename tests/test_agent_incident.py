@@ -395,3 +395,25 @@ def test_one_observation_that_cannot_be_rendered_does_not_lose_the_others(agent)
     agent._persist(changes, now_s + 5, int((now_s + 5) * 1e9), fc)
     assert sorted(r[0] for r in agent.rw.execute("SELECT label FROM observations")) == ["CPU Saturation",
                                                                                        "SYN Flood"]
+
+
+def test_slow_reads_count_as_storage_only_on_files_and_block_devices(tmp_path):
+    """Run 8's false I/O Bottleneck: 7 slow pipe reads of an idle tool's processes.  Only reads of
+    regular files and block devices (and lines from before fd_type, null) are slow storage reads,
+    in the signal and in the rule's attribution alike."""
+    from kernelsight import db
+    from kernelsight.agent.attribution import slow_syscalls
+    from kernelsight.agent.signals import agent_signals
+
+    conn = db.connect(db.db_path(tmp_path / "d"))
+    conn.execute("INSERT INTO syscall_stats (ts, syscall, count, errors, interval_s) VALUES (1000, 'read', 50, 0, 1.0)")
+    slow = [("bash", "read", "pipe")] * 7 + [("sshd", "read", "socket"), ("getty", "read", "char"),
+                                              ("python", "read", "anon"), ("tail", "read", "dir")]
+    slow += [("postgres", "pread64", "file"), ("dd", "read", "block"), ("old", "read", None)]
+    slow += [("fio", "write", "file")]  # not a read
+    conn.executemany("INSERT INTO syscall_events (ts, pid, tid, comm, syscall_nr, syscall, latency_ns, ret, arg0, "
+                     "fd_type) VALUES (2000, 1, 1, ?, 0, ?, 200000000, 1, 3, ?)", slow)
+    conn.commit()
+    assert agent_signals(conn, 10_000, 10.0)["syscall_read_slow_calls"] == 3
+    assert {r["comm"] for r in slow_syscalls(conn, 0, storage_reads=True)} == {"postgres", "dd", "old"}
+    assert "bash" in {r["comm"] for r in slow_syscalls(conn, 0)}  # every slow call, for the other rules

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .signals import READ_CALLS, STORAGE_FD
+
 # The reading of every process and thread each step is native when kernelsight._scraper is built
 # (one pass for ProcessSampler and WriterSampler, no Python around each of the ~5 files a process).
 # The module is optional (KS_BUILD_PYTHON=OFF builds none), hence the Python readers below: the
@@ -393,10 +395,13 @@ class ProcessSampler:
         return len(self.cur)
 
 
-def slow_syscalls(conn: sqlite3.Connection, since_ns: int) -> list[dict]:
+def slow_syscalls(conn: sqlite3.Connection, since_ns: int, storage_reads: bool = False) -> list[dict]:
+    """Slowest calls by comm and syscall; storage_reads: only read() calls on regular files and block
+    devices (the I/O Bottleneck's, see signals.STORAGE_FD), not waits on pipes and sockets."""
+    where = f" AND syscall IN {READ_CALLS} AND {STORAGE_FD}" if storage_reads else ""
     try:
         rows = conn.execute(
-            "SELECT comm, syscall, COUNT(*), MAX(latency_ns) FROM syscall_events WHERE ts >= ? "
+            f"SELECT comm, syscall, COUNT(*), MAX(latency_ns) FROM syscall_events WHERE ts >= ?{where} "
             "GROUP BY comm, syscall ORDER BY MAX(latency_ns) DESC LIMIT ?", (since_ns, TOP_N)).fetchall()
     except sqlite3.OperationalError:
         return []

@@ -575,8 +575,8 @@ class Agent:
         since = now_ns - int(max(FEATURE_WINDOW_S, 60) * 1e9)
         out = []
         for kind in kinds:
-            if kind == "slow_syscalls":
-                rows = slow_syscalls(self.ro, since)
+            if kind in ("slow_syscalls", "slow_storage_reads"):
+                rows = slow_syscalls(self.ro, since, storage_reads=kind == "slow_storage_reads")
             elif kind == "connection_makers":
                 rows = connection_makers(self.ro, since)
             elif kind == "retransmitters":

@@ -10,6 +10,11 @@ import sqlite3
 import orjson
 
 SLOW_READ_NS = 100_000_000  # "frequent read() > 100 ms" (docs/design.md, "Signal interpretation")
+READ_CALLS = "('read','pread64','readv','preadv','preadv2')"
+# A slow read() is storage only on a regular file or a block device: on a pipe, socket or
+# terminal it is a wait for a writer (an idle shell, a tool's helper processes).  Lines from
+# a tracer older than fd_type (null there) still count, as they did.
+STORAGE_FD = "(fd_type IS NULL OR fd_type IN ('file','block'))"
 AGENT_SIGNALS = ("syscall_futex_p95_ms", "syscall_futex_calls_per_sec", "syscall_epoll_wait_p95_ms", "syscall_read_slow_calls",
                  "syscall_openat_errors_per_sec", "syscall_openat_error_pct", "syscall_fs_errors_per_sec",
                  "disk_await_ms_worst", "disk_queue_depth_worst", "disk_util_worst_pct",
@@ -74,7 +79,7 @@ def agent_signals(conn: sqlite3.Connection, end_ns: int, window_s: float) -> dic
                 out["syscall_openat_errors_per_sec"] = errors / window_s
                 out["syscall_openat_error_pct"] = 100.0 * errors / count
         slow = _one(conn, "SELECT COUNT(*) FROM syscall_events WHERE ts > ? AND ts <= ? AND "
-                          "syscall IN ('read','pread64','readv','preadv','preadv2') AND latency_ns > ?",
+                          f"syscall IN {READ_CALLS} AND latency_ns > ? AND {STORAGE_FD}",
                     (lo, end_ns, SLOW_READ_NS))
         out["syscall_read_slow_calls"] = float(slow[0]) if slow else 0.0
         out["syscall_fs_errors_per_sec"] = sum(fs_errors(conn, lo, end_ns).values()) / window_s
