@@ -114,6 +114,54 @@ def test_a_lone_consequence_waits_for_its_cause_then_opens(agent):
         "memory_pressure"]
 
 
+def _step_contexts(agent, prev: dict, cur: dict, now_s: float = 1000.0, gap_s: float = 5.0):
+    """The agent's view after two steps gap_s apart: its history, and this step's look ahead."""
+    from kernelsight.agent.rules import Context
+
+    agent.history.clear()
+    agent.history.extend([(now_s - gap_s, prev), (now_s, cur)])
+    ctx = Context(cur, {}, lambda *_: None, set(), 2, 0, mem_gb=4.0)
+    return agent._ahead(ctx, now_s)
+
+
+# stress-ng --cpu 6 on 2 CPUs, 12.5 s and 17.5 s after its start (run 8's feature rows): the CPUs
+# fill; forks, futex calls, switches, memory and TIME-WAIT sockets stay where they were.
+CPU_HOG_PREV = {"cpu_utilization_pct": 77.2, "psi_cpu_some_pct": 76.3, "procs_running_avg": 6.2, "load_avg_1m": 1.1,
+                "forks_per_sec": 2.0, "syscall_futex_calls_per_sec": 180.0, "ctx_switches_per_sec": 519.3,
+                "memory_available_pct": 81.0, "tcp_time_wait": 3.0, "tasks_total": 310.0,
+                "sched_wakeups_per_sec": 400.0}
+CPU_HOG_NOW = CPU_HOG_PREV | {"cpu_utilization_pct": 100.0, "psi_cpu_some_pct": 99.5, "procs_running_avg": 7.3,
+                              "load_avg_1m": 1.5, "ctx_switches_per_sec": 640.9, "sched_wakeups_per_sec": 520.0}
+
+
+def test_a_consequence_with_no_cause_in_sight_opens_at_once(agent):
+    """Oversubscription from CPU hogs is the whole story: it opens on the step it holds, not a step
+    later (that wait was 5 of run 8's 23 s to detect stress-ng --cpu)."""
+    ahead = _step_contexts(agent, CPU_HOG_PREV, CPU_HOG_NOW)
+    assert ahead is not None and ahead.values["cpu_utilization_pct"] == pytest.approx(100.0 + 2 * 22.8)
+    out = agent._one_per_incident([rule_finding("oversubscription")], [], now_s=1000.0, ahead=ahead)
+    assert [f.rule_id for f in out] == ["oversubscription"]
+
+
+def test_a_consequence_waits_while_a_cause_is_coming(agent):
+    """sysbench mutex: futex calls climb with the CPUs; Lock Contention will hold a step later, so
+    Oversubscription waits for it and becomes its evidence, one incident."""
+    prev = CPU_HOG_PREV | {"syscall_futex_calls_per_sec": 900.0}
+    now = CPU_HOG_NOW | {"syscall_futex_calls_per_sec": 2400.0}  # the rule: > 2000 * cores
+    ahead = _step_contexts(agent, prev, now)
+    assert agent._one_per_incident([rule_finding("oversubscription")], [], now_s=1000.0, ahead=ahead) == []
+    out = agent._one_per_incident([rule_finding("oversubscription"), rule_finding("lock_contention")], [],
+                                  now_s=1005.0, ahead=ahead)
+    assert [f.rule_id for f in out] == ["lock_contention"]
+    assert any(c.startswith("Oversubscription:") for c in out[0].correlated)
+
+
+def test_without_a_recent_step_a_consequence_waits_as_before(agent):
+    assert _step_contexts(agent, CPU_HOG_PREV, CPU_HOG_NOW, gap_s=30.0) is None  # a stalled agent: no pace
+    agent.history.clear()
+    assert agent._one_per_incident([rule_finding("oversubscription")], [], now_s=1000.0, ahead=None) == []
+
+
 def test_a_consequence_open_before_its_cause_stays_its_own(agent):
     agent.tracker.update(0.0, [rule_finding("process_explosion")])
     out = agent._one_per_incident([rule_finding("process_explosion"), rule_finding("connection_churning")], [],

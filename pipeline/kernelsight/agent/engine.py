@@ -16,6 +16,7 @@ and stored (store.py).  No LLM and no network are involved.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -344,7 +345,7 @@ class Agent:
                 ctx.active.add(rule.id)
                 findings.append(self._finding(rule, ctx, values, vec.window_s, fc, now_ns))
         anomalies = self._anomalies(ctx, values, {f.metric for f in findings})
-        findings = self._one_per_incident(findings, anomalies, now_s)
+        findings = self._one_per_incident(findings, anomalies, now_s, self._ahead(ctx, now_s))
         findings += self.oom.findings(self.ro, now_ns)
         findings += self._forecasts([fc, *forecast_cgroups(self.ro, now_ns)])
         findings += self._fold_exhaustion(self.exhaustion.forecasts(self.ro, now_ns), findings)
@@ -438,7 +439,32 @@ class Agent:
             ))
         return out
 
-    def _one_per_incident(self, fired: list[Finding], anomalies: list[Finding], now_s: float) -> list[Finding]:
+    def _ahead(self, ctx: Context, now_s: float) -> Context | None:
+        """ctx with every value carried cause_lookahead_steps steps ahead at the pace of the step
+        before (v + k * (v - previous v)); None without a previous step about one step ago."""
+        k = self.rules.settings.cause_lookahead_steps
+        if k <= 0 or len(self.history) < 2:
+            return None
+        t_prev, prev = self.history[-2]
+        if not 0 < now_s - t_prev <= 2 * FEATURE_STEP_S:  # a stalled agent: no pace to go by
+            return None
+        values = dict(ctx.values)
+        for name, v in ctx.values.items():
+            p = prev.get(name)
+            if isinstance(v, (int, float)) and isinstance(p, (int, float)) and math.isfinite(v) and math.isfinite(p):
+                values[name] = v + k * (v - p)
+        ahead = copy.copy(ctx)  # the same baseline, slopes, cores and risk
+        ahead.values, ahead.active = values, set(ctx.active)
+        return ahead
+
+    def _cause_in_sight(self, label: str, ahead: Context | None) -> bool:
+        """Could a rule that explains label fire soon?  Without a look ahead: assume so."""
+        if ahead is None:
+            return True
+        return any(evaluate(r, ahead, False) for r in self.rules.rules if label in r.explains)
+
+    def _one_per_incident(self, fired: list[Finding], anomalies: list[Finding], now_s: float,
+                          ahead: Context | None = None) -> list[Finding]:
         """Fold evidence into the incident it belongs to instead of opening one observation per signal.
 
         A primary rule firing is an incident.  Secondary rules and baseline deviations that coincide
@@ -491,7 +517,8 @@ class Agent:
                 top = pick(causes_of(top))
             _absorb(top, p)
             primaries.remove(p)
-        # A consequence with no cause in sight waits consequence_wait_s before it opens alone.
+        # A consequence waits consequence_wait_s before it opens alone, while a cause is in sight
+        # (ahead: the values a step or two on, see _ahead).
         explained = set().union(*self.explains.values()) if self.explains else set()
         firing = {f.key: self.firing_since.get(f.key, now_s) for f in fired}
         self.firing_since = firing
@@ -506,7 +533,7 @@ class Agent:
                    for t in causes_about if t.key != p.key):
                 primaries.remove(p)
         out = [p for p in primaries if self.tracker.is_open(p.key) or p.label not in explained
-               or now_s - firing[p.key] >= s.consequence_wait_s]
+               or now_s - firing[p.key] >= s.consequence_wait_s or not self._cause_in_sight(p.label, ahead)]
         # Alone, a secondary rule opens once it has held anomaly_sustain_s: at a fault's start the
         # load's 10-minute climb (Steady Demand Growth) fires a step before the fault's own rule.
         for f in fired:

@@ -148,6 +148,9 @@ class Settings:
     # A rule that another rule explains (a consequence) waits this long before opening on its own,
     # so that the cause, which may cross its threshold a step later, can take it in.
     consequence_wait_s: float = 4.0
+    # ... unless no cause is in sight: no rule that explains it would fire on this step's values
+    # carried this many steps ahead at their last step's pace (0: always wait).
+    cause_lookahead_steps: float = 2.0
     auto_baseline_after_s: float = 600.0
     # Learned from this much stored history (8 days: every hour of the week twice over a week
     # boundary), read one vector in k so that at most BASELINE_MAX_VECTORS are held at once.
