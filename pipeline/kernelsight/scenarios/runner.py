@@ -62,6 +62,7 @@ TIME_WAIT_S = 60.0  # the kernel's fixed TIME_WAIT (TCP_TIMEWAIT_LEN): churn's o
 WARM_S = 20.0
 POLL_S = 0.5
 COST_SAMPLE_S = 5.0  # memory samples of the pipeline's process tree while a fault runs
+PIPELINE_TOP_N = 3  # per fault, the costliest processes of the pipeline kept in the result
 SEVERE = ("high", "critical")
 IO_LABELS = ("I/O Tail Latency", "I/O Saturation", "I/O Queue Congestion", "I/O Wait Dominates", "I/O Bottleneck",
              "Read Amplification", "I/O Bottleneck Causing Scheduling Churn")
@@ -408,6 +409,9 @@ class Result:
     pipeline_cpu_pct: float | None = None
     pipeline_pss_mib: float | None = None
     pipeline_pss_mib_max: float | None = None
+    # The processes behind those figures, costliest first (process, cpu_pct, pss_mib mean): an
+    # outlier names its process (run 8's 12.45 % during lock_contention_perf could not be told).
+    pipeline_top: list[dict] = field(default_factory=list)
     note: str = ""
     error: str | None = None
 
@@ -768,6 +772,7 @@ def run_scenario(p: Pipeline, sc: Scenario, fast: bool, log_path: Path) -> Resul
     c = cost.finish()
     res.pipeline_cpu_pct, res.pipeline_pss_mib, res.pipeline_pss_mib_max = (
         round(c["cpu_pct"], 2), round(c["pss_mib"], 1), round(c["pss_mib_max"], 1))
+    res.pipeline_top = c["per_process"][:PIPELINE_TOP_N]
     add_execs(p, inj, t0, inj.ended)
     res.injector_comms = sorted(inj.comms)
     res.injector_pids = len(inj.pids)
