@@ -37,7 +37,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from kernelsight.proctree import TreeMeter, names_below
+from kernelsight.proctree import TreeMeter, names_below, pipeline_names
 
 from bench._pipeline import Pipeline, query, wait
 
@@ -139,21 +139,10 @@ def mean_of(a: dict, b: dict) -> dict:
     return {**out, "processes": max(a["processes"], b["processes"]), "per_process": per}
 
 
-def _child_names(data: Path) -> dict[int, str]:
-    """pid -> child name, from the supervisor's DATA_DIR/status.json."""
-    import orjson
-
-    try:
-        st = orjson.loads((data / "status.json").read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return {c["pid"]: c["name"] for c in st.get("children", []) if c.get("pid")}
-
-
 def pipeline(ks: Pipeline) -> dict:
     time.sleep(WARMUP_S)
     t_from = time.time_ns()
-    m = measure([ks.sup.pid], MEASURE_S, names_below({ks.sup.pid: "supervisor (ks run)", **_child_names(ks.data)}))
+    m = measure([ks.sup.pid], MEASURE_S, pipeline_names(ks.sup.pid, ks.data))
     t_to = time.time_ns()
     m["disk_bytes"] = _du_bytes(ks.data)
     execs = query(ks.db, "SELECT e.comm, COALESCE(p.comm, '?'), COUNT(*) FROM exec_events e "

@@ -156,6 +156,26 @@ def test_a_consequence_waits_while_a_cause_is_coming(agent):
     assert any(c.startswith("Oversubscription:") for c in out[0].correlated)
 
 
+def test_a_consequence_waits_two_steps_for_a_cause_still_coming_then_opens_alone(agent):
+    """sysbench mutex in a later run: futex calls at 3,900/s for a step against the rule's 4,000.
+    While the cause is still in sight the consequence waits a second step; past consequence_wait_s
+    it opens alone."""
+    wait = RULES.settings.consequence_wait_s
+    assert 5.0 < wait < 10.0  # two evaluation steps, with room for the loop's jitter
+    coming = _step_contexts(agent, CPU_HOG_PREV | {"syscall_futex_calls_per_sec": 2600.0},
+                            CPU_HOG_NOW | {"syscall_futex_calls_per_sec": 3900.0})
+    for t in (2000.0, 2005.0):
+        assert agent._one_per_incident([rule_finding("oversubscription")], [], now_s=t, ahead=coming) == []
+    out = agent._one_per_incident([rule_finding("oversubscription")], [], now_s=2000.0 + wait, ahead=coming)
+    assert [f.rule_id for f in out] == ["oversubscription"]
+    # the same rate, flat: no cause in sight, so it would not have waited at all
+    flat = _step_contexts(agent, CPU_HOG_PREV | {"syscall_futex_calls_per_sec": 3900.0},
+                          CPU_HOG_NOW | {"syscall_futex_calls_per_sec": 3900.0})
+    agent._one_per_incident([], [], now_s=3000.0)
+    out = agent._one_per_incident([rule_finding("oversubscription")], [], now_s=3005.0, ahead=flat)
+    assert [f.rule_id for f in out] == ["oversubscription"]
+
+
 def test_without_a_recent_step_a_consequence_waits_as_before(agent):
     assert _step_contexts(agent, CPU_HOG_PREV, CPU_HOG_NOW, gap_s=30.0) is None  # a stalled agent: no pace
     agent.history.clear()

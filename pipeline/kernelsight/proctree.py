@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -129,6 +130,20 @@ def names_below(names: dict[int, str]) -> Callable[[int, dict[int, Proc]], str]:
         base = names.get(p, "?")
         return base if hops == 0 else f"{base}/{t[pid][1]}"
     return name_of
+
+
+def pipeline_names(sup_pid: int, data_dir) -> Callable[[int, dict[int, Proc]], str]:
+    """name_of for `ks run`'s tree: the supervisor and its children by the names in its
+    DATA_DIR/status.json (ks-agent, ks-ingest...), "NAME/comm" below them."""
+    import orjson
+
+    names = {sup_pid: "supervisor (ks run)"}
+    try:
+        st = orjson.loads((Path(data_dir) / "status.json").read_bytes())
+        names |= {c["pid"]: c["name"] for c in st.get("children", []) if c.get("pid")}
+    except (OSError, ValueError, TypeError, KeyError):
+        pass  # not written yet: everything is named by its comm below the supervisor
+    return names_below(names)
 
 
 class TreeMeter:

@@ -145,11 +145,11 @@ class Settings:
     # otherwise it is evidence of the incident it coincides with.
     anomaly_open_z: float = 8.0
     anomaly_sustain_s: float = 30.0
-    # A rule that another rule explains (a consequence) waits this long before opening on its own,
-    # so that the cause, which may cross its threshold a step later, can take it in.
-    consequence_wait_s: float = 4.0
-    # ... unless no cause is in sight: no rule that explains it would fire on this step's values
-    # carried this many steps ahead at their last step's pace (0: always wait).
+    # A rule that another rule explains (a consequence) waits at most this long before opening on
+    # its own, so that the cause, which may cross its threshold a step or two later, can take it in
+    # ... but only while a cause is in sight: some rule that explains it would fire on this step's
+    # values carried cause_lookahead_steps steps ahead at their last step's pace (0: always wait).
+    consequence_wait_s: float = 9.0
     cause_lookahead_steps: float = 2.0
     auto_baseline_after_s: float = 600.0
     # Learned from this much stored history (8 days: every hour of the week twice over a week

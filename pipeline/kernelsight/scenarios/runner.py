@@ -52,7 +52,7 @@ from functools import cache
 from pathlib import Path
 
 from ..agent.rules import load_rules
-from ..proctree import TreeMeter
+from ..proctree import TreeMeter, pipeline_names
 from .netloss import VETH_HOST, VETH_NS
 
 DETECT_WITHIN_S = 30.0  # the goal, reported per scenario
@@ -444,7 +444,7 @@ class Pipeline:
 
     def meter(self) -> TreeMeter:
         """CPU and memory of the whole pipeline (`ks run` and every process below it) from now on."""
-        return TreeMeter([self.proc.pid])
+        return TreeMeter([self.proc.pid], pipeline_names(self.proc.pid, self.data_dir))
 
     def alive(self) -> bool:
         return self.proc.poll() is None
