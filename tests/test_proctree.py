@@ -89,3 +89,16 @@ def test_cpu_of_a_live_tree_matches_the_kernels_counters():
         p.stdin.close()
         p.wait()
         p.stdout.close()
+
+
+def test_pipeline_names_are_the_supervisors_children(tmp_path):
+    """bench overhead and the scenario suite name `ks run`'s tree from its status.json; before the
+    supervisor has written one, every process is named by its comm below it."""
+    import json
+
+    t = {10: (1, "python", 0), 11: (10, "python", 0), 12: (11, "cat", 0)}
+    assert proctree.pipeline_names(10, tmp_path)(12, t) == "supervisor (ks run)/cat"
+    (tmp_path / "status.json").write_text(json.dumps({"children": [{"pid": 11, "name": "ks-agent"}, "junk",
+                                                                   {"pid": None, "name": "gone"}]}))
+    name_of = proctree.pipeline_names(10, tmp_path)
+    assert [name_of(p, t) for p in (10, 11, 12)] == ["supervisor (ks run)", "ks-agent", "ks-agent/cat"]

@@ -549,7 +549,8 @@ def pipe_bytes(fifo: str | None) -> int | None:
         os.close(fd)
 
 
-def _status_json(data_dir: Path) -> dict:
+def read_supervisor_status(data_dir: Path) -> dict:
+    """The supervisor's DATA_DIR/status.json ({} when absent or unreadable)."""
     try:
         st = orjson.loads((Path(data_dir) / "status.json").read_bytes())
         return st if isinstance(st, dict) else {}
@@ -578,7 +579,7 @@ def account(data_dir: Path, conn: sqlite3.Connection, *, interval_s: float | Non
 
     data_dir = Path(data_dir)
     now = now_ns if now_ns is not None else time.time_ns()
-    status = _status_json(data_dir)
+    status = read_supervisor_status(data_dir)
     interval_s = float(interval_s or status.get("interval_s") or 1.0)
     # The collectors host ticks in whole seconds at least: never judge a producer faster.
     interval_ns = int(max(interval_s, 1.0) * 1e9)

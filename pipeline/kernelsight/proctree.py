@@ -20,7 +20,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -135,15 +134,11 @@ def names_below(names: dict[int, str]) -> Callable[[int, dict[int, Proc]], str]:
 def pipeline_names(sup_pid: int, data_dir) -> Callable[[int, dict[int, Proc]], str]:
     """name_of for `ks run`'s tree: the supervisor and its children by the names in its
     DATA_DIR/status.json (ks-agent, ks-ingest...), "NAME/comm" below them."""
-    import orjson
+    from .accounting import read_supervisor_status  # here: the scenario runner and bench need no more
 
-    names = {sup_pid: "supervisor (ks run)"}
-    try:
-        st = orjson.loads((Path(data_dir) / "status.json").read_bytes())
-        names |= {c["pid"]: c["name"] for c in st.get("children", []) if c.get("pid")}
-    except (OSError, ValueError, TypeError, KeyError):
-        pass  # not written yet: everything is named by its comm below the supervisor
-    return names_below(names)
+    children = read_supervisor_status(data_dir).get("children")  # none yet: named by comm below us
+    names = {c["pid"]: c["name"] for c in children or [] if isinstance(c, dict) and c.get("pid") and c.get("name")}
+    return names_below({sup_pid: "supervisor (ks run)", **names})
 
 
 class TreeMeter:

@@ -409,7 +409,7 @@ class Result:
     pipeline_cpu_pct: float | None = None
     pipeline_pss_mib: float | None = None
     pipeline_pss_mib_max: float | None = None
-    # The processes behind those figures, costliest first (process, cpu_pct, pss_mib mean): an
+    # The processes behind those figures, costliest first (process, cpu_pct, pss_mib and rss_mib means): an
     # outlier names its process (run 8's 12.45 % during lock_contention_perf could not be told).
     pipeline_top: list[dict] = field(default_factory=list)
     note: str = ""
