@@ -8,6 +8,7 @@ for counter deltas and k = 7 lies after the window end.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import orjson
 import pytest
@@ -16,6 +17,8 @@ from kernelsight import db
 from kernelsight.features import FEATURES, NAMES, compute_range, compute_vector
 from kernelsight.features import catalog as C
 from kernelsight.features.engine import hist_quantile
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 NS = 1_000_000_000
 T0 = 1_800_000_000 * NS
@@ -225,3 +228,41 @@ def test_table_schema_is_kept_until_the_database_schema_changes(tmp_path):
     assert fe._Engine._schema(SimpleNamespace(conn=mem))[0] is not fe._Engine._schema(SimpleNamespace(conn=mem))[0]
     conn.close()
     mem.close()
+
+
+def test_row_cache_gives_the_vectors_a_full_read_gives(tmp_path):
+    """The agent's RowCache against a full read at every step, on the recorded capture stored as
+    the pipeline stores it: 5 s of lines at a time, each vector at the end of what is stored.
+    Every 7th line arrives one step late (a line read after its batch), some of them older than
+    the window by then; a step back in time and a jump past the window read everything again."""
+    import gzip
+
+    import numpy as np
+
+    from kernelsight.features.engine import RowCache, compute_range
+    from kernelsight.ingest import make_ingestor
+
+    lines = gzip.decompress((FIXTURES / "features" / "capture.jsonl.gz").read_bytes()).splitlines()
+    stamps = [orjson.loads(x)["ts"] for x in lines]
+    ing = make_ingestor(tmp_path)
+    conn = db.connect_readonly(db.db_path(tmp_path))
+    cache = RowCache()
+    late: list[bytes] = []
+    start, stop = min(stamps), max(stamps)
+    ends = list(range(start + 5 * NS, stop + 5 * NS, 5 * NS))
+    fed = len(ends)
+    ends += [ends[3], ends[-1] + 60 * NS]  # back in time; past the window
+    for step, end in enumerate(ends):
+        now = [x for x, t in zip(lines, stamps) if end - 5 * NS < t <= end] if step < fed else []
+        ing.feed_lines(late + [x for k, x in enumerate(now) if k % 7])
+        late = [x for k, x in enumerate(now) if k % 7 == 0]
+        ing.flush(force=True)
+        got = compute_range(conn, [end], 15, cache=cache)
+        want = compute_range(conn, [end], 15)
+        assert got.names == want.names
+        np.testing.assert_array_equal(got.values, want.values, err_msg=f"step {step}")
+        assert got.reasons == want.reasons, step
+    assert sum(v is not None and not np.isnan(v) for v in want.values[0]) == 0  # the last: nothing in its window
+    assert sum(len(t[4]["ts"]) for t in cache.tables.values()) == 0
+    conn.close()
+    ing.close()

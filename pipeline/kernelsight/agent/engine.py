@@ -33,7 +33,7 @@ from ..config import Config, load as load_config
 from ..features import catalog as fcat
 from ..features.baseline import MIN_PER_HOUR, learn_baseline, load_baseline, save_baseline
 from ..features.catalog import FEATURE_STEP_S, FEATURE_WINDOW_S
-from ..features.engine import FeatureVector, compute_range
+from ..features.engine import FeatureVector, RowCache, compute_range
 from ..features.store import read_matrix, write_matrix
 from ..storage.housekeeping import Housekeeper
 from .oom import OomWatch
@@ -170,6 +170,8 @@ class Agent:
         self.render_failures = 0  # observations _persist could not render (logged; retried next step)
         self.last_forecast = None
         self.last_vector: FeatureVector | None = None  # the stored vector the last step evaluated
+        # Rows of the last vector, kept for the next: a step reads only the rows stored since (RowCache).
+        self.row_cache = RowCache()
         # Rollups, retention and rotation, once a minute: the agent holds the read-write connection.
         self.housekeeper = Housekeeper(self.rw, data_dir, self.config, log=log) if housekeeping else None
         self.telemetry = TelemetryWatch(data_dir)  # the pipeline's own losses, as observations
@@ -356,7 +358,7 @@ class Agent:
 
     def _vector(self, now_ns: int) -> FeatureVector:
         """This step's vector, computed once and stored before anything reads it."""
-        m = compute_range(self.ro, [now_ns], FEATURE_WINDOW_S)
+        m = compute_range(self.ro, [now_ns], FEATURE_WINDOW_S, cache=self.row_cache)
         try:
             write_matrix(self.rw, m)
         except sqlite3.Error as e:
