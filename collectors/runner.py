@@ -138,7 +138,9 @@ class Slot:
         self.attached = False
         self.started = 0.0
         self.last_out = 0.0
+        self.last_out_ns = 0              # wall clock of the last output read: an idle flush's ts
         self.pending_idle = False
+        self.idles = False                # the parser has an idle() of its own (a histogram tool)
         self.open_streams = 0
         self.eof_at: float | None = None
         self.stop_sent_at: float | None = None
@@ -226,6 +228,7 @@ class Slot:
         self._reset_child_state()
         self.argv = argv
         self.parser = spec.parser(self.host.interval_s)
+        self.idles = type(self.parser).idle is not Parser.idle
         stdbuf = shutil.which("stdbuf")
         full = [stdbuf, "-oL", "-eL", *argv] if stdbuf else argv
         try:
@@ -268,6 +271,8 @@ class Slot:
                 self.try_reap()
             return
         if kind == "out":
+            if self.pending_idle and time.monotonic() - self.last_out >= self.host.idle_flush_s:
+                self._flush_idle()  # the last output's histogram first, with its own time
             self.out_buf += chunk
             *lines, self.out_buf = self.out_buf.split(b"\n")
             now_ns = time.time_ns()
@@ -278,8 +283,8 @@ class Slot:
                     self.attached = True
                     self.status("running", f"attached: {self.spec.attach}{self._note}", self.child.pid, self.spec)
                 self._emit_all(self.parser.feed(raw.decode("utf-8", "replace").rstrip("\r"), now_ns))
-            self.last_out = time.monotonic()
-            self.pending_idle = True
+            self.last_out, self.last_out_ns = time.monotonic(), now_ns
+            self.pending_idle = self.idles
             self._warnings()
         else:
             self.err_buf += chunk
@@ -318,9 +323,7 @@ class Slot:
         # (a tool that died mid-histogram must not have its cut histogram flushed as idle).
         if self.child is not None and self.parser is not None and self.pending_idle and self.eof_at is None \
                 and now - self.last_out >= self.host.idle_flush_s:
-            self.pending_idle = False
-            self._emit_all(self.parser.idle(time.time_ns()))
-            self._warnings()
+            self._flush_idle()
         if self.alive:
             if self.host.stopping and self.stop_sent_at is None:
                 self.stop_sent_at = now
@@ -338,11 +341,18 @@ class Slot:
         elif self.child is None and not self.done and not self.host.stopping and now >= self.next_start:
             self.start()
 
+    def _flush_idle(self) -> None:
+        """The parser's idle output (a histogram whose end is not marked), stamped with the time
+        its last line was read, not the time of this flush."""
+        self.pending_idle = False
+        self._emit_all(self.parser.idle(self.last_out_ns))
+        self._warnings()
+
     def next_deadline(self) -> float | None:
         if self.child is not None and self.eof_at is not None:
             return time.monotonic() + REAP_POLL_S  # output closed, exit not reaped yet: look again soon
         if self.child is not None and self.pending_idle:
-            return self.last_out + self.host.idle_flush_s
+            return self.last_out + self.host.idle_flush_max_s
         if self.child is None and not self.done and not self.host.stopping:
             return self.next_start
         return None
@@ -437,6 +447,7 @@ class Host:
         backoff_max_s: float = 30.0,
         stable_s: float = 10.0,
         idle_flush_s: float = 0.15,
+        idle_flush_max_s: float = 0.6,
         stop_timeout_s: float = 3.0,
     ) -> None:
         self.writer = writer
@@ -445,7 +456,12 @@ class Host:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.stable_s = stable_s
+        # A histogram tool's block is complete once its output has been quiet idle_flush_s; it is
+        # flushed at the next wake-up after that (another tool's lines, the stats, its own next
+        # block), and woken for only at idle_flush_max_s.  A wake-up of its own 0.15 s after each
+        # block was half of this process's wake-ups at idle (four histogram tools a second).
         self.idle_flush_s = idle_flush_s
+        self.idle_flush_max_s = max(idle_flush_s, idle_flush_max_s)
         self.stop_timeout_s = stop_timeout_s
         self.stopping = False
         self.sel = selectors.DefaultSelector()

@@ -210,3 +210,65 @@ while True:
     assert stats[-1]["warnings_total"] == 0, "a lost line reached the parser"
     assert len(c.of_type("tcp_state")) == want_rows
     assert b"tool_lost_events" in c.stderr
+
+
+class _Events:
+    """A LineWriter stand-in: keeps what is emitted."""
+
+    def __init__(self):
+        self.events = []
+        self.warnings_total = 0
+
+    def emit(self, ev):
+        self.events.append(ev)
+
+    def count_tool_lost(self, n):
+        pass
+
+
+def _feeding(slot, data: bytes):
+    """slot reads data as its child's stdout, through a real pipe."""
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    with os.fdopen(r, "rb") as stream:
+        slot.on_readable(stream, "out")
+
+
+def test_histogram_flush_waits_for_a_wakeup_and_keeps_the_time_it_was_read():
+    """A histogram tool's block (its end is not marked) is complete once the output has been quiet
+    idle_flush_s; it goes out at the next wake-up after that, stamped with the time its last line
+    was read.  The host wakes for it only at idle_flush_max_s, and never for a tool whose parser
+    has no idle step (an event tool)."""
+    from types import SimpleNamespace
+
+    from kernelsight.collectors import execsnoop, runqlat
+    from kernelsight.collectors.base import Parser
+    from kernelsight.collectors.runner import Host
+
+    out = _Events()
+    host = Host([runqlat.SPEC, execsnoop.SPEC], out, idle_flush_s=0.15, idle_flush_max_s=0.6)
+    hist, lines = host.slots
+    for slot in host.slots:
+        slot.parser = slot.spec.parser(1)
+        slot.idles = type(slot.parser).idle is not Parser.idle  # as start() sets it
+        slot.child = SimpleNamespace(returncode=None, pid=0, poll=lambda: None)
+        slot.attached = True
+    block = (FIXTURES / "runqlat_1.txt").read_bytes().split(b"\n\n")
+    _feeding(hist, block[1] + b"\n")  # one histogram, and nothing after it yet
+    assert out.events == [] and hist.pending_idle
+    assert hist.next_deadline() == hist.last_out + 0.6
+    _feeding(lines, (FIXTURES / "execsnoop_xq.txt").read_bytes())
+    assert not lines.pending_idle and lines.next_deadline() is None
+    out.events.clear()
+    hist.tick(hist.last_out + 0.1)  # another wake-up, too soon: the block may go on
+    assert out.events == []
+    hist.tick(hist.last_out + 0.2)
+    assert [(e["type"], e["ts"]) for e in out.events] == [("runqlat", hist.last_out_ns)]
+    # The next block after a quiet spell: the previous one first, with its own time.
+    _feeding(hist, block[2] + b"\n")
+    first_ns = hist.last_out_ns
+    hist.last_out -= 1.0  # as if read a second ago
+    _feeding(hist, b"\n" + block[3] + b"\n")
+    assert [e["ts"] for e in out.events[1:]] == [first_ns]
+    assert host.idle_flush_max_s == 0.6 and Host([], out, idle_flush_s=1.0).idle_flush_max_s == 1.0
