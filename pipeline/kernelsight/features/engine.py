@@ -6,6 +6,8 @@ evaluates every catalog spec for all window ends together with cumulative sums
 and searchsorted (O(rows + ends) per feature, no per-window query).  A single
 vector (compute_vector) is the same code with one end.  Backfilling a day at
 1 s steps is therefore a few passes over each table's rows, not 86,400 queries.
+The agent passes a RowCache: its window only moves forward, so each table's rows
+are kept from one vector to the next and only the rows stored since are read.
 
 Windows are (end - window, end]: a row belongs to a window when its ts is
 after the start and not after the end.  A counter delta belongs to the row
