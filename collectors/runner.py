@@ -140,7 +140,6 @@ class Slot:
         self.last_out = 0.0
         self.last_out_ns = 0              # wall clock of the last output read: an idle flush's ts
         self.pending_idle = False
-        self.idles = False                # the parser has an idle() of its own (a histogram tool)
         self.open_streams = 0
         self.eof_at: float | None = None
         self.stop_sent_at: float | None = None
@@ -228,7 +227,6 @@ class Slot:
         self._reset_child_state()
         self.argv = argv
         self.parser = spec.parser(self.host.interval_s)
-        self.idles = type(self.parser).idle is not Parser.idle
         stdbuf = shutil.which("stdbuf")
         full = [stdbuf, "-oL", "-eL", *argv] if stdbuf else argv
         try:
@@ -271,7 +269,7 @@ class Slot:
                 self.try_reap()
             return
         if kind == "out":
-            if self.pending_idle and time.monotonic() - self.last_out >= self.host.idle_flush_s:
+            if self._idle_due(time.monotonic()):
                 self._flush_idle()  # the last output's histogram first, with its own time
             self.out_buf += chunk
             *lines, self.out_buf = self.out_buf.split(b"\n")
@@ -321,8 +319,7 @@ class Slot:
         """Timers: idle flush, stop escalation, reaping, restarts."""
         # Not once the output has closed: then finish() at the reap decides what was complete
         # (a tool that died mid-histogram must not have its cut histogram flushed as idle).
-        if self.child is not None and self.parser is not None and self.pending_idle and self.eof_at is None \
-                and now - self.last_out >= self.host.idle_flush_s:
+        if self.child is not None and self.parser is not None and self.eof_at is None and self._idle_due(now):
             self._flush_idle()
         if self.alive:
             if self.host.stopping and self.stop_sent_at is None:
@@ -340,6 +337,15 @@ class Slot:
                 self.try_reap()
         elif self.child is None and not self.done and not self.host.stopping and now >= self.next_start:
             self.start()
+
+    @property
+    def idles(self) -> bool:
+        """The parser has an idle() of its own (a histogram tool), so quiet output means something."""
+        return self.parser is not None and type(self.parser).idle is not Parser.idle
+
+    def _idle_due(self, now: float) -> bool:
+        """Output pending an idle flush, and quiet for idle_flush_s by now (monotonic)."""
+        return self.pending_idle and now - self.last_out >= self.host.idle_flush_s
 
     def _flush_idle(self) -> None:
         """The parser's idle output (a histogram whose end is not marked), stamped with the time

@@ -243,7 +243,6 @@ def test_histogram_flush_waits_for_a_wakeup_and_keeps_the_time_it_was_read():
     from types import SimpleNamespace
 
     from kernelsight.collectors import execsnoop, runqlat
-    from kernelsight.collectors.base import Parser
     from kernelsight.collectors.runner import Host
 
     out = _Events()
@@ -251,12 +250,11 @@ def test_histogram_flush_waits_for_a_wakeup_and_keeps_the_time_it_was_read():
     hist, lines = host.slots
     for slot in host.slots:
         slot.parser = slot.spec.parser(1)
-        slot.idles = type(slot.parser).idle is not Parser.idle  # as start() sets it
         slot.child = SimpleNamespace(returncode=None, pid=0, poll=lambda: None)
         slot.attached = True
     block = (FIXTURES / "runqlat_1.txt").read_bytes().split(b"\n\n")
     _feeding(hist, block[1] + b"\n")  # one histogram, and nothing after it yet
-    assert out.events == [] and hist.pending_idle
+    assert out.events == [] and hist.pending_idle and hist.idles and not lines.idles
     assert hist.next_deadline() == hist.last_out + 0.6
     _feeding(lines, (FIXTURES / "execsnoop_xq.txt").read_bytes())
     assert not lines.pending_idle and lines.next_deadline() is None

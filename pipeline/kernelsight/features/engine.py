@@ -299,19 +299,20 @@ class RowCache:
               span_ns: int, max_id: int | None) -> dict[str, np.ndarray]:
         key = tuple(cols)
         hit = self.tables.get(t)
+        names = ["@id", "ts", *cols]
         sel = ", ".join(["id", "ts"] + [f'"{c}"' for c in cols])
         if (hit is None or hit[0] != key or lo < hit[1] or hi < hit[2] or hi - hit[2] > span_ns
                 or max_id is None or max_id < hit[3]):
             last = max_id or 0  # read before this query: any row at or below it is in its result
             rows = conn.execute(f'SELECT {sel} FROM "{t}" WHERE ts > ? ORDER BY ts, id', (lo,)).fetchall()
-            data = _columns(rows, ["@id", "ts"] + list(cols), numeric)
+            data = _columns(rows, names, numeric)
             if len(data["@id"]):
                 last = max(last, int(data["@id"].max()))
         else:
             _, _, _, last, data = hit
             rows = conn.execute(f'SELECT {sel} FROM "{t}" WHERE id > ? ORDER BY id', (last,)).fetchall()
             if rows:
-                new = _columns(rows, ["@id", "ts"] + list(cols), numeric)
+                new = _columns(rows, names, numeric)
                 last = int(new["@id"][-1])  # ORDER BY id
                 data = {c: np.concatenate([v, new[c]]) for c, v in data.items()}
             keep = data["ts"] > lo  # a late row can be older than the window already
