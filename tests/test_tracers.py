@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -112,6 +113,12 @@ class Tracer:
             if ev["type"] == "tracer_stats" and pred(ev):
                 return ev
         pytest.fail(f"tracer ended before the awaited tracer_stats line: {self.p.stderr.read()}")
+
+    def stop(self) -> list[dict]:
+        """SIGINT (as Ctrl-C), then finish(): the tracer emits its last, partial interval and exits,
+        so a test waits for its workload, not for a --duration it hoped was long enough."""
+        self.p.send_signal(signal.SIGINT)
+        return self.finish()
 
     def finish(self, timeout: float = 30) -> list[dict]:
         out, err = self.p.communicate(timeout=timeout)
@@ -356,11 +363,13 @@ def test_io_latency_odirect_reads(workload, tmp_path):
     n = 1500
     biolat = shutil.which("biolatency") or ("/usr/sbin/biolatency" if Path("/usr/sbin/biolatency").exists() else None)
     try:
-        t = Tracer("ks-io-latency", duration=4)
+        # Until stopped: every read has completed once the workload returns (O_DIRECT, synchronous),
+        # however long the disk took; a fixed --duration lost the last reads on a slow disk.
+        t = Tracer("ks-io-latency", duration=0)
         bl = subprocess.Popen([biolat, "-D", "3", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) if biolat else None
         time.sleep(1.0)
         run_wl(workload, "odirect", str(f), str(n))
-        ev = t.finish()
+        ev = t.stop()
         lines = [e for e in by_type(ev, "io_latency") if (e["dev_major"], e["dev_minor"]) == disk]
         assert sum(e["count"] for e in lines if e["op"] == "read") >= n
         common_checks(ev, "io_latency")
