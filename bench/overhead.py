@@ -1,25 +1,26 @@
 """What KernelSight costs, side by side with what operators already run, in one run.
 
-Phase 1, the reference: Debian's prometheus-node-exporter, and Debian's prometheus
-scraping it every 1 s (TSDB in a temp dir), both on free loopback ports.
-Phase 2: the whole pipeline as `make run` starts it (`ks run`: tracers, libbpf-tools
-collectors, scraper, ingest, agent serving /metrics) at --interval 1 on a private data dir,
-FIFO and exporter port.
-The reference runs twice, before and after the pipeline (A B A), and the pipeline is compared
-with their mean: the machine's own drift over the run (a VM's neighbours, its clock) moved the
-reference by 0.9-1.2 % of a core between runs of the same code, as much as the margin measured.
+The reference: Debian's prometheus-node-exporter, and Debian's prometheus scraping it every
+1 s (TSDB in a temp dir), both on free loopback ports.
+The pipeline: everything as `make run` starts it (`ks run`: tracers, libbpf-tools collectors,
+scraper, ingest, agent serving /metrics) at --interval 1 on a private data dir, FIFO and
+exporter port.
+The two alternate, reference first and last: R K R K R for ROUNDS=2 (each K a fresh `ks run`).
+The idle ratio is the pipeline's mean over its phases against the reference's mean over its
+own, and each K is also set against the mean of the two R around it (the spread).  One R K R
+did not settle the question: the reference alone moved 1.13-1.50 % of a core between phases
+of one run (a VM's neighbours, its clock), as much as the margin being measured.
 Each phase: WARMUP_S of warm-up, then MEASURE_S measured on an otherwise idle machine:
 - CPU, % of one core, over the whole process tree (kernelsight.proctree: utime+stime
   plus what exited children were reaped into);
 - PSS and RSS summed over the tree, mean of samples every PSS_EVERY_S.
 The per-process table names each pipeline process by its supervisor child name
-(DATA_DIR/status.json) and a child's own children by "name/comm".
-Phase 3, tracing cost with the whole pipeline running: the getppid loop and
-`tar -cf - /usr/include | cat >/dev/null`, pinned to the last CPU, untraced (before
-`ks run`) / traced (pipeline up) / untraced (after), median of RUNS each, as CPU time
-(see _cpu_s) with the wall-clock ratio beside it.
-Phase 2 also counts the exec events the pipeline stored while idle, by command and
-parent command: an idle host should exec next to nothing, and the pipeline nothing.
+(DATA_DIR/status.json) and a child's own children by "name/comm", the mean over the phases.
+Tracing cost with the whole pipeline running (in the first K, untraced just before and just
+after it): the getppid loop and `tar -cf - /usr/include | cat >/dev/null`, pinned to the last
+CPU, median of RUNS each, as CPU time (see _cpu_s) with the wall-clock ratio beside it.
+Each K also counts the exec events the pipeline stored while idle, by command and parent
+command: an idle host should exec next to nothing, and the pipeline nothing.
 
 run() -> rows for bench/results.json (see bench/__main__.py).
 """
@@ -45,6 +46,7 @@ WARMUP_S = float(os.environ.get("KS_BENCH_WARMUP_S", "90"))
 MEASURE_S = float(os.environ.get("KS_BENCH_MEASURE_S", "60"))
 PSS_EVERY_S = 10.0
 RUNS = int(os.environ.get("KS_BENCH_RUNS", "3"))
+ROUNDS = int(os.environ.get("KS_BENCH_ROUNDS", "2"))  # pipeline phases; the reference runs one more
 LOOP = 3_000_000
 
 
@@ -128,15 +130,16 @@ def reference(tmp: Path) -> dict:
         _stop(procs)
 
 
-def mean_of(a: dict, b: dict) -> dict:
-    """Two measurements of the same processes as one: every figure the mean of both, per process too."""
-    out = {k: (a[k] + b[k]) / 2 for k in ("cpu_pct", "pss_mib", "rss_mib", "disk_bytes")}
+def mean_of(ms: list[dict]) -> dict:
+    """Measurements of the same processes as one: every figure the mean over them, per process too."""
+    out = {k: statistics.fmean(m[k] for m in ms) for k in ("cpu_pct", "pss_mib", "rss_mib", "disk_bytes")}
     zero = {"cpu_pct": 0.0, "pss_mib": 0.0, "rss_mib": 0.0}
-    ra, rb = ({r["process"]: r for r in m["per_process"]} for m in (a, b))
-    per = [{"process": n, **{k: round((ra.get(n, zero)[k] + rb.get(n, zero)[k]) / 2, 2) for k in zero}}
-           for n in dict.fromkeys([*ra, *rb])]  # a process seen in one run only counts 0 in the other
+    per_run = [{r["process"]: r for r in m["per_process"]} for m in ms]
+    names = dict.fromkeys(n for r in per_run for n in r)  # a process missing from a run counts 0 there
+    per = [{"process": n, **{k: round(statistics.fmean(r.get(n, zero)[k] for r in per_run), 2) for k in zero}}
+           for n in names]
     per.sort(key=lambda r: (-r["cpu_pct"], -r["pss_mib"]))
-    return {**out, "processes": max(a["processes"], b["processes"]), "per_process": per}
+    return {**out, "processes": max(m["processes"] for m in ms), "per_process": per}
 
 
 def pipeline(ks: Pipeline) -> dict:
@@ -186,6 +189,8 @@ def run() -> list[dict]:
     from bench.tracers import _cpu, _workload
 
     rows: list[dict] = []
+    refs: list[dict] = []
+    kss: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ks_overhead_") as td:
         tmp = Path(td)
         wl = _workload(tmp)
@@ -194,46 +199,67 @@ def run() -> list[dict]:
         fns = {"getppid": lambda: _cpu_s([wl, "getppid", str(LOOP)]),
                "tar_pipe": lambda: _cpu_s(["sh", "-c", f"tar -cf - -C {src} . | cat > /dev/null"])}
         fns["tar_pipe"]()  # page cache warm for every tar run
-        (tmp / "a").mkdir()
-        ref_before = reference(tmp / "a")
-        before = _tracing(fns)
-        # everything on, as `make run` starts it; the exporter on a free port
-        ks = Pipeline("ks-overhead-", collectors=True, config=f"[exporter]\nport = {_free_port()}\n")
-        try:
-            ks.wait_vectors(4, 180)
-            ksm = pipeline(ks)
-            traced = _tracing(fns)
-        finally:
-            ks.stop()
-            shutil.rmtree(ks.tmp, ignore_errors=True)
-        after = _tracing(fns)
-        (tmp / "b").mkdir()
-        ref_after = reference(tmp / "b")
-        ref = mean_of(ref_before, ref_after)
+        for i in range(ROUNDS + 1):
+            (tmp / f"ref{i}").mkdir()
+            refs.append(reference(tmp / f"ref{i}"))
+            if i == ROUNDS:
+                break
+            if i == 0:
+                before = _tracing(fns)
+            # everything on, as `make run` starts it; the exporter on a free port
+            ks = Pipeline("ks-overhead-", collectors=True, config=f"[exporter]\nport = {_free_port()}\n")
+            try:
+                ks.wait_vectors(4, 180)
+                kss.append(pipeline(ks))
+                if i == 0:
+                    traced = _tracing(fns)
+            finally:
+                ks.stop()
+                shutil.rmtree(ks.tmp, ignore_errors=True)
+            if i == 0:
+                after = _tracing(fns)
+    ref, ksm = mean_of(refs), mean_of(kss)
+    # each pipeline phase against the two reference phases around it
+    pair_cpu = [k["cpu_pct"] / statistics.fmean((refs[i]["cpu_pct"], refs[i + 1]["cpu_pct"]))
+                for i, k in enumerate(kss)]
+    pair_pss = [k["pss_mib"] / statistics.fmean((refs[i]["pss_mib"], refs[i + 1]["pss_mib"]))
+                for i, k in enumerate(kss)]
 
     load = os.getloadavg()
     table = "; ".join(f"{r['process']} {r['cpu_pct']:.2f} % / {r['pss_mib']:.0f} MiB" for r in ksm["per_process"]
                       if r["cpu_pct"] >= 0.05 or r["pss_mib"] >= 5)
     ref_table = "; ".join(f"{r['process']} {r['cpu_pct']:.2f} % / {r['pss_mib']:.0f} MiB" for r in ref["per_process"])
-    common = (f"idle, --interval 1, {WARMUP_S:.0f} s warm-up then {MEASURE_S:.0f} s measured, one run, the "
-              f"reference the mean of before and after the pipeline ({ref_before['cpu_pct']:.2f} % and "
-              f"{ref_after['cpu_pct']:.2f} % of a core, {ref_before['pss_mib']:.0f} and {ref_after['pss_mib']:.0f} MiB), "
-              f"{os.cpu_count()} CPUs; load avg at the end {load[0]:.2f}")
+    execs = sum(k["execs"] for k in kss)
+    exec_top = [t for k in kss for t in k["exec_top"]]
+
+    def pct(ms: list[dict]) -> str:
+        return ", ".join(f"{m['cpu_pct']:.2f}" for m in ms)
+
+    def spread(xs: list[float]) -> str:
+        return ", ".join(f"{x:.2f}x" for x in xs)
+
+    common = (f"idle, --interval 1, {WARMUP_S:.0f} s warm-up then {MEASURE_S:.0f} s measured per phase, one run "
+              f"of {2 * ROUNDS + 1} alternating phases (reference first and last), {os.cpu_count()} CPUs; load avg "
+              f"at the end {load[0]:.2f}")
     rows.append({
         "name": "idle_cpu_ratio_vs_node_exporter_prometheus", "value": ksm["cpu_pct"] / ref["cpu_pct"],
         "unit": "x", "ratio": ksm["cpu_pct"] / ref["cpu_pct"],
-        "notes": f"ks run (whole pipeline) {ksm['cpu_pct']:.2f} % of a core, {ksm['processes']} processes vs "
-                 f"node_exporter + Prometheus (1 s scrapes) {ref['cpu_pct']:.2f} %, {ref['processes']} processes; "
-                 f"target <= 1.0; {common}. Per process (CPU / PSS): {table}. Reference: {ref_table}. "
-                 f"Exec events stored while idle: {ksm['execs']}"
-                 + (f" ({', '.join(ksm['exec_top'])})" if ksm["exec_top"] else ""),
+        "notes": f"ks run (whole pipeline) {ksm['cpu_pct']:.2f} % of a core (phases: {pct(kss)}), "
+                 f"{ksm['processes']} processes vs node_exporter + Prometheus (1 s scrapes) {ref['cpu_pct']:.2f} % "
+                 f"(phases: {pct(refs)}), {ref['processes']} processes; each pipeline phase against the reference "
+                 f"phases around it: {spread(pair_cpu)}; target <= 1.0; {common}. Per process, mean of the phases "
+                 f"(CPU / PSS): {table}. Reference: {ref_table}. Exec events stored while idle: {execs}"
+                 + (f" ({', '.join(exec_top)})" if exec_top else ""),
         "per_process": ksm["per_process"], "reference_per_process": ref["per_process"],
-        "reference_cpu_pct_before_after": [round(ref_before["cpu_pct"], 3), round(ref_after["cpu_pct"], 3)]})
+        "pipeline_cpu_pct_phases": [round(k["cpu_pct"], 3) for k in kss],
+        "reference_cpu_pct_phases": [round(r["cpu_pct"], 3) for r in refs],
+        "ratio_per_pipeline_phase": [round(x, 3) for x in pair_cpu]})
     rows.append({
         "name": "idle_pss_ratio_vs_node_exporter_prometheus", "value": ksm["pss_mib"] / ref["pss_mib"],
         "unit": "x", "ratio": ksm["pss_mib"] / ref["pss_mib"],
         "notes": f"PSS ks run {ksm['pss_mib']:.0f} MiB (RSS {ksm['rss_mib']:.0f} MiB) vs node_exporter + Prometheus "
-                 f"{ref['pss_mib']:.0f} MiB (RSS {ref['rss_mib']:.0f} MiB); target <= 1.5; disk after the phase: "
+                 f"{ref['pss_mib']:.0f} MiB (RSS {ref['rss_mib']:.0f} MiB); each pipeline phase against the reference "
+                 f"phases around it: {spread(pair_pss)}; target <= 1.5; disk after a phase: "
                  f"ks {ksm['disk_bytes'] / 1e6:.1f} MB, Prometheus TSDB {ref['disk_bytes'] / 1e6:.1f} MB; {common}"})
     for name, unit, target in (("getppid", "ns/call", 2.5), ("tar_pipe", "s", None)):
         untraced = before[name] + after[name]
@@ -243,8 +269,8 @@ def run() -> list[dict]:
         rows.append({
             "name": f"tracer_syscall_{name}_overhead_full_pipeline", "value": value, "unit": unit, "ratio": t / b,
             "wall_ratio": wall_ratio,
-            "notes": f"CPU time (utime+stime) pinned to cpu {_cpu()}, untraced (before ks run) / traced (whole "
-                     f"pipeline up, idle) / untraced (after), median of {RUNS} each: before "
+            "notes": f"CPU time (utime+stime) pinned to cpu {_cpu()}, untraced (before the first ks run) / traced "
+                     f"(whole pipeline up, idle) / untraced (after it), median of {RUNS} each: before "
                      f"{_median(before[name], CPU):.4f} s, traced {t:.4f} s, after {_median(after[name], CPU):.4f} s; "
                      f"wall clock {wall_ratio:.2f}x"
                      + (f"; target ratio <= {target}" if target else f"; tar -cf - -C {src} . | cat >/dev/null")})
