@@ -1,8 +1,9 @@
 """The four CO-RE eBPF tracers, loaded for real (root + kernel BTF).
 
-Each test runs an installed ks-* binary with --output - --duration N, drives a
-deterministic C workload (bench/ks_workload.c, compiled here with cc) and
-checks the JSON lines against schema/events/*.json.
+Each test runs an installed ks-* binary with --output -, drives a deterministic C
+workload (bench/ks_workload.c, compiled here with cc), stops the tracer with SIGINT
+once the workload is done (Tracer.stop) and checks the JSON lines against
+schema/events/*.json.  No test hopes a fixed --duration outlasts its workload.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def live_prog_ids() -> set[int]:
 class Tracer:
     """Start a tracer, wait until it says it is attached, collect its lines."""
 
-    def __init__(self, name: str, *args: str, duration: float = 4):
-        self.p = subprocess.Popen([tracer_bin(name), "--output", "-", "--duration", str(duration), *args],
+    def __init__(self, name: str, *args: str):
+        self.p = subprocess.Popen([tracer_bin(name), "--output", "-", *args],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.stderr = ""
         while True:
@@ -166,10 +167,10 @@ def common_checks(events, tracer):
 def test_syscall_counts_getppid_for_pid(workload):
     n = 20000
     p, pid = start_wl(workload, "getppid", str(n))
-    t = Tracer("ks-syscall", "--pid", str(pid), duration=3)
+    t = Tracer("ks-syscall", "--pid", str(pid))
     assert t.mode == "tp_btf"  # what this kernel offers
     go(p)
-    ev = t.finish()
+    ev = t.stop()
     stats = [e for e in by_type(ev, "syscall_stats") if e["syscall"] == "getppid"]
     assert sum(e["count"] for e in stats) >= n
     assert all(e["pid"] == pid for e in by_type(ev, "syscall_stats"))
@@ -199,7 +200,7 @@ def test_syscall_slow_calls_leave_out_waits(args, reported):
     p = subprocess.Popen([sys.executable, "-c", SLOW_READ_THEN_SLEEP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          text=True)
     pid = int(p.stdout.readline())
-    t = Tracer("ks-syscall", "--pid", str(pid), *args, duration=2)
+    t = Tracer("ks-syscall", "--pid", str(pid), *args)
     p.stdin.write("go\n")
     p.stdin.flush()
     assert p.stdout.readline().strip() == "reading"
@@ -212,7 +213,7 @@ def test_syscall_slow_calls_leave_out_waits(args, reported):
     p.stdin.write("x")
     p.communicate(timeout=30)
     assert p.returncode == 0
-    ev = t.finish()
+    ev = t.stop()
     slow = [e for e in by_type(ev, "syscall") if e["pid"] == pid]
     reads = [e for e in slow if e["syscall"] == "read"]
     sleeps = [e for e in slow if e["syscall"] in SLEEPS]
@@ -262,14 +263,14 @@ def test_syscall_slow_call_names_its_descriptors_kind(attach, tmp_path):
                          stdout=subprocess.PIPE, text=True)
     pid_s, kinds = p.stdout.readline().split(" ", 1)
     pid, kinds = int(pid_s), {int(k): v for k, v in json.loads(kinds).items()}
-    t = Tracer("ks-syscall", "--pid", str(pid), "--min-latency", "0", "--attach", attach, duration=2)
+    t = Tracer("ks-syscall", "--pid", str(pid), "--min-latency", "0", "--attach", attach)
     assert t.mode == attach
     p.stdin.write("go\n")
     p.stdin.flush()
     assert p.stdout.readline().strip() == "done"
     p.stdin.write("\n")
     p.communicate(timeout=30)
-    calls = [e for e in by_type(t.finish(), "syscall") if e["pid"] == pid]
+    calls = [e for e in by_type(t.stop(), "syscall") if e["pid"] == pid]
     reads = {e["arg0"]: e for e in calls if e["syscall"] == "read" and e["arg0"] in kinds}
     assert {fd: e["fd_type"] for fd, e in reads.items()} == kinds  # fstat's kinds, eventfd's "anon" included
     assert set(kinds.values()) == {"pipe", "socket", "anon", "file", "char"}
@@ -293,9 +294,9 @@ def test_syscall_blocking_calls_are_timed(workload):
     # still be counted and timed (the child waits 50 us before each reply).
     k = 300
     p, pid = start_wl(workload, "pingpong", str(k))
-    t = Tracer("ks-syscall", "--pid", str(pid), duration=3)
+    t = Tracer("ks-syscall", "--pid", str(pid))
     go(p)
-    ev = t.finish()
+    ev = t.stop()
     reads = [e for e in by_type(ev, "syscall_stats") if e["syscall"] == "read"]
     assert sum(e["count"] for e in reads) >= k
     assert max(e["max_ns"] for e in reads) >= 40_000
@@ -306,10 +307,10 @@ def test_syscall_tracepoint_fallback(workload):
     if not Path("/sys/kernel/tracing/events/raw_syscalls").exists():
         pytest.skip("tracefs not mounted: the classic tracepoint fallback cannot attach")
     p, pid = start_wl(workload, "getppid", "5000")
-    t = Tracer("ks-syscall", "--pid", str(pid), "--attach", "tracepoint", duration=2)
+    t = Tracer("ks-syscall", "--pid", str(pid), "--attach", "tracepoint")
     assert t.mode == "tracepoint"
     go(p)
-    ev = t.finish()
+    ev = t.stop()
     assert sum(e["count"] for e in by_type(ev, "syscall_stats") if e["syscall"] == "getppid") >= 5000
     assert by_type(ev, "tracer_stats")[-1]["attach_mode"] == "tracepoint"
 
@@ -365,7 +366,7 @@ def test_io_latency_odirect_reads(workload, tmp_path):
     try:
         # Until stopped: every read has completed once the workload returns (O_DIRECT, synchronous),
         # however long the disk took; a fixed --duration lost the last reads on a slow disk.
-        t = Tracer("ks-io-latency", duration=0)
+        t = Tracer("ks-io-latency")
         bl = subprocess.Popen([biolat, "-D", "3", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) if biolat else None
         time.sleep(1.0)
         run_wl(workload, "odirect", str(f), str(n))
@@ -392,9 +393,9 @@ def test_io_latency_odirect_reads(workload, tmp_path):
 def test_page_fault_touch_pages(workload):
     m = 3000
     p, pid = start_wl(workload, "touch", str(m))
-    t = Tracer("ks-page-fault", "--pid", str(pid), duration=2)
+    t = Tracer("ks-page-fault", "--pid", str(pid))
     go(p)
-    ev = t.finish()
+    ev = t.stop()
     rows = [e for e in by_type(ev, "page_fault") if e["pid"] == pid]
     assert sum(e["faults"] for e in rows) >= m
     st = by_type(ev, "page_fault_stats")
@@ -408,9 +409,9 @@ def test_page_fault_touch_pages(workload):
 def test_sched_pingpong_voluntary(workload):
     k = 500
     p, pid = start_wl(workload, "pingpong", str(k))
-    t = Tracer("ks-sched", "--pid", str(pid), duration=3)
+    t = Tracer("ks-sched", "--pid", str(pid))
     go(p)
-    ev = t.finish()
+    ev = t.stop()
     assert sum(e["voluntary"] for e in by_type(ev, "sched_stats")) >= k
     common_checks(ev, "sched")
 
@@ -419,12 +420,12 @@ def test_sched_runqlat_agrees(workload):
     runqlat = shutil.which("runqlat") or ("/usr/sbin/runqlat" if Path("/usr/sbin/runqlat").exists() else None)
     if not runqlat:
         pytest.skip("libbpf-tools runqlat not installed")
-    t = Tracer("ks-sched", duration=4)
+    t = Tracer("ks-sched")
     rq = subprocess.Popen([runqlat, "2", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     run_wl(workload, "pingpong", "3000")
     out, _ = rq.communicate(timeout=30)
-    ev = t.finish()
+    ev = t.stop()
     ours = [0] * 32
     for e in by_type(ev, "sched_stats"):
         ours = [a + b for a, b in zip(ours, e["runq_hist_log2_us"])]
@@ -455,14 +456,14 @@ def test_exclude_pids_file_listed_after_start(workload, tmp_path, tracer, args, 
     f = tmp_path / "pipeline.pids"   # missing at start: nothing excluded
     listed, lpid = start_wl(workload, *work)
     twin, tpid = start_wl(workload, *work)
-    t = Tracer(tracer, "--exclude-pids-file", str(f), "--interval", "0.2", *args, duration=4)
+    t = Tracer(tracer, "--exclude-pids-file", str(f), "--interval", "0.2", *args)
     t.wait_stats(excluded(0))
     # tpid + 4096 shares the twin's prefilter bit: the twin must still be traced
     write_pids(f, ["not-a-pid", lpid, lpid, tpid + 4096])
     t.wait_stats(excluded(2))
     go(listed)
     go(twin)
-    ev = t.finish()
+    ev = t.stop()
     if tracer == "ks-syscall":
         seen = {e["pid"] for e in by_type(ev, "syscall") if e["syscall"] in SLEEPS}
     else:  # faults of one process may be split over intervals
@@ -479,8 +480,8 @@ def test_exclude_pids_file_sched_and_updates(workload, tmp_path):
     write_pids(f, [])
     listed, lpid = start_wl(workload, "pingpong", str(k))
     twin, tpid = start_wl(workload, "pingpong", str(k))
-    tl = Tracer("ks-sched", "--pid", str(lpid), "--exclude-pids-file", str(f), "--interval", "0.2", "-v", duration=4)
-    tt = Tracer("ks-sched", "--pid", str(tpid), "--exclude-pids-file", str(f), "--interval", "0.2", duration=4)
+    tl = Tracer("ks-sched", "--pid", str(lpid), "--exclude-pids-file", str(f), "--interval", "0.2", "-v")
+    tt = Tracer("ks-sched", "--pid", str(tpid), "--exclude-pids-file", str(f), "--interval", "0.2")
     write_pids(f, [lpid])
     tl.wait_stats(excluded(1))
     tt.wait_stats(excluded(1))
@@ -489,7 +490,7 @@ def test_exclude_pids_file_sched_and_updates(workload, tmp_path):
     time.sleep(0.5)
     f.unlink()          # a missing file excludes nothing again
     tl.wait_stats(excluded(0))
-    evl, evt = tl.finish(), tt.finish()
+    evl, evt = tl.stop(), tt.stop()
     assert sum(e["voluntary"] + e["wakeups"] for e in by_type(evl, "sched_stats")) == 0
     assert not by_type(evl, "sched")
     assert sum(e["voluntary"] for e in by_type(evt, "sched_stats")) >= k
@@ -536,8 +537,8 @@ def test_cgroup_id_is_the_tasks_cgroup2_inode():
         p = subprocess.Popen(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$0" -c "$1"', sys.executable,
                               CGROUP_WORK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         pid = int(p.stdout.readline())
-        sc = Tracer("ks-syscall", "--pid", str(pid), duration=3)
-        pf = Tracer("ks-page-fault", "--pid", str(pid), duration=3)
+        sc = Tracer("ks-syscall", "--pid", str(pid))
+        pf = Tracer("ks-page-fault", "--pid", str(pid))
         p.stdin.write("go\n")
         p.stdin.flush()
         assert p.stdout.readline().strip() == "reading"
@@ -545,7 +546,7 @@ def test_cgroup_id_is_the_tasks_cgroup2_inode():
         p.stdin.write("x")
         p.communicate(timeout=30)
         ino = os.stat(cg).st_ino
-        ev = sc.finish() + pf.finish()
+        ev = sc.stop() + pf.stop()
         slow = [e for e in by_type(ev, "syscall") if e["pid"] == pid and e["syscall"] == "read"]
         errs = [e for e in by_type(ev, "syscall_errors") if e["pid"] == pid and e["syscall"] == "openat"]
         faults = [e for e in by_type(ev, "page_fault") if e["pid"] == pid]
