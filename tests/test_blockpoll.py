@@ -101,10 +101,17 @@ def test_a_signal_still_ends_the_replaced_wait():
     try:
         with subprocess.Popen([sys.executable, "-c", CHILD, str(r), str(w), "100"], pass_fds=(r, w),
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(100)) as p:
-            assert p.stdout.readline().strip() == "waiting"
-            p.send_signal(signal.SIGINT)  # Python's handler raises KeyboardInterrupt out of the wait
-            assert p.wait(timeout=30) != 0
-            assert p.stdout.read() == ""  # ended by the signal, not by an event or a timeout
+            try:
+                assert p.stdout.readline().strip() == "waiting"
+                # Only once it sits in the untimed wait: a signal that lands between "waiting" and
+                # the syscall sets Python's flag, and the wait, with no timeout left, never looks at it.
+                assert _blocked_untimed(p.pid), "the child never waited without a timeout"
+                p.send_signal(signal.SIGINT)  # Python's handler raises KeyboardInterrupt out of the wait
+                assert p.wait(timeout=30) != 0
+                assert p.stdout.read() == ""  # ended by the signal, not by an event or a timeout
+            finally:
+                if p.poll() is None:  # a failed assertion must not leave Popen.__exit__ waiting for good
+                    p.kill()
     finally:
         os.close(r)
         os.close(w)
