@@ -24,7 +24,10 @@ pytestmark = pytest.mark.skipif(LIB is None, reason="libks_blockpoll.so not buil
 # The child waits once with the given timeout (ms) on a pipe the parent writes to only after
 # reading "waiting"; it prints what the wait returned.
 CHILD = r"""
-import os, select, sys
+import os, select, signal, sys
+# Python installs its SIGINT handler only when SIGINT was not ignored at start, and a job started
+# in the background of a non-interactive shell (how CI may run us) inherits it ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 r, w = int(sys.argv[1]), int(sys.argv[2])
 ep = select.epoll()
 ep.register(r, select.EPOLLIN)

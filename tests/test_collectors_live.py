@@ -190,8 +190,20 @@ def test_runqlat_live(probe, validator):
         ok = c.wait_for(lambda evs: sum(1 for e in evs if e["type"] == "runqlat" and e["samples"] > 0) >= 2, 10)
         _finish(c, validator)
     assert ok
-    busiest = max(c.of_type("runqlat"), key=lambda e: e["p99_us"] or 0)
-    assert busiest["p99_us"] > 1000, "4 CPU hogs on 2 CPUs should queue wake-ups for milliseconds"
+    # How long the wake-ups queued is the kernel's business (EEVDF let them run within 24 us once
+    # in CI); what the collector owes is a row true to the histogram runqlat printed: the counts
+    # sum to the samples and each percentile sits in the bucket where its rank falls.
+    busiest = max(c.of_type("runqlat"), key=lambda e: e["samples"])
+    counts, lows = busiest["counts"], busiest["bucket_low_us"]
+    assert busiest["samples"] > 0 and sum(counts) == busiest["samples"]
+    highs = [*lows[1:], busiest["max_us"]]  # log2 buckets: each ends where the next begins
+    for q, key in ((0.5, "p50_us"), (0.95, "p95_us"), (0.99, "p99_us")):
+        below, i = 0, 0
+        while below + counts[i] < q * busiest["samples"]:
+            below += counts[i]
+            i += 1
+        assert lows[i] <= busiest[key] <= highs[i], (key, busiest)
+    assert busiest["p50_us"] <= busiest["p95_us"] <= busiest["p99_us"] <= busiest["max_us"]
 
 
 def test_biopattern_and_irqs_live(probe, validator, tmp_path):
