@@ -107,7 +107,7 @@ def reference(tmp: Path) -> dict:
     if not ne_bin or not prom_bin:
         raise RuntimeError("prometheus-node-exporter and prometheus are needed (make setup installs them)")
     ne_port, prom_port = _free_port(), _free_port()
-    (tmp / "tsdb").mkdir()
+    (tmp / "tsdb").mkdir(parents=True)
     (tmp / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         f"scrape_configs:\n  - job_name: node\n    static_configs: [{{targets: ['127.0.0.1:{ne_port}']}}]\n")
@@ -156,8 +156,7 @@ def pipeline(ks: Pipeline) -> dict:
                          "WHERE e.ts BETWEEN ? AND ?", (t_from, t_to))
     m["execs_pipeline"] = sum(1 for _, pid, ppid, _ in execs if pid in own or ppid in own)
     m["execs"] = len(execs)
-    top = Counter((c, pc) for c, _, _, pc in execs)
-    m["exec_top"] = [f"{c} (parent {pc}) x{n}" for (c, pc), n in top.most_common(8)]
+    m["exec_by_comm"] = Counter((c, pc) for c, _, _, pc in execs)  # (command, parent command) -> execs
     return m
 
 
@@ -204,11 +203,8 @@ def run() -> list[dict]:
         fns = {"getppid": lambda: _cpu_s([wl, "getppid", str(LOOP)]),
                "tar_pipe": lambda: _cpu_s(["sh", "-c", f"tar -cf - -C {src} . | cat > /dev/null"])}
         fns["tar_pipe"]()  # page cache warm for every tar run
-        for i in range(ROUNDS + 1):
-            (tmp / f"ref{i}").mkdir()
-            refs.append(reference(tmp / f"ref{i}"))
-            if i == ROUNDS:
-                break
+        refs.append(reference(tmp / "ref0"))
+        for i in range(ROUNDS):
             if i == 0:
                 before = _tracing(fns)
             # everything on, as `make run` starts it; the exporter on a free port
@@ -223,12 +219,14 @@ def run() -> list[dict]:
                 shutil.rmtree(ks.tmp, ignore_errors=True)
             if i == 0:
                 after = _tracing(fns)
+            refs.append(reference(tmp / f"ref{i + 1}"))
     ref, ksm = mean_of(refs), mean_of(kss)
-    # each pipeline phase against the two reference phases around it
-    pair_cpu = [k["cpu_pct"] / statistics.fmean((refs[i]["cpu_pct"], refs[i + 1]["cpu_pct"]))
-                for i, k in enumerate(kss)]
-    pair_pss = [k["pss_mib"] / statistics.fmean((refs[i]["pss_mib"], refs[i + 1]["pss_mib"]))
-                for i, k in enumerate(kss)]
+
+    def around(key: str) -> list[float]:
+        """Each pipeline phase against the mean of the two reference phases around it."""
+        return [k[key] / statistics.fmean((refs[i][key], refs[i + 1][key])) for i, k in enumerate(kss)]
+
+    pair_cpu, pair_pss = around("cpu_pct"), around("pss_mib")
 
     load = os.getloadavg()
     table = "; ".join(f"{r['process']} {r['cpu_pct']:.2f} % / {r['pss_mib']:.0f} MiB" for r in ksm["per_process"]
@@ -236,7 +234,8 @@ def run() -> list[dict]:
     ref_table = "; ".join(f"{r['process']} {r['cpu_pct']:.2f} % / {r['pss_mib']:.0f} MiB" for r in ref["per_process"])
     execs = sum(k["execs"] for k in kss)
     execs_pipeline = sum(k["execs_pipeline"] for k in kss)
-    exec_top = [t for k in kss for t in k["exec_top"]]
+    by_comm = sum((k["exec_by_comm"] for k in kss), Counter())
+    exec_top = [f"{c} (parent {pc}) x{n}" for (c, pc), n in by_comm.most_common(8)]
 
     def pct(ms: list[dict]) -> str:
         return ", ".join(f"{m['cpu_pct']:.2f}" for m in ms)
