@@ -1,8 +1,8 @@
 """An OOM kill inside a memory-limited cgroup, under the whole pipeline (`ks run`):
 ks-oom-kill sees the victim, ks-agent opens one critical OOM Kill observation
 naming the victim and the cgroup with its limit.  How soon after the kill is
-printed (a figure, not a test threshold); the agent looks for new victims twice a
-second between its steps."""
+printed (a figure, not a test threshold); between its steps the agent looks for
+new victims when ks-ingest rings that a commit stored one."""
 
 from __future__ import annotations
 

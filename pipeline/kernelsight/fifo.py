@@ -29,7 +29,12 @@ from .procutil import set_pipe_size
 LINE_MAX = 4096  # PIPE_BUF on Linux: writes up to this size are atomic
 DEFAULT_FIFO = "/tmp/kernelsight"
 REOPEN_INTERVAL_S = 0.5
-PIPE_SIZE = 1 << 20  # bytes the pipe holds while ks-ingest is away (about 3,000 lines)
+# Bytes the pipe holds while ks-ingest is away or between its quiet reads (about 12,000
+# lines).  Above /proc/sys/fs/pipe-max-size (1 MiB by default) only root (CAP_SYS_RESOURCE)
+# may set it; anyone else gets PIPE_SIZE_FALLBACKS, and ks-ingest reads that smaller pipe
+# more often (ingest.daemon.quiet_read_every_s).
+PIPE_SIZE = 4 << 20
+PIPE_SIZE_FALLBACKS = (1 << 20, 1 << 18)
 # Only the owner: any group/other bit (or setuid/setgid/sticky) is refused.
 _ALLOWED_MODE_BITS = 0o600
 
@@ -343,7 +348,7 @@ def hold_fifo(path: str, pipe_size: int = PIPE_SIZE) -> tuple[int, int | None]:
     ensure_fifo(path)
     fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     _check_fd(path, fd)
-    return fd, set_pipe_size(fd, (pipe_size,))
+    return fd, set_pipe_size(fd, (pipe_size, *(f for f in PIPE_SIZE_FALLBACKS if f < pipe_size)))
 
 
 def open_reader(path: str, pipe_size: int = PIPE_SIZE) -> tuple[int, int]:
@@ -357,5 +362,5 @@ def open_reader(path: str, pipe_size: int = PIPE_SIZE) -> tuple[int, int]:
     rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     _check_fd(path, rfd)
     wfd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    set_pipe_size(rfd, (pipe_size, 1 << 18))
+    set_pipe_size(rfd, (pipe_size, *(f for f in PIPE_SIZE_FALLBACKS if f < pipe_size)))
     return rfd, wfd

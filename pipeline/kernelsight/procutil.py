@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 PR_SET_PDEATHSIG = 1
 # fcntl.F_SETPIPE_SZ is missing from some Python builds (added in 3.10, not everywhere).
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up once, before any fork
@@ -85,6 +86,11 @@ def set_pipe_size(fd: int, sizes: Iterable[int]) -> int | None:
             if e.errno not in (errno.EPERM, errno.EBUSY, errno.EINVAL):
                 raise
     return None
+
+
+def pipe_size(fd: int) -> int:
+    """The bytes a pipe's buffer holds."""
+    return fcntl.fcntl(fd, F_GETPIPE_SZ)
 
 
 class Backoff:

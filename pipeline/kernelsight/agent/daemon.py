@@ -8,15 +8,20 @@ ks-exporter; `ks exporter` still serves on its own.
 
 from __future__ import annotations
 
+import math
+import select
 import signal
 import sys
 import time
 from pathlib import Path
 
 from .. import db, log as klog
+from ..bell import OOM_STORED, BellListener
+from ..procutil import SignalWakeup
 from ..features.window import FEATURE_STEP_S
 
-URGENT_POLL_S = 0.5  # between steps, how often the agent looks for an OOM kill just stored
+# Between steps, without ks-ingest's bell, how often the agent looks for an OOM kill just stored.
+URGENT_POLL_S = 0.5
 
 
 def next_step_at(last_due: float, step: float, now: float) -> tuple[float, int]:
@@ -27,6 +32,33 @@ def next_step_at(last_due: float, step: float, now: float) -> tuple[float, int]:
         return due, 0
     missed = int((now - due) // step) + 1
     return due + missed * step, missed
+
+
+def urgent_step(agent, log) -> None:
+    try:
+        agent.step()
+    except Exception:  # one bad interval must not stop the agent
+        log.exception("agent step failed")
+
+
+def wait_for_rings(agent, bell: BellListener, wake: SignalWakeup | None, until: float, stopping: list, log) -> None:
+    """Until the next step is due: sleep until ks-ingest rings (a commit stored rows), then look
+    for urgent work, the OOM kill only when the commit stored one."""
+    poller = select.poll()
+    poller.register(bell.fileno(), select.POLLIN)
+    if wake is not None:
+        poller.register(wake.fd, select.POLLIN)
+    while not stopping:
+        left_s = until - time.monotonic()
+        if left_s <= 0:
+            return
+        # without a signal wake-up (not the main thread), a stop is seen within URGENT_POLL_S
+        ready = poller.poll(math.ceil(1000 * (left_s if wake is not None else min(left_s, URGENT_POLL_S))))
+        if wake is not None and any(fd == wake.fd for fd, _ in ready):
+            wake.drain()
+        rings = bell.drain()
+        if rings and not stopping and agent.urgent(oom=OOM_STORED in rings):
+            urgent_step(agent, log)
 
 
 def run_agent(data_dir: Path, interval_s: float | None = None, once: bool = False,
@@ -51,7 +83,17 @@ def run_agent(data_dir: Path, interval_s: float | None = None, once: bool = Fals
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    log.info("agent running", interval_s=step, rules=len(agent.rules.rules), serve_metrics=serve_metrics)
+    bell = wake = None
+    if not once:
+        try:
+            bell = BellListener(data_dir / "run")
+        except OSError as e:  # then it polls, as before there was a bell
+            log.warning("no bell from ks-ingest: polling for urgent work", error=str(e), every_s=URGENT_POLL_S)
+        else:
+            wake = SignalWakeup.open()  # a stop ends the wait for a ring at once
+            agent.urgent()  # the rowids a ring's victims are new against
+    log.info("agent running", interval_s=step, rules=len(agent.rules.rules), serve_metrics=serve_metrics,
+             rung_by_ingest=bell is not None)
     next_t = time.monotonic()
     skipped_total = 0
     try:
@@ -68,6 +110,9 @@ def run_agent(data_dir: Path, interval_s: float | None = None, once: bool = Fals
                 # the missed ones are not run back to back, each on the same data.
                 skipped_total += skipped
                 log.warning("agent steps skipped", skipped=skipped, skipped_total=skipped_total)
+            if bell is not None:
+                wait_for_rings(agent, bell, wake, next_t, stopping, log)
+                continue
             polled = time.monotonic()
             while not stopping and time.monotonic() < next_t:
                 # wake only to look for urgent work (or to step): a signal ends the sleep's
@@ -76,11 +121,12 @@ def run_agent(data_dir: Path, interval_s: float | None = None, once: bool = Fals
                 if time.monotonic() - polled >= URGENT_POLL_S:
                     polled = time.monotonic()
                     if agent.urgent():  # an OOM kill: judge now, not at the next step
-                        try:
-                            agent.step()
-                        except Exception:
-                            log.exception("agent step failed")
+                        urgent_step(agent, log)
     finally:
+        if bell is not None:
+            bell.close()
+        if wake is not None:
+            wake.close()
         if metrics is not None:
             metrics.close()
         agent.close()

@@ -270,12 +270,13 @@ class Agent:
         return "rising" if s > 0 else "declining"
 
     # -- one interval -----------------------------------------------------------
-    def urgent(self, now_ns: int | None = None) -> bool:
-        """Something that must not wait for the next step: an OOM kill was just stored, or (looked
-        at once a second) a memory forecast reached WARNING with no observation open for it yet: a
-        fast leak fills a cgroup in seconds, and a step is 5 s."""
+    def urgent(self, now_ns: int | None = None, oom: bool = True) -> bool:
+        """Something that must not wait for the next step: an OOM kill was just stored (looked for
+        unless oom is False: ks-ingest's ring says none was), or (looked at once a second) a memory
+        forecast reached WARNING with no observation open for it yet: a fast leak fills a cgroup in
+        seconds, and a step is 5 s."""
         try:
-            if self.oom.new_victims(self.ro):
+            if oom and self.oom.new_victims(self.ro):
                 return True
             now_ns = now_ns or time.time_ns()
             if now_ns - self.last_forecast_check_ns < 1_000_000_000:

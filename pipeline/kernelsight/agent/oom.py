@@ -7,8 +7,9 @@ one kill.  The cgroup's path, limit and peak usage are read from the cgroup
 filesystem when the kill is seen (v1 memory controller or v2), found by the
 cgroup id the tracer reports (the directory's inode number).
 
-The agent polls for new victims between its steps (new_victims()), so an
-observation opens within about a second of the kill being stored.
+Between its steps the agent looks for new victims (new_victims()) when ks-ingest
+rings that a commit stored one (bell.py), so an observation opens as soon as the
+kill is stored.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bell import OOM_TABLES
 from .tracker import Finding
 
 OOM_WINDOW_S = 30.0  # a kill keeps its observation open this long; kills within it are one incident
@@ -88,7 +90,7 @@ class OomWatch:
     def new_victims(self, conn: sqlite3.Connection) -> bool:
         """True when a victim was stored since the last call (a cheap rowid check)."""
         new = False
-        for table in ("oom_victim_events", "oom_kill_events"):
+        for table in OOM_TABLES:
             try:
                 (rowid,) = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()
             except sqlite3.OperationalError:

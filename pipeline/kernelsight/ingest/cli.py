@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .. import db, log as klog, servicecli
+from ..bell import Bell
 from ..completion import add_completion
 from ..fifo import FifoError, default_fifo_path
 from .daemon import FLUSH_MS, PENDING_MAX_BYTES, Daemon, make_ingestor, open_spool, replay
@@ -75,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if t.pending else 0
         # The replay file is its own spool; the daemon's keeps what it read and has not committed.
         spool = open_spool(directory, ing.conn, log=log)
-        Daemon(a.fifo or default_fifo_path(), ing, stats_interval_s=a.stats_interval, log=log, spool=spool).run()
+        bell = Bell(directory / "run")  # the run directory is the spool's
+        try:
+            Daemon(a.fifo or default_fifo_path(), ing, stats_interval_s=a.stats_interval, log=log, spool=spool,
+                   bell=bell).run()
+        finally:
+            bell.close()
     except (FifoError, db.StoreError) as e:
         return _refuse(log, e)
     return 0
