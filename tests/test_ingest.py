@@ -324,3 +324,15 @@ def test_a_field_added_later_may_be_absent_but_nothing_else_may():
         schema.validate({**old, "bogus": 1})           # the absent field's slot is not free for another
     with pytest.raises(RejectedLine, match="missing field 'out_segs_total'"):
         schema.validate({k: v for k, v in full.items() if k != "out_segs_total"})
+
+
+def test_quiet_reads_come_with_the_commit_where_the_pipe_holds_the_burst_that_long():
+    from kernelsight.ingest.daemon import QUIET_BURST_BYTES_PER_S, QUIET_READ_MIN_S, quiet_read_every_s
+
+    assert quiet_read_every_s(4 << 20, 1.0) == 1.0  # the 4 MiB pipe: one wake-up a second reads and commits
+    assert quiet_read_every_s(1 << 20, 1.0) == 0.5  # the 1 MiB one (no CAP_SYS_RESOURCE)
+    assert quiet_read_every_s(1 << 18, 1.0) == 0.125
+    assert quiet_read_every_s(4096, 1.0) == QUIET_READ_MIN_S
+    assert quiet_read_every_s(4 << 20, 0.2) == 0.2  # never later than a commit falls due
+    for size in (1 << 18, 1 << 20, 4 << 20):
+        assert quiet_read_every_s(size, 1.0) * QUIET_BURST_BYTES_PER_S <= size
