@@ -339,6 +339,11 @@ class LineWriter:
             self.counter_file = None
 
 
+def _pipe_sizes(pipe_size: int) -> tuple[int, ...]:
+    """pipe_size, then the fallbacks below it, for set_pipe_size."""
+    return (pipe_size, *(f for f in PIPE_SIZE_FALLBACKS if f < pipe_size))
+
+
 def hold_fifo(path: str, pipe_size: int = PIPE_SIZE) -> tuple[int, int | None]:
     """Open the FIFO read-write for the supervisor's whole life: with a reader and a
     writer always there, the kernel never frees the pipe buffer, so lines already in
@@ -348,7 +353,7 @@ def hold_fifo(path: str, pipe_size: int = PIPE_SIZE) -> tuple[int, int | None]:
     ensure_fifo(path)
     fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     _check_fd(path, fd)
-    return fd, set_pipe_size(fd, (pipe_size, *(f for f in PIPE_SIZE_FALLBACKS if f < pipe_size)))
+    return fd, set_pipe_size(fd, _pipe_sizes(pipe_size))
 
 
 def open_reader(path: str, pipe_size: int = PIPE_SIZE) -> tuple[int, int]:
@@ -362,5 +367,5 @@ def open_reader(path: str, pipe_size: int = PIPE_SIZE) -> tuple[int, int]:
     rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     _check_fd(path, rfd)
     wfd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    set_pipe_size(rfd, (pipe_size, *(f for f in PIPE_SIZE_FALLBACKS if f < pipe_size)))
+    set_pipe_size(rfd, _pipe_sizes(pipe_size))
     return rfd, wfd

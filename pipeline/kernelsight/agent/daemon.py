@@ -17,8 +17,8 @@ from pathlib import Path
 
 from .. import db, log as klog
 from ..bell import OOM_STORED, BellListener
-from ..procutil import SignalWakeup
 from ..features.window import FEATURE_STEP_S
+from ..procutil import SignalWakeup
 
 # Between steps, without ks-ingest's bell, how often the agent looks for an OOM kill just stored.
 URGENT_POLL_S = 0.5
