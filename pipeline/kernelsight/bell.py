@@ -28,22 +28,24 @@ RING_EVERY_S = 0.5
 OOM_TABLES = ("oom_victim_events", "oom_kill_events")  # ks-oom-kill's, and the collectors' fallback
 
 
-def _dir_fd(run_dir: Path) -> int:
-    return os.open(run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+def _open_dir(run_dir: Path) -> tuple[int, str]:
+    """An O_PATH descriptor of run_dir, and the socket's address through it."""
+    fd = os.open(run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return fd, f"/proc/self/fd/{fd}/{BELL_NAME}"
 
 
 class Bell:
     """ks-ingest's end: ring() after a commit."""
 
     def __init__(self, run_dir: Path):
-        self._dir = _dir_fd(run_dir)
-        self._addr = f"/proc/self/fd/{self._dir}/{BELL_NAME}"
+        self._dir, self._addr = _open_dir(run_dir)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        self._last = 0.0
+        self.clock = time.monotonic  # RING_EVERY_S's clock (tests replace it)
+        self._last = float("-inf")  # the first ring is never held back
         self.rung_total = 0
 
     def ring(self, oom: bool) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if not oom and now - self._last < RING_EVERY_S:
             return
         try:
@@ -63,8 +65,7 @@ class BellListener:
 
     def __init__(self, run_dir: Path):
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._dir = _dir_fd(run_dir)
-        addr = f"/proc/self/fd/{self._dir}/{BELL_NAME}"
+        self._dir, addr = _open_dir(run_dir)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             try:
